@@ -1,0 +1,28 @@
+//! Keel's eBPF programs: one object, one entry function per attach point.
+//!
+//! Entry functions (`xdp_stats`, `tc_stats_ingress`, `tc_stats_egress`, named the same in file,
+//! function and ELF section) only dispatch; the logic and maps live in the modules below. Shared
+//! types come from `keel-ebpf-common`, which the agent uses too.
+//!
+//! Build with `cargo xtask build-ebpf` (nightly, `-Z build-std=core`, bpf-linker).
+#![no_std]
+#![no_main]
+
+mod drop_stats;
+mod iface_stats;
+mod tc_stats_egress;
+mod tc_stats_ingress;
+mod xdp_stats;
+
+/// eBPF has no unwinding: a panic path must never be reachable. The verifier rejects the
+/// infinite loop below, so a program from which a panic is reachable fails to load instead of
+/// misbehaving at run time.
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
