@@ -1,1 +1,46 @@
-fn main() {}
+//! `cargo xtask`: Keel's build and test driver, in plain Rust.
+//!
+//! - `setup`: installs what the build and the tests need (Debian packages, nightly `rust-src`,
+//!   `bpf-linker`), idempotently, saying what it did.
+//! - `build-ebpf`: builds the eBPF object the agent embeds (the one place that drives the eBPF
+//!   toolchain).
+//! - `test`: the whole suite, as CI runs it.
+
+mod command;
+mod ebpf;
+mod leaks;
+mod paths;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Keel's build and test driver")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages (as root), nightly rust-src, bpf-linker.
+    Setup,
+    /// Build the eBPF object (release) into target/bpf/, where the agent embeds it from.
+    BuildEbpf,
+    /// Run the whole suite: setup, fmt, eBPF build, clippy, unit tests, integration tests.
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let paths = paths::Paths::discover()?;
+    match cli.task {
+        Task::Setup => setup::run(&paths),
+        Task::BuildEbpf => {
+            setup::run(&paths)?;
+            ebpf::build(&paths).map(|_| ())
+        }
+        Task::Test(args) => test::run(&paths, &args),
+    }
+}

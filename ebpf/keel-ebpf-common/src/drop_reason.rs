@@ -71,7 +71,10 @@ mod tests {
     fn names_are_distinct() {
         for a in DropReason::ALL {
             for b in DropReason::ALL {
-                assert!(a == b || a.as_str() != b.as_str(), "{a:?} and {b:?} share a name");
+                assert!(
+                    a == b || a.as_str() != b.as_str(),
+                    "{a:?} and {b:?} share a name"
+                );
             }
         }
     }

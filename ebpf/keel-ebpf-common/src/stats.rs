@@ -95,8 +95,20 @@ mod tests {
 
     #[test]
     fn counters_add_per_field() {
-        let a = IfaceCounters { packets: 2, bytes: 100 };
-        let b = IfaceCounters { packets: 3, bytes: 50 };
-        assert_eq!(a.add(b), IfaceCounters { packets: 5, bytes: 150 });
+        let a = IfaceCounters {
+            packets: 2,
+            bytes: 100,
+        };
+        let b = IfaceCounters {
+            packets: 3,
+            bytes: 50,
+        };
+        assert_eq!(
+            a.add(b),
+            IfaceCounters {
+                packets: 5,
+                bytes: 150
+            }
+        );
     }
 }

@@ -22,7 +22,10 @@ pub fn count(ifindex: u32, hook: Hook, packets: u64, bytes: u64) {
     }
     let first = IfaceCounters { packets, bytes };
     // Another CPU may create the entry between our lookup and insert (EEXIST): then add to it.
-    if IFACE_STATS.insert(&key, &first, u64::from(BPF_NOEXIST)).is_err() {
+    if IFACE_STATS
+        .insert(key, first, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
         add_to_existing(&key, packets, bytes);
     }
 }

@@ -1,0 +1,55 @@
+//! The eBPF object `cargo xtask build-ebpf` built, embedded in the binary, and its loading.
+
+use aya::Ebpf;
+use aya::maps::MapError;
+use aya::programs::ProgramError;
+
+/// The ELF object holding every Keel eBPF program, embedded by `build.rs`.
+pub static KEEL_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KEEL_EBPF_OBJECT"));
+
+/// What can go wrong between the embedded object and programs running in the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("cannot load the embedded eBPF object into the kernel")]
+    Load(#[source] aya::EbpfError),
+    #[error("program `{program}` is not in the eBPF object")]
+    MissingProgram { program: &'static str },
+    #[error("program `{program}` is not of the expected type")]
+    ProgramType {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("the kernel refused program `{program}`")]
+    ProgramLoad {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot attach `{program}` to interface `{interface}`")]
+    Attach {
+        program: &'static str,
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map `{map}` is not in the eBPF object")]
+    MissingMap { map: &'static str },
+    #[error("cannot use map `{map}`")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("BPF_PROG_TEST_RUN of `{program}` failed")]
+    TestRun {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// Loads the embedded object: creates its maps in the kernel; programs are loaded on demand.
+pub fn load_object() -> Result<Ebpf, DataplaneError> {
+    Ebpf::load(KEEL_OBJECT).map_err(DataplaneError::Load)
+}
