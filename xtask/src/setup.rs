@@ -130,19 +130,24 @@ fn bpf_linker(paths: &Paths) -> anyhow::Result<()> {
         .find(|path| {
             path.file_name()
                 .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with("libLLVM.so.") || name.starts_with("libLLVM-"))
+                .is_some_and(|name| name.starts_with("libLLVM.so."))
         })
-        .with_context(|| format!("no libLLVM shared library in {}", sysroot_lib.display()))?;
+        .with_context(|| format!("no libLLVM.so.* in {}", sysroot_lib.display()))?;
     let llvm_prefix = paths.tools.join("llvm");
     let llvm_lib = llvm_prefix.join("lib");
     fs::create_dir_all(&llvm_lib)
         .with_context(|| format!("cannot create {}", llvm_lib.display()))?;
-    let link = llvm_lib.join("libLLVM.so");
-    if fs::symlink_metadata(&link).is_ok() {
-        fs::remove_file(&link).with_context(|| format!("cannot replace {}", link.display()))?;
+    // `libLLVM.so` is what bpf-linker's build links against; the binary then asks for the
+    // library by its versioned soname (the file's own name), which its rpath finds here too.
+    let soname = llvm.file_name().context("libLLVM path has no file name")?;
+    for name in [std::ffi::OsStr::new("libLLVM.so"), soname] {
+        let link = llvm_lib.join(name);
+        if fs::symlink_metadata(&link).is_ok() {
+            fs::remove_file(&link).with_context(|| format!("cannot replace {}", link.display()))?;
+        }
+        std::os::unix::fs::symlink(&llvm, &link)
+            .with_context(|| format!("cannot link {} to {}", link.display(), llvm.display()))?;
     }
-    std::os::unix::fs::symlink(&llvm, &link)
-        .with_context(|| format!("cannot link {} to {}", link.display(), llvm.display()))?;
 
     let mut install = Command::new("cargo");
     install
