@@ -90,9 +90,10 @@ impl Current {
 impl Store {
     /// Connects to etcd at `endpoints` (such as `http://127.0.0.1:2379`).
     pub async fn connect<E: AsRef<str>>(endpoints: &[E]) -> Result<Self, StorageError> {
-        let client = Client::connect(endpoints, None)
-            .await
-            .map_err(|source| StorageError::etcd("connect", "", source))?;
+        let client = Client::connect(endpoints, None).await.map_err(|source| {
+            let endpoints: Vec<&str> = endpoints.iter().map(AsRef::as_ref).collect();
+            StorageError::etcd("connect", &endpoints.join(","), source)
+        })?;
         Ok(Self::new(client))
     }
 

@@ -13,8 +13,12 @@
 //! | watch, resourceVersion `""` / `"0"`       | cache: current objects as `ADDED`, then live |
 //! | watch, resourceVersion `"N"`              | cache: changes after N from the ring, then live; N older than the ring → 410 Expired |
 //!
-//! A list at `""` stays on etcd because taking it from the cache would need etcd's on-demand
-//! progress notifications, which etcd 3.4.23 does not order with events (see `reflector.rs`).
+//! A list at `""` stays on etcd because taking it from the cache needs etcd's on-demand
+//! progress notifications, which only etcd 3.4.31+ / 3.5.13+ order with events (see
+//! `reflector.rs`); kube-apiserver makes the same choice on older etcd.
+//!
+//! A watch that starts before the ring fails at once with [`StorageError::Expired`]; the REST
+//! layer sends it as the single `ERROR` event of a 200 response, as upstream's cacher does.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;

@@ -5,9 +5,10 @@
 //!
 //! The cache's revision only moves on information etcd delivers in order on the watch stream
 //! (changes and periodic progress notifications, `--experimental-watch-progress-notify-interval`
-//! on the etcd side). It does not use on-demand `RequestProgress`: etcd 3.4.23, which Debian
-//! ships, can answer one ahead of events still queued for the stream, and a revision taken
-//! from it could then promise changes the cache has not seen.
+//! on the etcd side; kubeadm runs etcd with 5s). It does not use on-demand `RequestProgress`:
+//! before etcd 3.4.31 / 3.5.13 such an answer can overtake events still queued for the stream
+//! (etcd-io/etcd#15220), and Debian ships 3.4.23. kube-apiserver falls back the same way on
+//! those versions: consistent lists go to etcd instead of the cache.
 
 use std::sync::Arc;
 
