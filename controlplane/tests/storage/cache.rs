@@ -402,3 +402,75 @@ async fn lists_from_memory_wait_for_freshness() -> anyhow::Result<()> {
     ));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_relists_after_losing_etcd_and_ends_its_watchers() -> anyhow::Result<()> {
+    let (mut etcd, store) = setup().await?;
+    store
+        .create(&pod_key("default", "a"), pod("default", "a", "web"))
+        .await?;
+    let config = CacheConfig {
+        relist_backoff: Duration::from_millis(200),
+        ..CacheConfig::default()
+    };
+    let cache = WatchCache::start(store.clone(), pods().prefix(), config);
+    cache.wait_until_fresh(0).await?;
+    let mut stream = cache
+        .watch(&pods().prefix(), &WatchOptions::default())
+        .await?;
+    assert!(matches!(
+        next_event(&mut stream).await,
+        WatchEvent::Added(_)
+    ));
+
+    etcd.restart().await?;
+
+    // The watcher may have missed changes while the cache was cut off, so it is ended and its
+    // client must watch again.
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while stream.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "watcher not ended after etcd went away");
+
+    // Once etcd is back, the cache re-lists and follows again (the client reconnects by itself).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let created = loop {
+        match store
+            .create(&pod_key("default", "b"), pod("default", "b", "web"))
+            .await
+        {
+            Ok(created) => break created,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                eprintln!("etcd not back yet: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    loop {
+        match cache.wait_until_fresh(rv(&created)).await {
+            Ok(_) => break,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                eprintln!("cache not fresh yet: {error}");
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let listed = cache
+        .list(
+            &pods().prefix(),
+            &ListOptions {
+                resource_version: rv(&created).to_string(),
+                ..ListOptions::default()
+            },
+        )
+        .await?;
+    let names: Vec<&str> = listed.items.iter().map(|item| name(item)).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(
+        store.etcd_watches_opened() >= 2,
+        "the cache never re-watched"
+    );
+    Ok(())
+}

@@ -18,12 +18,14 @@ use tempfile::TempDir;
 const ETCD_BIN: &str = "/usr/bin/etcd";
 const START_ATTEMPTS: usize = 5;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const LOG_FILE: &str = "etcd.log";
 
 /// One etcd member serving on `endpoint`.
 #[derive(Debug)]
 pub struct TestEtcd {
     child: Child,
     endpoint: String,
+    peer: String,
     data_dir: TempDir,
 }
 
@@ -56,48 +58,28 @@ impl TestEtcd {
         let peer_port = free_port()?;
         let endpoint = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let log_path = data_dir.path().join("etcd.log");
-        let log = File::create(&log_path).context("creating etcd log")?;
-
-        let mut command = Command::new(ETCD_BIN);
-        command
-            .arg("--name=default")
-            .arg(format!(
-                "--data-dir={}",
-                data_dir.path().join("data").display()
-            ))
-            .arg(format!("--listen-client-urls={endpoint}"))
-            .arg(format!("--advertise-client-urls={endpoint}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=default={peer}"))
-            // Lets watch-cache tests see the revision move without writes.
-            .arg("--experimental-watch-progress-notify-interval=500ms")
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
-        // which is async-signal-safe; it touches no memory of the parent.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().context("spawning etcd")?;
+        let child = spawn_etcd(data_dir.path(), &endpoint, &peer)?;
         let mut etcd = Self {
             child,
             endpoint,
+            peer,
             data_dir,
         };
-        etcd.wait_ready(&log_path).await?;
+        etcd.wait_ready().await?;
         Ok(etcd)
     }
 
-    async fn wait_ready(&mut self, log_path: &Path) -> anyhow::Result<()> {
+    /// Kills etcd and starts it again on the same ports and data (a crash and recovery, as
+    /// clients see it).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        self.child.wait()?;
+        self.child = spawn_etcd(self.data_dir.path(), &self.endpoint, &self.peer)?;
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let log_path = &self.data_dir.path().join(LOG_FILE);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -162,6 +144,42 @@ impl Drop for TestEtcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts the etcd process; its output goes to `etcd.log` in `data_dir` (appended across
+/// restarts).
+fn spawn_etcd(data_dir: &Path, endpoint: &str, peer: &str) -> anyhow::Result<Child> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(data_dir.join(LOG_FILE))
+        .context("opening etcd log")?;
+    let mut command = Command::new(ETCD_BIN);
+    command
+        .arg("--name=default")
+        .arg(format!("--data-dir={}", data_dir.join("data").display()))
+        .arg(format!("--listen-client-urls={endpoint}"))
+        .arg(format!("--advertise-client-urls={endpoint}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster=default={peer}"))
+        // Lets watch-cache tests see the revision move without writes.
+        .arg("--experimental-watch-progress-notify-interval=500ms")
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+    // which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().context("spawning etcd")
 }
 
 fn free_port() -> anyhow::Result<u16> {
