@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -182,6 +183,15 @@ impl WatchStream {
             return Some(event);
         }
         self.receiver.recv().await
+    }
+
+    /// Poll form of [`WatchStream::next`], for adapters such as `futures::stream::poll_fn`
+    /// (a streaming HTTP body).
+    pub fn poll_next(&mut self, context: &mut Context<'_>) -> Poll<Option<WatchEvent>> {
+        if let Some(event) = self.pending.pop_front() {
+            return Poll::Ready(Some(event));
+        }
+        self.receiver.poll_recv(context)
     }
 }
 

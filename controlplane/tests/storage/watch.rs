@@ -90,9 +90,11 @@ async fn watch_from_zero_replays_current_state_then_follows() -> anyhow::Result<
             },
         )
         .await?;
+    // The replay, read through the poll form.
     for expected in ["a", "b"] {
-        let WatchEvent::Added(object) = next_event(&mut stream).await else {
-            panic!("expected ADDED");
+        let event = std::future::poll_fn(|context| stream.poll_next(context)).await;
+        let Some(WatchEvent::Added(object)) = event else {
+            panic!("expected ADDED, got {event:?}");
         };
         assert_eq!(name(&object), expected);
     }
