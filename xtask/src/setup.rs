@@ -18,6 +18,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     "iproute2",
     "iputils-ping",
+    // The well-known .proto files (google/protobuf/*.proto) that etcd-client's build imports.
+    "libprotobuf-dev",
     "protobuf-compiler",
     "runc",
     "skopeo",
