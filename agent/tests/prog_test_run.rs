@@ -26,7 +26,7 @@ fn endpoints() -> Endpoints {
 
 #[test]
 fn object_holds_every_program_and_map_of_the_contract() {
-    support::require_root();
+    keel_testhost::require_root();
     let ebpf = load_object().expect("load the embedded object");
     for name in program::ALL {
         assert!(
@@ -50,7 +50,7 @@ fn object_holds_every_program_and_map_of_the_contract() {
 
 #[test]
 fn xdp_stats_passes_the_frame_unchanged_and_counts_it() {
-    support::require_root();
+    keel_testhost::require_root();
     let mut dataplane = StatsDataplane::load().expect("load the stats programs");
     let frame = packet::udp(&endpoints(), 40000, 5353, b"keel test payload");
 
@@ -77,7 +77,7 @@ fn xdp_stats_passes_the_frame_unchanged_and_counts_it() {
 
 #[test]
 fn tc_stats_pass_the_frame_unchanged_and_count_by_direction() {
-    support::require_root();
+    keel_testhost::require_root();
     let mut dataplane = StatsDataplane::load().expect("load the stats programs");
     let ping = packet::icmp_echo_request(&endpoints(), 0x4b45, 1, &[0x5a; 56]);
     let datagram = packet::udp(&endpoints(), 40000, 53, b"q");

@@ -1,7 +1,8 @@
 //! What the tests may leave on the host, found and removed.
 //!
-//! Tests name what they create so it can be found: network namespaces start with `kt-` (see
-//! `keel-testhost`), temp dirs with `keel-` in the system temp dir. Before the suite, leftovers
+//! Tests name what they create so it can be found: network namespaces start with `kt-` and
+//! belong to a run whose lock tells whether it is alive (see `keel-testhost`); temp dirs start
+//! with `keel-` in the system temp dir. Before the suite, leftovers
 //! of earlier crashed runs are swept; after it, anything still there is a leak that fails the
 //! run (and is then removed, so the next run starts clean).
 
@@ -14,7 +15,6 @@ use anyhow::bail;
 
 use crate::command;
 
-const NETNS_PREFIX: &str = "kt-";
 const TEMP_PREFIX: &str = "keel-";
 
 /// Everything of ours found on the host.
@@ -80,7 +80,8 @@ impl Leftovers {
             }
         };
         Ok(Leftovers {
-            namespaces: namespaces()?,
+            // Namespaces of dead runs only: the harness's run locks tell them apart.
+            namespaces: keel_testhost::leftovers()?,
             processes,
             temp_dirs,
         })
@@ -123,8 +124,8 @@ impl Leftovers {
             // Already gone is fine: it may have died with a parent killed before it.
             let _ = command::output(Command::new("kill").args(["-KILL", &process.pid.to_string()]));
         }
-        for name in &self.namespaces {
-            command::run(Command::new("ip").args(["netns", "delete", name]))?;
+        if !self.namespaces.is_empty() {
+            keel_testhost::sweep()?;
         }
         for dir in &self.temp_dirs {
             if let Err(error) = fs::remove_dir_all(dir)
@@ -159,17 +160,6 @@ pub fn check() -> anyhow::Result<()> {
     let described = found.describe();
     found.remove()?;
     bail!("the tests left these behind (now removed): {described}")
-}
-
-fn namespaces() -> anyhow::Result<Vec<String>> {
-    let listing =
-        command::stdout_if_ok(Command::new("ip").args(["netns", "list"]))?.unwrap_or_default();
-    Ok(listing
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| name.starts_with(NETNS_PREFIX))
-        .map(str::to_owned)
-        .collect())
 }
 
 /// Processes whose command line names a `keel-` temp dir.

@@ -5,13 +5,3 @@
 )]
 
 pub mod packet;
-
-/// Fails the test, loudly, when not root: these tests load eBPF programs.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test needs root (eBPF); run it with `sudo -E cargo xtask test`"
-    );
-}

@@ -1,1 +1,53 @@
-//! placeholder
+//! Test hosts: isolated "machines" as Linux network namespaces, wired by veth pairs or a
+//! bridge, addressed from 198.18.0.0/15 (the range reserved for benchmarks), for Keel's
+//! integration tests and benchmarks.
+//!
+//! ```no_run
+//! use keel_testhost::{LinkOptions, TestNet};
+//!
+//! let mut net = TestNet::new("example").unwrap();
+//! let client = net.add_host("client").unwrap();
+//! let server = net.add_host("server").unwrap();
+//! let link = net.connect(&client, &server, LinkOptions::default()).unwrap();
+//! client.run(&["ping", "-c", "1", &link.b.ip.to_string()]).unwrap();
+//! // Dropping `net` kills what runs in the hosts and deletes every namespace.
+//! ```
+//!
+//! - [`net`]: [`TestNet`], [`Host`], links and switches, and cleanup on drop.
+//! - [`process`]: commands and long-lived processes inside a host.
+//! - [`run`]: the per-run name prefix, the run lock, and the sweeper for crashed runs.
+//!
+//! Nothing here touches the root network namespace: veth ends are created directly inside the
+//! test's namespaces, and every name starts with [`run::PREFIX`].
+
+pub mod net;
+pub mod process;
+pub mod run;
+
+pub use net::{Endpoint, Host, Link, LinkOptions, Switch, TestNet, TestNetError};
+pub use process::{HostProcess, ProcessError};
+pub use run::{RunError, leftovers, sweep};
+
+/// Fails the calling test, loudly, unless it runs as root. Keel's tests that need root never
+/// skip quietly.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "this test needs root (network namespaces, eBPF, cgroups); run the suite with \
+         `sudo -E cargo xtask test`"
+    );
+}
+
+/// Fails the calling test, loudly, unless `tool` is on the PATH; names the Debian package.
+pub fn require_tool(tool: &str, debian_package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "this test needs `{tool}`: install the Debian package `{debian_package}` (`cargo xtask \
+         setup` does, as root)"
+    );
+}

@@ -1,0 +1,272 @@
+//! The harness against the real kernel: hosts reach each other over links and switches,
+//! processes and sockets live inside hosts, and everything goes away on drop, on panic, and
+//! (for crashed runs) through the sweeper. Needs root.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use keel_testhost::{LinkOptions, TestNet, require_root, require_tool};
+
+fn namespace_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+fn ping(from: &keel_testhost::Host, to: std::net::Ipv4Addr) {
+    from.run(&["ping", "-c", "1", "-W", "2", &to.to_string()])
+        .unwrap_or_else(|error| panic!("{} cannot reach {to}: {error}", from.name()));
+}
+
+#[test]
+fn hosts_on_a_link_reach_each_other_and_only_through_it() {
+    require_root();
+    require_tool("ping", "iputils-ping");
+    let mut net = TestNet::new("link").unwrap();
+    let a = net.add_host("a").unwrap();
+    let b = net.add_host("b").unwrap();
+    let link = net.connect(&a, &b, LinkOptions::default()).unwrap();
+
+    assert_eq!(link.a.ip.octets()[..2], [198, 18]);
+    assert_eq!(
+        (link.a.interface.as_str(), link.b.interface.as_str()),
+        ("eth0", "eth0")
+    );
+    ping(&a, link.b.ip);
+    ping(&b, link.a.ip);
+    // The root namespace got nothing: no interface carries the link's MAC there.
+    let root_links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let mac = "02:6b:74:00:00:01";
+    assert!(
+        !String::from_utf8_lossy(&root_links.stdout).contains(mac),
+        "a veth end leaked into the root namespace"
+    );
+}
+
+#[test]
+fn static_neighbours_and_no_ipv6_leave_a_silent_link() {
+    require_root();
+    let mut net = TestNet::new("quiet").unwrap();
+    let a = net.add_host("a").unwrap();
+    let b = net.add_host("b").unwrap();
+    let options = LinkOptions {
+        static_neighbours: true,
+        ..LinkOptions::default()
+    };
+    let link = net.connect(&a, &b, options).unwrap();
+
+    let neighbours = a
+        .run(&["ip", "neigh", "show", "dev", &link.a.interface])
+        .unwrap();
+    let neighbours = String::from_utf8_lossy(&neighbours.stdout);
+    assert!(
+        neighbours.contains(&link.b.ip.to_string()) && neighbours.contains("PERMANENT"),
+        "{neighbours}"
+    );
+    let addresses = a
+        .run(&["ip", "-6", "addr", "show", "dev", &link.a.interface])
+        .unwrap();
+    assert!(
+        addresses.stdout.is_empty(),
+        "IPv6 is on: {}",
+        String::from_utf8_lossy(&addresses.stdout)
+    );
+}
+
+#[test]
+fn three_hosts_on_a_switch_reach_each_other() {
+    require_root();
+    require_tool("ping", "iputils-ping");
+    let mut net = TestNet::new("switch").unwrap();
+    let mut switch = net.add_switch("sw").unwrap();
+    let hosts: Vec<_> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|name| net.add_host(name).unwrap())
+        .collect();
+    let ports: Vec<_> = hosts
+        .iter()
+        .map(|host| net.plug(host, &mut switch, LinkOptions::default()).unwrap())
+        .collect();
+
+    assert_eq!(
+        ports
+            .iter()
+            .map(|port| port.ip.octets()[3])
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    for (from, host) in hosts.iter().enumerate() {
+        for (to, port) in ports.iter().enumerate() {
+            if from != to {
+                ping(host, port.ip);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_server_spawned_in_one_host_answers_another() {
+    require_root();
+    require_tool("busybox", "busybox-static");
+    let mut net = TestNet::new("server").unwrap();
+    let server = net.add_host("server").unwrap();
+    let client = net.add_host("client").unwrap();
+    let link = net
+        .connect(&client, &server, LinkOptions::default())
+        .unwrap();
+    let root = tempdir("keel-testhost-www");
+    std::fs::write(root.join("index.html"), "hello from the server host\n").unwrap();
+    let addr = SocketAddr::from((link.b.ip, 8080));
+
+    let _httpd = server
+        .spawn(&[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            &addr.to_string(),
+            "-h",
+            root.to_str().unwrap(),
+        ])
+        .unwrap();
+    server.wait_for_port(addr, Duration::from_secs(10)).unwrap();
+
+    let page = client
+        .enter(|| {
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            stream
+                .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+                .unwrap();
+            let mut page = String::new();
+            stream.read_to_string(&mut page).unwrap();
+            page
+        })
+        .unwrap();
+    assert!(
+        page.starts_with("HTTP/1.") && page.contains("hello from the server host"),
+        "{page}"
+    );
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn sockets_made_inside_a_host_stay_there() {
+    require_root();
+    let mut net = TestNet::new("socket").unwrap();
+    let a = net.add_host("a").unwrap();
+    let b = net.add_host("b").unwrap();
+    let link = net.connect(&a, &b, LinkOptions::default()).unwrap();
+
+    let receiver = b
+        .enter(|| UdpSocket::bind((link.b.ip, 9999)).unwrap())
+        .unwrap();
+    let sender = a
+        .enter(|| UdpSocket::bind((link.a.ip, 0)).unwrap())
+        .unwrap();
+    // Used from this thread, in the root namespace: the sockets still live in their hosts.
+    sender.send_to(b"across", (link.b.ip, 9999)).unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buffer = [0u8; 16];
+    let (len, from) = receiver.recv_from(&mut buffer).unwrap();
+    assert_eq!(&buffer[..len], b"across");
+    assert_eq!(from.ip(), link.a.ip);
+    assert_eq!(b.ifindex(&link.b.interface).unwrap(), link.b.ifindex);
+}
+
+#[test]
+fn dropping_the_net_removes_namespaces_and_kills_what_ran_inside() {
+    require_root();
+    let mut net = TestNet::new("drop").unwrap();
+    let host = net.add_host("h").unwrap();
+    // Not behind a HostProcess guard: only the TestNet's cleanup can stop it.
+    let mut orphan = host.command("sleep").arg("1000").spawn().unwrap();
+    let names = net.namespaces().to_vec();
+    assert!(names.iter().all(|name| namespace_exists(name)));
+
+    drop(net);
+
+    assert!(
+        names.iter().all(|name| !namespace_exists(name)),
+        "left: {names:?}"
+    );
+    let status = orphan.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the process inside was not killed: {status}"
+    );
+}
+
+#[test]
+fn a_panicking_test_still_cleans_up() {
+    require_root();
+    let names = std::panic::catch_unwind(|| {
+        let mut net = TestNet::new("panic").unwrap();
+        net.add_host("h").unwrap();
+        let names = net.namespaces().to_vec();
+        assert!(names.iter().all(|name| namespace_exists(name)));
+        std::panic::panic_any(names);
+    })
+    .unwrap_err();
+    let names = names.downcast::<Vec<String>>().unwrap();
+    assert!(!names.is_empty());
+    assert!(
+        names.iter().all(|name| !namespace_exists(name)),
+        "left after panic: {names:?}"
+    );
+}
+
+#[test]
+fn the_sweeper_removes_dead_runs_and_spares_live_ones() {
+    require_root();
+    let mut net = TestNet::new("live").unwrap();
+    net.add_host("h").unwrap();
+    let live = net.namespaces().to_vec();
+    // A run that crashed: its namespace and an unheld lock file remain.
+    let dead_run = format!("dead{:x}", std::process::id());
+    let dead = format!("kt-{dead_run}-0-crashed");
+    std::fs::create_dir_all("/run/keel-testhost").unwrap();
+    let lock = format!("/run/keel-testhost/{dead_run}.lock");
+    std::fs::write(&lock, "").unwrap();
+    let added = Command::new("ip")
+        .args(["netns", "add", &dead])
+        .status()
+        .unwrap();
+    assert!(added.success());
+    let mut inside = Command::new("ip")
+        .args(["netns", "exec", &dead, "sleep", "1000"])
+        .spawn()
+        .unwrap();
+
+    assert!(keel_testhost::leftovers().unwrap().contains(&dead));
+    let removed = keel_testhost::sweep().unwrap();
+
+    assert!(removed.contains(&dead), "swept {removed:?}");
+    assert!(!namespace_exists(&dead));
+    assert!(
+        !Path::new(&lock).exists(),
+        "the dead run's lock file stayed"
+    );
+    assert!(
+        !inside.wait().unwrap().success(),
+        "a process in the dead run's namespace survived"
+    );
+    assert!(
+        live.iter().all(|name| namespace_exists(name)),
+        "the sweeper removed a live run's namespace"
+    );
+    assert!(!removed.iter().any(|name| live.contains(name)));
+}
+
+fn tempdir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let dir = std::path::PathBuf::from(dir.to_string_lossy().replace(['(', ')'], ""));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
