@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -48,6 +49,8 @@ pub enum TestNetError {
         addr: SocketAddr,
         timeout: Duration,
     },
+    #[error("`{command}` did not enter host `{host}` (it exited, or took over {ENTER_TIMEOUT:?})")]
+    NotEntered { host: String, command: String },
     #[error("no interface `{interface}` in host `{host}`")]
     NoInterface { host: String, interface: String },
 }
@@ -108,6 +111,9 @@ pub struct TestNet {
     links: u32,
     switches: u32,
 }
+
+/// How long a spawned process may take to join its host's namespace.
+const ENTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
@@ -278,9 +284,36 @@ impl Host {
     }
 
     /// Starts `args` inside the host; the returned guard kills it when dropped.
+    ///
+    /// Returns once the process is inside the host's namespace, so that dropping the
+    /// `TestNet` right after finds and kills it (`ip netns exec` joins the namespace only after
+    /// it starts).
     pub fn spawn(&self, args: &[&str]) -> Result<HostProcess, TestNetError> {
         let (program, rest) = args.split_first().ok_or(ProcessError::Empty)?;
-        Ok(HostProcess::spawn(self.command(program).args(rest))?)
+        let mut process = HostProcess::spawn(self.command(program).args(rest))?;
+        let deadline = Instant::now() + ENTER_TIMEOUT;
+        while !self.holds_process(process.pid()) {
+            if !process.is_running() || Instant::now() > deadline {
+                return Err(TestNetError::NotEntered {
+                    host: self.name.clone(),
+                    command: args.join(" "),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(process)
+    }
+
+    /// Whether process `pid` runs in this host's network namespace.
+    pub fn holds_process(&self, pid: u32) -> bool {
+        let namespace = std::fs::metadata(format!("/run/netns/{}", self.netns));
+        let process = std::fs::metadata(format!("/proc/{pid}/ns/net"));
+        match (namespace, process) {
+            (Ok(namespace), Ok(process)) => {
+                namespace.dev() == process.dev() && namespace.ino() == process.ino()
+            }
+            _ => false,
+        }
     }
 
     /// Runs `body` on a thread inside this host's network namespace and returns its result.

@@ -14,6 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// Every name the harness creates starts with this.
 pub const PREFIX: &str = "kt-";
@@ -159,21 +160,36 @@ pub fn sweep() -> Result<Vec<String>, RunError> {
     Ok(dead)
 }
 
-/// Kills every process in the namespace, then deletes it.
+/// How long removing a namespace keeps killing what is inside before giving up.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Kills every process in the namespace until none is left, then deletes it.
+///
+/// One snapshot of the members is not enough: a process that was joining the namespace (an
+/// `ip netns exec` between its open and its setns) shows up only after it. So this scans
+/// again after every kill until the namespace is empty.
 pub(crate) fn remove_namespace(name: &str) -> Result<(), RunError> {
     let failed = |reason: String| RunError::RemoveNamespace {
         name: name.to_owned(),
         reason,
     };
-    let pids = Command::new("ip")
-        .args(["netns", "pids", name])
-        .output()
-        .map_err(|error| failed(format!("cannot run `ip netns pids`: {error}")))?;
-    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-        if let Ok(pid) = pid.parse::<libc::pid_t>() {
+    let path = Path::new(NETNS_DIR).join(name);
+    let namespace = fs::metadata(&path)
+        .map_err(|error| failed(format!("cannot stat {}: {error}", path.display())))?;
+    let deadline = Instant::now() + KILL_TIMEOUT;
+    loop {
+        let members = members(namespace.dev(), namespace.ino());
+        if members.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(failed(format!("processes {members:?} survive SIGKILL")));
+        }
+        for pid in members {
             // SAFETY: kill has no memory-safety preconditions; a vanished pid is harmless.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        std::thread::sleep(Duration::from_millis(5));
     }
     let deleted = Command::new("ip")
         .args(["netns", "delete", name])
@@ -185,6 +201,22 @@ pub(crate) fn remove_namespace(name: &str) -> Result<(), RunError> {
         ));
     }
     Ok(())
+}
+
+/// Live processes whose network namespace is the nsfs inode `(dev, ino)`. Zombies have left
+/// their namespaces already and are not listed.
+fn members(dev: u64, ino: u64) -> Vec<libc::pid_t> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|pid| {
+            fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|ns| ns.dev() == dev && ns.ino() == ino)
+        })
+        .collect()
 }
 
 #[cfg(test)]

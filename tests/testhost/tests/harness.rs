@@ -4,6 +4,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -183,6 +184,10 @@ fn dropping_the_net_removes_namespaces_and_kills_what_ran_inside() {
     let host = net.add_host("h").unwrap();
     // Not behind a HostProcess guard: only the TestNet's cleanup can stop it.
     let mut orphan = host.command("sleep").arg("1000").spawn().unwrap();
+    while !host.holds_process(orphan.id()) {
+        assert!(orphan.try_wait().unwrap().is_none(), "sleep exited early");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let names = net.namespaces().to_vec();
     assert!(names.iter().all(|name| namespace_exists(name)));
 
@@ -239,6 +244,18 @@ fn the_sweeper_removes_dead_runs_and_spares_live_ones() {
         .args(["netns", "exec", &dead, "sleep", "1000"])
         .spawn()
         .unwrap();
+    // `ip netns exec` joins the namespace after it starts; a process not in yet cannot be
+    // found by any sweeper.
+    let dead_ns = std::fs::metadata(format!("/run/netns/{dead}")).unwrap();
+    while !std::fs::metadata(format!("/proc/{}/ns/net", inside.id()))
+        .is_ok_and(|ns| ns.ino() == dead_ns.ino() && ns.dev() == dead_ns.dev())
+    {
+        assert!(
+            inside.try_wait().unwrap().is_none(),
+            "sleep exited before entering"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 
     assert!(keel_testhost::leftovers().unwrap().contains(&dead));
     let removed = keel_testhost::sweep().unwrap();
