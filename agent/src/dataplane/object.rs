@@ -49,6 +49,23 @@ pub enum DataplaneError {
     },
 }
 
+/// The program `name` of a loaded object, as its concrete type (`Xdp`, `SchedClassifier`, ...).
+pub fn program_mut<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut P, DataplaneError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::MissingProgram { program: name })?
+        .try_into()
+        .map_err(|source| DataplaneError::ProgramType {
+            program: name,
+            source,
+        })
+}
+
 /// Loads the embedded object: creates its maps in the kernel; programs are loaded on demand.
 pub fn load_object() -> Result<Ebpf, DataplaneError> {
     Ebpf::load(KEEL_OBJECT).map_err(DataplaneError::Load)

@@ -10,7 +10,7 @@ use aya::programs::{SchedClassifier, Xdp, XdpMode};
 use aya::util::KernelVersion;
 use keel_ebpf_common::{DropReason, Hook, IfaceCounters, IfaceKey, map, program};
 
-use super::object::{DataplaneError, load_object};
+use super::object::{DataplaneError, load_object, program_mut};
 
 /// How the XDP stats program attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -139,12 +139,7 @@ impl StatsDataplane {
 
     /// Counters per interface index, summed over CPUs.
     pub fn iface_stats(&self) -> Result<BTreeMap<u32, IfaceStats>, DataplaneError> {
-        let raw = self
-            .ebpf
-            .map(map::IFACE_STATS)
-            .ok_or(DataplaneError::MissingMap {
-                map: map::IFACE_STATS,
-            })?;
+        let raw = self.map(map::IFACE_STATS)?;
         let counters: PerCpuHashMap<_, IfaceKey, IfaceCounters> =
             PerCpuHashMap::try_from(raw).map_err(|source| map_error(map::IFACE_STATS, source))?;
         let mut stats = BTreeMap::<u32, IfaceStats>::new();
@@ -164,14 +159,15 @@ impl StatsDataplane {
         Ok(stats)
     }
 
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+        self.ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap { map: name })
+    }
+
     /// Packets dropped per reason, summed over CPUs, every reason listed.
     pub fn drop_stats(&self) -> Result<Vec<(DropReason, u64)>, DataplaneError> {
-        let raw = self
-            .ebpf
-            .map(map::DROP_STATS)
-            .ok_or(DataplaneError::MissingMap {
-                map: map::DROP_STATS,
-            })?;
+        let raw = self.map(map::DROP_STATS)?;
         let drops: PerCpuArray<_, u64> =
             PerCpuArray::try_from(raw).map_err(|source| map_error(map::DROP_STATS, source))?;
         DropReason::ALL
@@ -190,27 +186,14 @@ impl StatsDataplane {
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    let name = program::XDP_STATS;
-    ebpf.program_mut(name)
-        .ok_or(DataplaneError::MissingProgram { program: name })?
-        .try_into()
-        .map_err(|source| DataplaneError::ProgramType {
-            program: name,
-            source,
-        })
+    program_mut(ebpf, program::XDP_STATS)
 }
 
 fn tc_program<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DataplaneError> {
-    ebpf.program_mut(name)
-        .ok_or(DataplaneError::MissingProgram { program: name })?
-        .try_into()
-        .map_err(|source| DataplaneError::ProgramType {
-            program: name,
-            source,
-        })
+    program_mut(ebpf, name)
 }
 
 fn load_error(program: &'static str, source: aya::programs::ProgramError) -> DataplaneError {

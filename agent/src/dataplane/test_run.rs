@@ -7,7 +7,7 @@ use std::time::Duration;
 use aya::Ebpf;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 
-use super::object::DataplaneError;
+use super::object::{DataplaneError, program_mut};
 
 /// Room for programs that grow the packet (encapsulation, ICMP errors) beyond its input size.
 const GROWTH_ROOM: usize = 512;
@@ -33,7 +33,7 @@ pub fn run_xdp(
     packet: &[u8],
     repeat: u32,
 ) -> Result<PacketRun, DataplaneError> {
-    let program: &mut Xdp = program(ebpf, name)?;
+    let program: &mut Xdp = program_mut(ebpf, name)?;
     run(program, name, packet, repeat)
 }
 
@@ -45,21 +45,8 @@ pub fn run_tc(
     packet: &[u8],
     repeat: u32,
 ) -> Result<PacketRun, DataplaneError> {
-    let program: &mut SchedClassifier = program(ebpf, name)?;
+    let program: &mut SchedClassifier = program_mut(ebpf, name)?;
     run(program, name, packet, repeat)
-}
-
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DataplaneError>
-where
-    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or(DataplaneError::MissingProgram { program: name })?
-        .try_into()
-        .map_err(|source| DataplaneError::ProgramType {
-            program: name,
-            source,
-        })
 }
 
 fn run<P>(
