@@ -33,6 +33,19 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    #[error("cannot attach `{program}` to cgroup {}", cgroup.display())]
+    AttachCgroup {
+        program: &'static str,
+        cgroup: std::path::PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot open cgroup {}", path.display())]
+    Cgroup {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("map `{map}` is not in the eBPF object")]
     MissingMap { map: &'static str },
     #[error("cannot use map `{map}`")]

@@ -11,6 +11,7 @@
 #![no_std]
 
 pub mod drop_reason;
+pub mod service;
 pub mod stats;
 
 pub use drop_reason::DropReason;
@@ -25,8 +26,25 @@ pub mod program {
     /// TC egress (clsact / tcx) on an interface: per-interface transmit counters.
     pub const TC_STATS_EGRESS: &str = "tc_stats_egress";
 
+    /// cgroup `connect4`: a socket connecting to a Service frontend connects to a backend.
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    /// cgroup `sendmsg4`: a UDP datagram sent to a frontend goes to a backend.
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    /// cgroup `recvmsg4`: a datagram from that backend appears to come from the frontend.
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    /// cgroup `getpeername4`: a connected socket's peer reads as the frontend.
+    pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+
     /// Every program in the object, for loaders and the object check in the agent's tests.
-    pub const ALL: [&str; 3] = [XDP_STATS, TC_STATS_INGRESS, TC_STATS_EGRESS];
+    pub const ALL: [&str; 7] = [
+        XDP_STATS,
+        TC_STATS_INGRESS,
+        TC_STATS_EGRESS,
+        SOCK_CONNECT4,
+        SOCK_SENDMSG4,
+        SOCK_RECVMSG4,
+        SOCK_GETPEERNAME4,
+    ];
 }
 
 /// Names of the maps in the `keel` eBPF object (the `static` names on the eBPF side).
@@ -36,6 +54,22 @@ pub mod map {
     /// `PerCpuArray<u64>` indexed by `DropReason`: packets dropped, per reason.
     pub const DROP_STATS: &str = "DROP_STATS";
 
+    /// `HashMap<ServiceKey, ServiceValue>`: Service frontends.
+    pub const SERVICES: &str = "SERVICES";
+    /// `HashMap<BackendSlotKey, u32>`: a service's slots, each naming a backend id.
+    pub const BACKEND_SLOTS: &str = "BACKEND_SLOTS";
+    /// `HashMap<u32, Backend>`: backends by id.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// `LruHashMap<SockRevNatKey, SockRevNatValue>`: the frontend behind a translated socket.
+    pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
+
     /// Every map in the object.
-    pub const ALL: [&str; 2] = [IFACE_STATS, DROP_STATS];
+    pub const ALL: [&str; 6] = [
+        IFACE_STATS,
+        DROP_STATS,
+        SERVICES,
+        BACKEND_SLOTS,
+        BACKENDS,
+        SOCK_REVNAT,
+    ];
 }

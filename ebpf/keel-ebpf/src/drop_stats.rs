@@ -11,10 +11,6 @@ static DROP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::
 ///
 /// The stats programs never drop; the NAT and policy programs call this on every drop path.
 #[inline(always)]
-#[expect(
-    dead_code,
-    reason = "the drop path of the Service and policy programs; the stats programs never drop"
-)]
 pub fn record(reason: DropReason) {
     if let Some(slot) = DROP_STATS.get_ptr_mut(reason as u32) {
         // SAFETY: a successful per-CPU array lookup points at this CPU's slot.

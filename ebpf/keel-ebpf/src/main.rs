@@ -1,7 +1,8 @@
 //! Keel's eBPF programs: one object, one entry function per attach point.
 //!
-//! Entry functions (`xdp_stats`, `tc_stats_ingress`, `tc_stats_egress`, named the same in file,
-//! function and ELF section) only dispatch; the logic and maps live in the modules below. Shared
+//! Entry functions (`xdp_stats`, `tc_stats_ingress`, `tc_stats_egress`, `sock_connect4`,
+//! `sock_sendmsg4`, `sock_recvmsg4`, `sock_getpeername4`; each named the same in file and
+//! function) only dispatch; the logic and maps live in the modules below. Shared
 //! types come from `keel-ebpf-common`, which the agent uses too.
 //!
 //! Build with `cargo xtask build-ebpf` (nightly, `-Z build-std=core`, bpf-linker).
@@ -10,6 +11,12 @@
 
 mod drop_stats;
 mod iface_stats;
+mod service_maps;
+mod sock_connect4;
+mod sock_getpeername4;
+mod sock_recvmsg4;
+mod sock_sendmsg4;
+mod socket_lb;
 mod tc_stats_egress;
 mod tc_stats_ingress;
 mod xdp_stats;

@@ -15,15 +15,18 @@
 //!
 //! - [`net`]: [`TestNet`], [`Host`], links and switches, and cleanup on drop.
 //! - [`process`]: commands and long-lived processes inside a host.
+//! - [`cgroup`]: a cgroup2 group of the test's own for cgroup eBPF programs.
 //! - [`run`]: the per-run name prefix, the run lock, and the sweeper for crashed runs.
 //!
 //! Nothing here touches the root network namespace: veth ends are created directly inside the
 //! test's namespaces, and every name starts with [`run::PREFIX`].
 
+pub mod cgroup;
 pub mod net;
 pub mod process;
 pub mod run;
 
+pub use cgroup::{CgroupError, TestCgroup};
 pub use net::{Endpoint, Host, Link, LinkOptions, Switch, TestNet, TestNetError};
 pub use process::{HostProcess, ProcessError};
 pub use run::{RunError, leftovers, sweep};

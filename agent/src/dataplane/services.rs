@@ -1,0 +1,250 @@
+//! Service load-balancing state in the kernel: frontends, their backends, and the socket-level
+//! programs that translate between them.
+//!
+//! Writes follow one order so a concurrent lookup never sees half a backend set: backends
+//! first, then new slots, then the service's slot count, and only then removal of slots past
+//! the new count and of backends no service uses any more.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+
+use aya::Ebpf;
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use keel_ebpf_common::service::{
+    Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceValue,
+};
+use keel_ebpf_common::{map, program};
+
+use super::object::{DataplaneError, load_object, program_mut};
+
+/// The socket-level programs, in attach order.
+const SOCKET_PROGRAMS: [&str; 4] = [
+    program::SOCK_CONNECT4,
+    program::SOCK_SENDMSG4,
+    program::SOCK_RECVMSG4,
+    program::SOCK_GETPEERNAME4,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// Where a Service is reached: an address, a port and a protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Frontend {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl Frontend {
+    fn key(self) -> ServiceKey {
+        ServiceKey {
+            address: u32::from_ne_bytes(self.address.octets()),
+            port: self.port.to_be(),
+            protocol: match self.protocol {
+                Protocol::Tcp => PROTO_TCP,
+                Protocol::Udp => PROTO_UDP,
+            },
+            pad: 0,
+        }
+    }
+}
+
+/// What the agent wrote for one frontend.
+#[derive(Debug)]
+struct Programmed {
+    id: u32,
+    /// Backend ids, slot `n` at index `n - 1`.
+    slots: Vec<u32>,
+}
+
+/// The Service maps and socket-level programs, and what this agent has written into them.
+#[derive(Debug)]
+pub struct ServiceDataplane {
+    ebpf: Ebpf,
+    services: HashMap<Frontend, Programmed>,
+    backends: HashMap<SocketAddrV4, (u32, usize)>,
+    next_service_id: u32,
+    next_backend_id: u32,
+}
+
+impl ServiceDataplane {
+    /// Loads the object and verifies the socket-level programs.
+    pub fn load() -> Result<ServiceDataplane, DataplaneError> {
+        let mut ebpf = load_object()?;
+        for name in SOCKET_PROGRAMS {
+            program_mut::<CgroupSockAddr>(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DataplaneError::ProgramLoad {
+                    program: name,
+                    source,
+                })?;
+        }
+        Ok(ServiceDataplane {
+            ebpf,
+            services: HashMap::new(),
+            backends: HashMap::new(),
+            next_service_id: 1,
+            next_backend_id: 1,
+        })
+    }
+
+    /// Attaches socket-level load-balancing to the cgroup2 group at `cgroup` (the cgroup2
+    /// root serves every process on the node; tests use a group they created).
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
+        let group = File::open(cgroup).map_err(|source| DataplaneError::Cgroup {
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        for name in SOCKET_PROGRAMS {
+            program_mut::<CgroupSockAddr>(&mut self.ebpf, name)?
+                .attach(&group, CgroupAttachMode::Single)
+                .map_err(|source| DataplaneError::AttachCgroup {
+                    program: name,
+                    cgroup: cgroup.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Sets the backends of `frontend`, creating it if needed. No backends: connections to
+    /// it are refused at once.
+    pub fn upsert(
+        &mut self,
+        frontend: Frontend,
+        backends: &[SocketAddrV4],
+    ) -> Result<(), DataplaneError> {
+        let slots: Vec<u32> = backends
+            .iter()
+            .map(|backend| self.acquire_backend(*backend))
+            .collect::<Result<_, _>>()?;
+        let id = match self.services.get(&frontend) {
+            Some(programmed) => programmed.id,
+            None => {
+                let id = self.next_service_id;
+                self.next_service_id += 1;
+                id
+            }
+        };
+        let mut slot_map = self.map::<BackendSlotKey, u32>(map::BACKEND_SLOTS)?;
+        for (index, backend_id) in slots.iter().enumerate() {
+            let key = BackendSlotKey {
+                service_id: id,
+                slot: index as u32 + 1,
+            };
+            slot_map
+                .insert(key, backend_id, 0)
+                .map_err(|source| map_error(map::BACKEND_SLOTS, source))?;
+        }
+        let value = ServiceValue {
+            id,
+            count: slots.len() as u32,
+        };
+        self.map::<ServiceKey, ServiceValue>(map::SERVICES)?
+            .insert(frontend.key(), value, 0)
+            .map_err(|source| map_error(map::SERVICES, source))?;
+        let previous = self.services.insert(frontend, Programmed { id, slots });
+        if let Some(previous) = previous {
+            self.retire(id, backends.len() as u32 + 1, &previous.slots)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `frontend`; unknown frontends are fine.
+    pub fn remove(&mut self, frontend: Frontend) -> Result<(), DataplaneError> {
+        let Some(programmed) = self.services.remove(&frontend) else {
+            return Ok(());
+        };
+        match self
+            .map::<ServiceKey, ServiceValue>(map::SERVICES)?
+            .remove(&frontend.key())
+        {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(map_error(map::SERVICES, source)),
+        }
+        self.retire(programmed.id, 1, &programmed.slots)
+    }
+
+    /// Deletes slots from `first_gone` on and releases the backends of all `old_slots`.
+    fn retire(
+        &mut self,
+        id: u32,
+        first_gone: u32,
+        old_slots: &[u32],
+    ) -> Result<(), DataplaneError> {
+        let mut slot_map = self.map::<BackendSlotKey, u32>(map::BACKEND_SLOTS)?;
+        for slot in first_gone..=old_slots.len() as u32 {
+            match slot_map.remove(&BackendSlotKey {
+                service_id: id,
+                slot,
+            }) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_error(map::BACKEND_SLOTS, source)),
+            }
+        }
+        for backend_id in old_slots {
+            self.release_backend(*backend_id)?;
+        }
+        Ok(())
+    }
+
+    fn acquire_backend(&mut self, backend: SocketAddrV4) -> Result<u32, DataplaneError> {
+        if let Some((id, users)) = self.backends.get_mut(&backend) {
+            *users += 1;
+            return Ok(*id);
+        }
+        let id = self.next_backend_id;
+        self.next_backend_id += 1;
+        let value = Backend {
+            address: u32::from_ne_bytes(backend.ip().octets()),
+            port: backend.port().to_be(),
+            pad: [0; 2],
+        };
+        self.map::<u32, Backend>(map::BACKENDS)?
+            .insert(id, value, 0)
+            .map_err(|source| map_error(map::BACKENDS, source))?;
+        self.backends.insert(backend, (id, 1));
+        Ok(id)
+    }
+
+    fn release_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let Some((&address, entry)) = self
+            .backends
+            .iter_mut()
+            .find(|(_, (backend_id, _))| *backend_id == id)
+        else {
+            return Ok(());
+        };
+        entry.1 -= 1;
+        if entry.1 == 0 {
+            self.backends.remove(&address);
+            match self.map::<u32, Backend>(map::BACKENDS)?.remove(&id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_error(map::BACKENDS, source)),
+            }
+        }
+        Ok(())
+    }
+
+    fn map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&mut MapData, K, V>, DataplaneError> {
+        let raw = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap { map: name })?;
+        BpfHashMap::try_from(raw).map_err(|source| map_error(name, source))
+    }
+}
+
+fn map_error(map: &'static str, source: aya::maps::MapError) -> DataplaneError {
+    DataplaneError::Map { map, source }
+}

@@ -1,0 +1,30 @@
+//! The Service load-balancing maps (contract: `keel_ebpf_common::service`). Only the agent
+//! writes `SERVICES`, `BACKEND_SLOTS` and `BACKENDS`; the programs write `SOCK_REVNAT`.
+
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{HashMap, LruHashMap};
+use keel_ebpf_common::service::{
+    BACKEND_SLOTS_MAX_ENTRIES, BACKENDS_MAX_ENTRIES, Backend, BackendSlotKey, SERVICES_MAX_ENTRIES,
+    SOCK_REVNAT_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
+};
+
+/// Contract: `map::SERVICES`.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(SERVICES_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Contract: `map::BACKEND_SLOTS`.
+#[map]
+pub static BACKEND_SLOTS: HashMap<BackendSlotKey, u32> =
+    HashMap::with_max_entries(BACKEND_SLOTS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Contract: `map::BACKENDS`.
+#[map]
+pub static BACKENDS: HashMap<u32, Backend> =
+    HashMap::with_max_entries(BACKENDS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Contract: `map::SOCK_REVNAT`.
+#[map]
+pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
+    LruHashMap::with_max_entries(SOCK_REVNAT_MAX_ENTRIES, 0);
