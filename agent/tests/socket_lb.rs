@@ -152,3 +152,107 @@ fn connections_to_a_cluster_ip_reach_its_backends_and_follow_changes() {
     assert!(!nc_to_vip(&client, Some(&cgroup)).status.success());
     drop(dataplane);
 }
+
+/// A UDP server in a test host that answers every datagram with its name.
+fn udp_name_server(
+    host: &Host,
+    address: SocketAddrV4,
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    let socket = host
+        .enter(|| std::net::UdpSocket::bind(address).unwrap())
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 64];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, from)) = socket.recv_from(&mut buffer) {
+                let _ = socket.send_to(name.as_bytes(), from);
+            }
+        }
+    })
+}
+
+/// Asks, from a process in `cgroup` inside `client`: a UDP datagram to VIP:53 (unconnected:
+/// `sendto`/`recvfrom`), and a TCP connection to VIP:80; prints who answered and the peer
+/// addresses the application saw.
+const CLIENT: &str = r#"
+import socket, sys
+vip = sys.argv[1]
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(3)
+u.sendto(b"who", (vip, 53))
+data, source = u.recvfrom(64)
+print("udp", data.decode(), source[0], source[1])
+t = socket.create_connection((vip, 80), timeout=3)
+peer = t.getpeername()
+print("tcp", t.recv(64).decode().strip(), peer[0], peer[1])
+"#;
+
+#[test]
+fn applications_see_the_cluster_ip_as_their_peer() {
+    require_root();
+    require_tool("python3", "python3");
+    let mut net = TestNet::new("peername").unwrap();
+    let mut switch = net.add_switch("sw").unwrap();
+    let client = net.add_host("client").unwrap();
+    net.plug(&client, &mut switch, LinkOptions::default())
+        .unwrap();
+    let backend = net.add_host("backend").unwrap();
+    let port = net
+        .plug(&backend, &mut switch, LinkOptions::default())
+        .unwrap();
+    let tcp_backend = SocketAddrV4::new(port.ip, BACKEND_PORT);
+    let udp_backend = SocketAddrV4::new(port.ip, 5353);
+    let _tcp_server = NameServer::start(&backend, tcp_backend, "tcp-backend".to_owned());
+    let stop = Arc::new(AtomicBool::new(false));
+    let udp_server = udp_name_server(&backend, udp_backend, "udp-backend", stop.clone());
+
+    let cgroup = TestCgroup::new().unwrap();
+    let mut dataplane = ServiceDataplane::load().unwrap();
+    dataplane.attach_cgroup(cgroup.path()).unwrap();
+    dataplane
+        .upsert(
+            Frontend {
+                address: VIP,
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            &[tcp_backend],
+        )
+        .unwrap();
+    dataplane
+        .upsert(
+            Frontend {
+                address: VIP,
+                port: 53,
+                protocol: Protocol::Udp,
+            },
+            &[udp_backend],
+        )
+        .unwrap();
+
+    let mut command = client.command("python3");
+    command
+        .args(["-c", CLIENT, &VIP.to_string()])
+        .stdin(Stdio::null());
+    cgroup.place(&mut command).unwrap();
+    let output = command.output().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    udp_server.join().unwrap();
+
+    let printed = answer(&output);
+    let lines: Vec<&str> = printed.lines().collect();
+    // The backends answered, yet the application saw only the ClusterIP and its ports.
+    assert_eq!(
+        lines,
+        [
+            format!("udp udp-backend {VIP} 53"),
+            format!("tcp tcp-backend {VIP} 80")
+        ],
+        "{printed}"
+    );
+}
