@@ -5,3 +5,4 @@
 //! build on it.
 
 pub mod dataplane;
+pub mod services;

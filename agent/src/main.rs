@@ -1,20 +1,28 @@
 //! `keel-agent`: Keel's node agent.
 //!
-//! This first version runs the dataplane's observability base: it attaches the per-interface
-//! counters to the interfaces named with `--devices` and logs them every `--stats-interval`
-//! seconds until SIGINT or SIGTERM, when it detaches everything it attached.
+//! This version runs the dataplane without an API server:
+//! - `--devices`: per-interface counters (XDP, TC ingress, TC egress) on the named interfaces,
+//!   logged every `--stats-interval` seconds;
+//! - `--services-file`: Service load-balancing at the socket level for every process under
+//!   `--cgroup-root`, from a YAML stream of upstream `Service` and `EndpointSlice` objects,
+//!   re-read when it changes (a bad version is reported and the last good state kept).
+//!
+//! It runs until SIGINT or SIGTERM and detaches everything it attached.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, ValueEnum};
-use keel_agent::dataplane::{StatsDataplane, XdpAttachMode};
+use clap::{ArgGroup, Parser, ValueEnum};
+use keel_agent::dataplane::{ServiceDataplane, StatsDataplane, XdpAttachMode};
+use keel_agent::services::{ServicesFile, desired_state};
 
 #[derive(Debug, Parser)]
 #[command(name = "keel-agent", version, about = "Keel's node agent")]
+#[command(group(ArgGroup::new("work").required(true).multiple(true).args(["devices", "services_file"])))]
 struct Args {
     /// Interfaces that get the XDP and TC programs, comma-separated (e.g. `eth0,eth1`).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
     /// XDP attach mode on those interfaces.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
@@ -22,6 +30,17 @@ struct Args {
     /// Seconds between two counter reports in the log.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     stats_interval: u64,
+    /// A YAML stream of v1 Service and discovery.k8s.io/v1 EndpointSlice objects to
+    /// load-balance, re-read when it changes.
+    #[arg(long)]
+    services_file: Option<PathBuf>,
+    /// The cgroup2 group whose processes get socket-level load-balancing (default: the
+    /// cgroup2 root, i.e. every process on the node).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// This node's name, for `internalTrafficPolicy: Local` (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -31,47 +50,152 @@ enum XdpModeArg {
     Generic,
 }
 
+/// How often the services file is checked for changes.
+const FILE_POLL: Duration = Duration::from_secs(1);
+
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
-    let xdp_mode = match args.xdp_mode {
-        XdpModeArg::Auto => XdpAttachMode::Auto,
-        XdpModeArg::Native => XdpAttachMode::Native,
-        XdpModeArg::Generic => XdpAttachMode::Generic,
-    };
-    let devices = resolve_devices(&args.devices)?;
-
     let stop = signals::block_termination()?;
-    let mut dataplane = StatsDataplane::load().context("cannot load the eBPF dataplane")?;
-    for (name, _) in &devices {
-        dataplane
-            .attach(name, xdp_mode)
-            .with_context(|| format!("cannot attach the counters to --devices entry `{name}`"))?;
-        log::info!("counting packets on {name}");
+
+    let devices = resolve_devices(&args.devices)?;
+    let mut stats = None;
+    if !devices.is_empty() {
+        let xdp_mode = match args.xdp_mode {
+            XdpModeArg::Auto => XdpAttachMode::Auto,
+            XdpModeArg::Native => XdpAttachMode::Native,
+            XdpModeArg::Generic => XdpAttachMode::Generic,
+        };
+        let mut dataplane = StatsDataplane::load().context("cannot load the eBPF dataplane")?;
+        for (name, _) in &devices {
+            dataplane.attach(name, xdp_mode).with_context(|| {
+                format!("cannot attach the counters to --devices entry `{name}`")
+            })?;
+            log::info!("counting packets on {name}");
+        }
+        stats = Some(dataplane);
     }
 
-    let interval = Duration::from_secs(args.stats_interval);
-    while !stop.wait(interval)? {
-        let stats = dataplane.iface_stats()?;
-        for (name, ifindex) in &devices {
-            let s = stats.get(ifindex).copied().unwrap_or_default();
-            log::info!(
-                "{name}: xdp {}p/{}B tc_ingress {}p/{}B tc_egress {}p/{}B",
-                s.xdp.packets,
-                s.xdp.bytes,
-                s.tc_ingress.packets,
-                s.tc_ingress.bytes,
-                s.tc_egress.packets,
-                s.tc_egress.bytes
-            );
+    let mut services = match &args.services_file {
+        Some(path) => Some(ServicesFromFile::start(path.clone(), &args)?),
+        None => None,
+    };
+
+    let stats_interval = Duration::from_secs(args.stats_interval);
+    let mut next_report = Instant::now() + stats_interval;
+    while !stop.wait(FILE_POLL)? {
+        if let Some(services) = &mut services {
+            services.reload_if_changed();
         }
-        for (reason, count) in dataplane.drop_stats()? {
-            if count > 0 {
-                log::info!("dropped {count} packets: {}", reason.as_str());
-            }
+        if let Some(stats) = &stats
+            && Instant::now() >= next_report
+        {
+            next_report = Instant::now() + stats_interval;
+            report(stats, &devices)?;
         }
     }
-    log::info!("stopping: detaching from {} interfaces", devices.len());
+    log::info!("stopping: detaching everything");
+    Ok(())
+}
+
+/// The Service dataplane fed from `--services-file`.
+struct ServicesFromFile {
+    path: PathBuf,
+    node_name: Option<String>,
+    dataplane: ServiceDataplane,
+    /// Modification time and length of the version last read, good or bad.
+    seen: Option<(SystemTime, u64)>,
+}
+
+impl ServicesFromFile {
+    fn start(path: PathBuf, args: &Args) -> anyhow::Result<ServicesFromFile> {
+        let cgroup = match &args.cgroup_root {
+            Some(cgroup) => cgroup.clone(),
+            None => {
+                let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+                    .context("cannot read /proc/self/mountinfo")?;
+                ServiceDataplane::cgroup2_root(&mountinfo)
+                    .context("no cgroup2 hierarchy is mounted: give --cgroup-root")?
+            }
+        };
+        let mut dataplane = ServiceDataplane::load().context("cannot load the eBPF dataplane")?;
+        dataplane.attach_cgroup(&cgroup).with_context(|| {
+            format!(
+                "cannot attach socket load-balancing to --cgroup-root {}",
+                cgroup.display()
+            )
+        })?;
+        log::info!(
+            "socket load-balancing for the processes under {}",
+            cgroup.display()
+        );
+        let node_name = args.node_name.clone().or_else(host_name);
+        let mut services = ServicesFromFile {
+            path,
+            node_name,
+            dataplane,
+            seen: None,
+        };
+        services.reload_if_changed();
+        Ok(services)
+    }
+
+    fn reload_if_changed(&mut self) {
+        let version = std::fs::metadata(&self.path)
+            .ok()
+            .and_then(|meta| Some((meta.modified().ok()?, meta.len())));
+        if version == self.seen {
+            return;
+        }
+        self.seen = version;
+        let file = match ServicesFile::load(&self.path) {
+            Ok(file) => file,
+            Err(error) => {
+                log::error!("{error}; keeping the Services programmed before");
+                return;
+            }
+        };
+        let desired = desired_state(&file.services, &file.slices, self.node_name.as_deref());
+        match self.dataplane.apply(&desired) {
+            Ok(changed) => log::info!(
+                "{}: {} Services, {} frontends ({changed} changed)",
+                self.path.display(),
+                file.services.len(),
+                desired.len()
+            ),
+            Err(error) => log::error!(
+                "cannot program the Services of {}: {error:#}",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+}
+
+fn report(dataplane: &StatsDataplane, devices: &[(String, u32)]) -> anyhow::Result<()> {
+    let stats = dataplane.iface_stats()?;
+    for (name, ifindex) in devices {
+        let s = stats.get(ifindex).copied().unwrap_or_default();
+        log::info!(
+            "{name}: xdp {}p/{}B tc_ingress {}p/{}B tc_egress {}p/{}B",
+            s.xdp.packets,
+            s.xdp.bytes,
+            s.tc_ingress.packets,
+            s.tc_ingress.bytes,
+            s.tc_egress.packets,
+            s.tc_egress.bytes
+        );
+    }
+    for (reason, count) in dataplane.drop_stats()? {
+        if count > 0 {
+            log::info!("dropped {count} packets: {}", reason.as_str());
+        }
+    }
     Ok(())
 }
 

@@ -2,104 +2,26 @@
 //! the cgroup2 group the programs are attached to reaches the Service's backends, which run in
 //! other test hosts. Needs root.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::process::{Command, Output, Stdio};
+use std::net::SocketAddrV4;
+use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use keel_agent::dataplane::{Frontend, Protocol, ServiceDataplane};
 use keel_testhost::{Host, LinkOptions, TestCgroup, TestNet, require_root, require_tool};
-
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const BACKEND_PORT: u16 = 8080;
-
-/// A TCP server in a test host that answers every connection with its name and closes it.
-struct NameServer {
-    accepted: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl NameServer {
-    fn start(host: &Host, address: SocketAddrV4, name: String) -> NameServer {
-        let listener = host.enter(|| TcpListener::bind(address).unwrap()).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (count, halt) = (accepted.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !halt.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        count.fetch_add(1, Ordering::Relaxed);
-                        let _ = stream.write_all(format!("{name}\n").as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        NameServer {
-            accepted,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for NameServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// `busybox nc` to the VIP from the client host, inside `cgroup` if given.
-fn nc_to_vip(client: &Host, cgroup: Option<&TestCgroup>) -> Output {
-    let mut command: Command = client.command("busybox");
-    command
-        .args(["nc", "-w", "3", &VIP.to_string(), "80"])
-        .stdin(Stdio::null());
-    if let Some(cgroup) = cgroup {
-        cgroup.place(&mut command).unwrap();
-    }
-    command.output().unwrap()
-}
-
-fn answer(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "nc failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
+use support::servers::{BACKEND_PORT, NameServer, ServiceHosts, VIP, answer, nc_to_vip};
 
 #[test]
 fn connections_to_a_cluster_ip_reach_its_backends_and_follow_changes() {
     require_root();
     require_tool("busybox", "busybox-static");
-    let mut net = TestNet::new("socklb").unwrap();
-    let mut switch = net.add_switch("sw").unwrap();
-    let client = net.add_host("client").unwrap();
-    net.plug(&client, &mut switch, LinkOptions::default())
-        .unwrap();
-    let mut servers = Vec::new();
-    let mut backends = Vec::new();
-    for index in 1..=3 {
-        let host = net.add_host(&format!("backend{index}")).unwrap();
-        let port = net
-            .plug(&host, &mut switch, LinkOptions::default())
-            .unwrap();
-        let address = SocketAddrV4::new(port.ip, BACKEND_PORT);
-        servers.push(NameServer::start(&host, address, format!("backend{index}")));
-        backends.push(address);
-    }
+    let hosts = ServiceHosts::new("socklb", 3);
+    let (client, backends, servers) = (&hosts.client, &hosts.backends, &hosts.servers);
     let cgroup = TestCgroup::new().unwrap();
     let mut dataplane = ServiceDataplane::load().unwrap();
     dataplane.attach_cgroup(cgroup.path()).unwrap();
@@ -109,11 +31,11 @@ fn connections_to_a_cluster_ip_reach_its_backends_and_follow_changes() {
         protocol: Protocol::Tcp,
     };
 
-    dataplane.upsert(frontend, &backends).unwrap();
+    dataplane.upsert(frontend, backends).unwrap();
     let mut answers = BTreeMap::<String, usize>::new();
     for _ in 0..60 {
         *answers
-            .entry(answer(&nc_to_vip(&client, Some(&cgroup))))
+            .entry(answer(&nc_to_vip(client, Some(&cgroup))))
             .or_default() += 1;
     }
     assert_eq!(
@@ -124,12 +46,12 @@ fn connections_to_a_cluster_ip_reach_its_backends_and_follow_changes() {
     assert_eq!(answers.values().sum::<usize>(), 60);
 
     // Outside the group nothing is translated: the client host has no route to the VIP.
-    assert!(!nc_to_vip(&client, None).status.success());
+    assert!(!nc_to_vip(client, None).status.success());
 
     // The backend set shrinks to one: every new connection goes there.
     dataplane.upsert(frontend, &backends[1..2]).unwrap();
     for _ in 0..10 {
-        assert_eq!(answer(&nc_to_vip(&client, Some(&cgroup))), "backend2");
+        assert_eq!(answer(&nc_to_vip(client, Some(&cgroup))), "backend2");
     }
 
     // No backend: refused at once, and no backend sees a connection.
@@ -138,7 +60,7 @@ fn connections_to_a_cluster_ip_reach_its_backends_and_follow_changes() {
         .map(|server| server.accepted.load(Ordering::Relaxed))
         .sum();
     dataplane.upsert(frontend, &[]).unwrap();
-    assert!(!nc_to_vip(&client, Some(&cgroup)).status.success());
+    assert!(!nc_to_vip(client, Some(&cgroup)).status.success());
     let accepted_after: usize = servers
         .iter()
         .map(|server| server.accepted.load(Ordering::Relaxed))
@@ -147,9 +69,9 @@ fn connections_to_a_cluster_ip_reach_its_backends_and_follow_changes() {
     assert_eq!(accepted_after, 70);
 
     // Removed: the frontend is an ordinary, unreachable address again.
-    dataplane.upsert(frontend, &backends).unwrap();
+    dataplane.upsert(frontend, backends).unwrap();
     dataplane.remove(frontend).unwrap();
-    assert!(!nc_to_vip(&client, Some(&cgroup)).status.success());
+    assert!(!nc_to_vip(client, Some(&cgroup)).status.success());
     drop(dataplane);
 }
 

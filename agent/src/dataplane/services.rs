@@ -5,10 +5,10 @@
 //! first, then new slots, then the service's slot count, and only then removal of slots past
 //! the new count and of backends no service uses any more.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData};
@@ -28,14 +28,14 @@ const SOCKET_PROGRAMS: [&str; 4] = [
     program::SOCK_GETPEERNAME4,
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
     Tcp,
     Udp,
 }
 
 /// Where a Service is reached: an address, a port and a protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
     pub address: Ipv4Addr,
     pub port: u16,
@@ -60,6 +60,7 @@ impl Frontend {
 #[derive(Debug)]
 struct Programmed {
     id: u32,
+    backends: Vec<SocketAddrV4>,
     /// Backend ids, slot `n` at index `n - 1`.
     slots: Vec<u32>,
 }
@@ -150,11 +151,48 @@ impl ServiceDataplane {
         self.map::<ServiceKey, ServiceValue>(map::SERVICES)?
             .insert(frontend.key(), value, 0)
             .map_err(|source| map_error(map::SERVICES, source))?;
-        let previous = self.services.insert(frontend, Programmed { id, slots });
+        let previous = self.services.insert(
+            frontend,
+            Programmed {
+                id,
+                backends: backends.to_vec(),
+                slots,
+            },
+        );
         if let Some(previous) = previous {
             self.retire(id, backends.len() as u32 + 1, &previous.slots)?;
         }
         Ok(())
+    }
+
+    /// Converges to `desired`: frontends whose backends changed are rewritten, new ones
+    /// added, and ones no longer desired removed; the rest are not touched. Returns how many
+    /// frontends changed.
+    pub fn apply(
+        &mut self,
+        desired: &BTreeMap<Frontend, Vec<SocketAddrV4>>,
+    ) -> Result<usize, DataplaneError> {
+        let gone: Vec<Frontend> = self
+            .services
+            .keys()
+            .filter(|frontend| !desired.contains_key(frontend))
+            .copied()
+            .collect();
+        let mut changed = gone.len();
+        for frontend in gone {
+            self.remove(frontend)?;
+        }
+        for (frontend, backends) in desired {
+            if self
+                .services
+                .get(frontend)
+                .is_none_or(|programmed| programmed.backends != *backends)
+            {
+                self.upsert(*frontend, backends)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     /// Removes `frontend`; unknown frontends are fine.
@@ -233,6 +271,17 @@ impl ServiceDataplane {
         Ok(())
     }
 
+    /// The cgroup2 mount point in a `/proc/self/mountinfo` text: where socket load-balancing
+    /// attaches by default (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
+    /// hybrid ones).
+    pub fn cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
+        mountinfo.lines().find_map(|line| {
+            let (mount, source) = line.split_once(" - ")?;
+            let mount_point = mount.split_whitespace().nth(4)?;
+            (source.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+    }
+
     fn map<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
@@ -247,4 +296,29 @@ impl ServiceDataplane {
 
 fn map_error(map: &'static str, source: aya::maps::MapError) -> DataplaneError {
     DataplaneError::Map { map, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceDataplane;
+
+    #[test]
+    fn cgroup2_root_is_found_on_hybrid_and_unified_hosts() {
+        let hybrid = "35 25 0:30 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory\n\
+                      36 25 0:31 / /sys/fs/cgroup/unified rw,relatime shared:15 - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            ServiceDataplane::cgroup2_root(hybrid).unwrap().to_str(),
+            Some("/sys/fs/cgroup/unified")
+        );
+        let unified =
+            "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            ServiceDataplane::cgroup2_root(unified).unwrap().to_str(),
+            Some("/sys/fs/cgroup")
+        );
+        assert_eq!(
+            ServiceDataplane::cgroup2_root("22 1 0:21 / /proc rw - proc proc rw\n"),
+            None
+        );
+    }
 }

@@ -116,8 +116,8 @@ fn a_server_spawned_in_one_host_answers_another() {
     let link = net
         .connect(&client, &server, LinkOptions::default())
         .unwrap();
-    let root = tempdir("keel-testhost-www");
-    std::fs::write(root.join("index.html"), "hello from the server host\n").unwrap();
+    let root = TempDir::new("keel-testhost-www");
+    std::fs::write(root.0.join("index.html"), "hello from the server host\n").unwrap();
     let addr = SocketAddr::from((link.b.ip, 8080));
 
     let _httpd = server
@@ -128,7 +128,7 @@ fn a_server_spawned_in_one_host_answers_another() {
             "-p",
             &addr.to_string(),
             "-h",
-            root.to_str().unwrap(),
+            root.0.to_str().unwrap(),
         ])
         .unwrap();
     server.wait_for_port(addr, Duration::from_secs(10)).unwrap();
@@ -148,7 +148,6 @@ fn a_server_spawned_in_one_host_answers_another() {
         page.starts_with("HTTP/1.") && page.contains("hello from the server host"),
         "{page}"
     );
-    std::fs::remove_dir_all(root).unwrap();
 }
 
 #[test]
@@ -277,13 +276,20 @@ fn the_sweeper_removes_dead_runs_and_spares_live_ones() {
     assert!(!removed.iter().any(|name| live.contains(name)));
 }
 
-fn tempdir(prefix: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "{prefix}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let dir = std::path::PathBuf::from(dir.to_string_lossy().replace(['(', ')'], ""));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A temp dir removed on drop, also when the test fails.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> TempDir {
+        let thread = format!("{:?}", std::thread::current().id()).replace(['(', ')'], "");
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{thread}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -1,0 +1,116 @@
+//! Servers and clients for the Service load-balancing tests.
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use keel_testhost::{Host, LinkOptions, TestCgroup, TestNet};
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub const BACKEND_PORT: u16 = 8080;
+
+/// A TCP server in a test host that answers every connection with its name and closes it.
+pub struct NameServer {
+    pub accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NameServer {
+    pub fn start(host: &Host, address: SocketAddrV4, name: String) -> NameServer {
+        let listener = host.enter(|| TcpListener::bind(address).unwrap()).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, halt) = (accepted.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let _ = stream.write_all(format!("{name}\n").as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        NameServer {
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `busybox nc` to the VIP from the client host, inside `cgroup` if given.
+pub fn nc_to_vip(client: &Host, cgroup: Option<&TestCgroup>) -> Output {
+    let mut command: Command = client.command("busybox");
+    command
+        .args(["nc", "-w", "3", &VIP.to_string(), "80"])
+        .stdin(Stdio::null());
+    if let Some(cgroup) = cgroup {
+        cgroup.place(&mut command).unwrap();
+    }
+    command.output().unwrap()
+}
+
+pub fn answer(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "nc failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A client host and `count` backend hosts on one switch, each backend running a
+/// [`NameServer`] named `backend<n>` on `BACKEND_PORT`.
+pub struct ServiceHosts {
+    pub client: Host,
+    pub backend_hosts: Vec<Host>,
+    pub backends: Vec<SocketAddrV4>,
+    pub servers: Vec<NameServer>,
+    // Last: dropped after the servers stop.
+    pub net: TestNet,
+}
+
+impl ServiceHosts {
+    pub fn new(tag: &str, count: usize) -> ServiceHosts {
+        let mut net = TestNet::new(tag).unwrap();
+        let mut switch = net.add_switch("sw").unwrap();
+        let client = net.add_host("client").unwrap();
+        net.plug(&client, &mut switch, LinkOptions::default())
+            .unwrap();
+        let (mut backend_hosts, mut backends, mut servers) = (Vec::new(), Vec::new(), Vec::new());
+        for index in 1..=count {
+            let host = net.add_host(&format!("backend{index}")).unwrap();
+            let port = net
+                .plug(&host, &mut switch, LinkOptions::default())
+                .unwrap();
+            let address = SocketAddrV4::new(port.ip, BACKEND_PORT);
+            servers.push(NameServer::start(&host, address, format!("backend{index}")));
+            backends.push(address);
+            backend_hosts.push(host);
+        }
+        ServiceHosts {
+            client,
+            backend_hosts,
+            backends,
+            servers,
+            net,
+        }
+    }
+}
