@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -177,4 +177,116 @@ fn applications_see_the_cluster_ip_as_their_peer() {
         ],
         "{printed}"
     );
+}
+
+#[test]
+fn the_last_of_ten_thousand_services_answers() {
+    require_root();
+    require_tool("busybox", "busybox-static");
+    let hosts = ServiceHosts::new("manysvc", 3);
+    let cgroup = TestCgroup::new().unwrap();
+    let mut dataplane = ServiceDataplane::load().unwrap();
+    dataplane.attach_cgroup(cgroup.path()).unwrap();
+
+    // 9,999 Services of 10 backends each that nothing connects to (backend addresses inside
+    // the test range, never dialled), then the one under test: 10 slots cycling over the 3
+    // real backends.
+    for index in 0..9_999u32 {
+        let frontend = Frontend {
+            address: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + index),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let backends: Vec<SocketAddrV4> = (1..=10u8)
+            .map(|host| {
+                SocketAddrV4::new(
+                    Ipv4Addr::new(198, 18, 200, host),
+                    10_000 + (index % 50_000) as u16,
+                )
+            })
+            .collect();
+        dataplane.upsert(frontend, &backends).unwrap();
+    }
+    let last = Frontend {
+        address: VIP,
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let backends: Vec<SocketAddrV4> = hosts.backends.iter().cycle().take(10).copied().collect();
+    dataplane.upsert(last, &backends).unwrap();
+
+    let mut answers = BTreeMap::<String, usize>::new();
+    for _ in 0..30 {
+        *answers
+            .entry(answer(&nc_to_vip(&hosts.client, Some(&cgroup))))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        answers.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["backend1", "backend2", "backend3"],
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn an_open_connection_outlives_its_backends_removal() {
+    require_root();
+    require_tool("python3", "python3");
+    require_tool("busybox", "busybox-static");
+    let hosts = ServiceHosts::new("drain", 1);
+    // A second listener on the backend that keeps its connections open and echoes.
+    let echo_address = SocketAddrV4::new(*hosts.backends[0].ip(), 9090);
+    let listener = hosts.backend_hosts[0]
+        .enter(|| std::net::TcpListener::bind(echo_address).unwrap())
+        .unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buffer = [0u8; 64];
+        loop {
+            let read = std::io::Read::read(&mut stream, &mut buffer).unwrap();
+            if read == 0 {
+                break;
+            }
+            std::io::Write::write_all(&mut stream, &buffer[..read]).unwrap();
+        }
+    });
+    let cgroup = TestCgroup::new().unwrap();
+    let mut dataplane = ServiceDataplane::load().unwrap();
+    dataplane.attach_cgroup(cgroup.path()).unwrap();
+    let frontend = Frontend {
+        address: VIP,
+        port: 90,
+        protocol: Protocol::Tcp,
+    };
+    dataplane.upsert(frontend, &[echo_address]).unwrap();
+
+    // A client that sends a line, waits for a second line on stdin, sends it, then closes.
+    let mut command = hosts.client.command("python3");
+    command.args([
+        "-c",
+        "import socket,sys\nc=socket.create_connection((sys.argv[1],90),timeout=5)\n\
+         for line in sys.stdin:\n    c.sendall(line.encode()); print(c.recv(64).decode().strip(), flush=True)\n",
+        &VIP.to_string(),
+    ]);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped());
+    cgroup.place(&mut command).unwrap();
+    let mut client = command.spawn().unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::Write::write_all(&mut stdin, b"before\n").unwrap();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "before");
+
+    // The endpoint goes away (terminating): new connections are refused...
+    dataplane.upsert(frontend, &[]).unwrap();
+    assert!(!nc_to_vip(&hosts.client, Some(&cgroup)).status.success());
+    // ...while the connection already open keeps talking to it.
+    line.clear();
+    std::io::Write::write_all(&mut stdin, b"after\n").unwrap();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "after");
+    drop(stdin);
+    assert!(client.wait().unwrap().success());
+    echo.join().unwrap();
 }
