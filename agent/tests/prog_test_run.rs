@@ -5,6 +5,7 @@ mod support;
 
 use std::net::Ipv4Addr;
 
+use aya::programs::Program;
 use keel_agent::dataplane::test_run::{run_tc, run_xdp};
 use keel_agent::dataplane::{StatsDataplane, load_object};
 use keel_ebpf_common::{IfaceCounters, map, program};
@@ -46,6 +47,26 @@ fn object_holds_every_program_and_map_of_the_contract() {
         program::ALL.len(),
         "programs not in the contract: {names:?}"
     );
+}
+
+#[test]
+fn every_program_in_the_object_passes_the_verifier() {
+    keel_testhost::require_root();
+    let mut ebpf = load_object().expect("load the embedded object");
+    for (name, program) in ebpf.programs_mut() {
+        let loaded = match program {
+            Program::Xdp(program) => program.load(),
+            Program::SchedClassifier(program) => program.load(),
+            Program::CgroupSockAddr(program) => program.load(),
+            other => panic!(
+                "program `{name}` has a type this test does not know: {:?}",
+                other.prog_type()
+            ),
+        };
+        if let Err(error) = loaded {
+            panic!("the verifier refused `{name}`: {error:?}");
+        }
+    }
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -289,4 +289,58 @@ fn an_open_connection_outlives_its_backends_removal() {
     drop(stdin);
     assert!(client.wait().unwrap().success());
     echo.join().unwrap();
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend() {
+    require_root();
+    require_tool("busybox", "busybox-static");
+    let hosts = ServiceHosts::new("affinity", 3);
+    let cgroup = TestCgroup::new().unwrap();
+    let mut dataplane = ServiceDataplane::load().unwrap();
+    dataplane.attach_cgroup(cgroup.path()).unwrap();
+    let frontend = Frontend {
+        address: VIP,
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let three_hours = Some(Duration::from_secs(10_800));
+    dataplane
+        .upsert_with_affinity(frontend, &hosts.backends, three_hours)
+        .unwrap();
+
+    let answers: BTreeSet<String> = (0..100)
+        .map(|_| answer(&nc_to_vip(&hosts.client, Some(&cgroup))))
+        .collect();
+    assert_eq!(
+        answers.len(),
+        1,
+        "100 connections from one client reached {answers:?}"
+    );
+    let chosen = answers.into_iter().next().unwrap();
+
+    // Its backend leaves the Service: the client moves to another one and stays there.
+    let index: usize = chosen
+        .trim_start_matches("backend")
+        .parse::<usize>()
+        .unwrap()
+        - 1;
+    let remaining: Vec<SocketAddrV4> = hosts
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, b)| *b)
+        .collect();
+    dataplane
+        .upsert_with_affinity(frontend, &remaining, three_hours)
+        .unwrap();
+    let answers: BTreeSet<String> = (0..20)
+        .map(|_| answer(&nc_to_vip(&hosts.client, Some(&cgroup))))
+        .collect();
+    assert_eq!(answers.len(), 1, "after the move: {answers:?}");
+    assert!(
+        !answers.contains(&chosen),
+        "still sent to the removed {chosen}"
+    );
 }

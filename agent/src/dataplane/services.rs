@@ -9,12 +9,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use keel_ebpf_common::service::{
-    Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP, ServiceKey,
+    ServiceValue,
 };
 use keel_ebpf_common::{map, program};
 
@@ -56,11 +58,21 @@ impl Frontend {
     }
 }
 
+/// What a frontend should lead to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Backends {
+    /// Sorted, without duplicates.
+    pub addresses: Vec<SocketAddrV4>,
+    /// `sessionAffinity: ClientIP` with this timeout.
+    pub affinity: Option<Duration>,
+}
+
 /// What the agent wrote for one frontend.
 #[derive(Debug)]
 struct Programmed {
     id: u32,
     backends: Vec<SocketAddrV4>,
+    affinity: Option<Duration>,
     /// Backend ids, slot `n` at index `n - 1`.
     slots: Vec<u32>,
 }
@@ -122,6 +134,18 @@ impl ServiceDataplane {
         frontend: Frontend,
         backends: &[SocketAddrV4],
     ) -> Result<(), DataplaneError> {
+        self.upsert_with_affinity(frontend, backends, None)
+    }
+
+    /// As [`upsert`](Self::upsert), with `sessionAffinity: ClientIP` for `affinity` (the
+    /// timeout): a client goes back to its previous backend while less than the timeout has
+    /// passed since its last connection.
+    pub fn upsert_with_affinity(
+        &mut self,
+        frontend: Frontend,
+        backends: &[SocketAddrV4],
+        affinity: Option<Duration>,
+    ) -> Result<(), DataplaneError> {
         let slots: Vec<u32> = backends
             .iter()
             .map(|backend| self.acquire_backend(*backend))
@@ -144,22 +168,28 @@ impl ServiceDataplane {
                 .insert(key, backend_id, 0)
                 .map_err(|source| map_error(map::BACKEND_SLOTS, source))?;
         }
+        let affinity_timeout = affinity.map_or(0, |timeout| {
+            u32::try_from(timeout.as_secs().max(1)).unwrap_or(u32::MAX)
+        });
         let value = ServiceValue {
             id,
             count: slots.len() as u32,
+            affinity_timeout,
+            pad: 0,
         };
         self.map::<ServiceKey, ServiceValue>(map::SERVICES)?
             .insert(frontend.key(), value, 0)
             .map_err(|source| map_error(map::SERVICES, source))?;
-        let previous = self.services.insert(
-            frontend,
-            Programmed {
-                id,
-                backends: backends.to_vec(),
-                slots,
-            },
-        );
+        let kept = slots.clone();
+        let programmed = Programmed {
+            id,
+            backends: backends.to_vec(),
+            affinity,
+            slots,
+        };
+        let previous = self.services.insert(frontend, programmed);
         if let Some(previous) = previous {
+            self.forget_affinity(id, &kept)?;
             self.retire(id, backends.len() as u32 + 1, &previous.slots)?;
         }
         Ok(())
@@ -170,7 +200,7 @@ impl ServiceDataplane {
     /// frontends changed.
     pub fn apply(
         &mut self,
-        desired: &BTreeMap<Frontend, Vec<SocketAddrV4>>,
+        desired: &BTreeMap<Frontend, Backends>,
     ) -> Result<usize, DataplaneError> {
         let gone: Vec<Frontend> = self
             .services
@@ -183,12 +213,11 @@ impl ServiceDataplane {
             self.remove(frontend)?;
         }
         for (frontend, backends) in desired {
-            if self
-                .services
-                .get(frontend)
-                .is_none_or(|programmed| programmed.backends != *backends)
-            {
-                self.upsert(*frontend, backends)?;
+            if self.services.get(frontend).is_none_or(|programmed| {
+                programmed.backends != backends.addresses
+                    || programmed.affinity != backends.affinity
+            }) {
+                self.upsert_with_affinity(*frontend, &backends.addresses, backends.affinity)?;
                 changed += 1;
             }
         }
@@ -207,7 +236,26 @@ impl ServiceDataplane {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(source) => return Err(map_error(map::SERVICES, source)),
         }
+        self.forget_affinity(programmed.id, &[])?;
         self.retire(programmed.id, 1, &programmed.slots)
+    }
+
+    /// Deletes the affinity entries of service `id` that point at a backend not in `kept`.
+    fn forget_affinity(&mut self, id: u32, kept: &[u32]) -> Result<(), DataplaneError> {
+        let mut affinity = self.map::<AffinityKey, AffinityValue>(map::AFFINITY)?;
+        let stale: Vec<AffinityKey> = affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, value)| key.service_id == id && !kept.contains(&value.backend_id))
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale {
+            match affinity.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_error(map::AFFINITY, source)),
+            }
+        }
+        Ok(())
     }
 
     /// Deletes slots from `first_gone` on and releases the backends of all `old_slots`.

@@ -16,13 +16,18 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
-use crate::dataplane::{Frontend, Protocol};
+use std::time::Duration;
+
+use crate::dataplane::{Backends, Frontend, Protocol};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Backends per frontend, sorted, without duplicates.
-pub type DesiredState = BTreeMap<Frontend, Vec<SocketAddrV4>>;
+/// Backends per frontend.
+pub type DesiredState = BTreeMap<Frontend, Backends>;
+
+/// Upstream's default `sessionAffinityConfig.clientIP.timeoutSeconds`: three hours.
+const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
 
 /// Computes the frontends and backends of `services`; `node_name` is this node, for
 /// `internalTrafficPolicy: Local`.
@@ -54,6 +59,14 @@ pub fn desired_state(
             })
             .collect();
         let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|config| config.client_ip.as_ref())
+                .and_then(|client_ip| client_ip.timeout_seconds)
+                .and_then(|seconds| u64::try_from(seconds).ok())
+                .map_or(DEFAULT_AFFINITY_TIMEOUT, Duration::from_secs)
+        });
 
         let cluster_ips = ipv4s(
             spec.cluster_ips
@@ -96,7 +109,10 @@ pub fn desired_state(
                         port: number,
                         protocol,
                     },
-                    cluster.clone(),
+                    Backends {
+                        addresses: cluster.clone(),
+                        affinity,
+                    },
                 );
             }
             for address in &external_ips {
@@ -106,7 +122,10 @@ pub fn desired_state(
                         port: number,
                         protocol,
                     },
-                    all.clone(),
+                    Backends {
+                        addresses: all.clone(),
+                        affinity,
+                    },
                 );
             }
         }
@@ -266,8 +285,8 @@ endpoints:
         let http = vec![backend(5, 8080), backend(6, 8080)];
         let dns = vec![backend(5, 5353), backend(6, 5353)];
         for address in [[10, 96, 0, 10], [198, 18, 100, 1], [198, 18, 100, 2]] {
-            assert_eq!(state[&frontend(address, 80, Protocol::Tcp)], http);
-            assert_eq!(state[&frontend(address, 53, Protocol::Udp)], dns);
+            assert_eq!(state[&frontend(address, 80, Protocol::Tcp)].addresses, http);
+            assert_eq!(state[&frontend(address, 53, Protocol::Udp)].addresses, dns);
         }
         assert_eq!(state.len(), 6);
     }
@@ -279,7 +298,7 @@ endpoints:
             .replace("conditions: {ready: true}", "conditions: {ready: false}");
         let state = state(&yaml, None);
         assert_eq!(
-            state[&frontend([10, 96, 0, 10], 80, Protocol::Tcp)],
+            state[&frontend([10, 96, 0, 10], 80, Protocol::Tcp)].addresses,
             [backend(7, 8080)]
         );
     }
@@ -292,12 +311,14 @@ endpoints:
         );
         let state = state(&yaml, Some("node-b"));
         assert_eq!(
-            state[&frontend([10, 96, 0, 10], 80, Protocol::Tcp)],
+            state[&frontend([10, 96, 0, 10], 80, Protocol::Tcp)].addresses,
             [backend(6, 8080)]
         );
         // External frontends are not governed by the internal policy.
         assert_eq!(
-            state[&frontend([198, 18, 100, 1], 80, Protocol::Tcp)].len(),
+            state[&frontend([198, 18, 100, 1], 80, Protocol::Tcp)]
+                .addresses
+                .len(),
             2
         );
     }
@@ -323,7 +344,35 @@ endpoints:
             "kubernetes.io/service-name: api",
         );
         let state = self::state(&other_service, None);
-        assert!(state[&frontend([10, 96, 0, 10], 80, Protocol::Tcp)].is_empty());
+        assert!(
+            state[&frontend([10, 96, 0, 10], 80, Protocol::Tcp)]
+                .addresses
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn client_ip_affinity_carries_its_timeout_and_defaults_to_three_hours() {
+        assert_eq!(
+            state(WEB, None)[&frontend([10, 96, 0, 10], 80, Protocol::Tcp)].affinity,
+            None
+        );
+        let with = WEB.replace(
+            "  clusterIP: 10.96.0.10\n",
+            "  clusterIP: 10.96.0.10\n  sessionAffinity: ClientIP\n",
+        );
+        assert_eq!(
+            state(&with, None)[&frontend([10, 96, 0, 10], 80, Protocol::Tcp)].affinity,
+            Some(Duration::from_secs(10_800))
+        );
+        let timed = with.replace(
+            "  sessionAffinity: ClientIP\n",
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+        );
+        assert_eq!(
+            state(&timed, None)[&frontend([198, 18, 100, 1], 80, Protocol::Tcp)].affinity,
+            Some(Duration::from_secs(60))
+        );
     }
 
     #[test]

@@ -63,13 +63,17 @@ pub mod map {
     /// `LruHashMap<SockRevNatKey, SockRevNatValue>`: the frontend behind a translated socket.
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
 
+    /// `LruHashMap<AffinityKey, AffinityValue>`: `sessionAffinity: ClientIP` choices.
+    pub const AFFINITY: &str = "AFFINITY";
+
     /// Every map in the object.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 7] = [
         IFACE_STATS,
         DROP_STATS,
         SERVICES,
         BACKEND_SLOTS,
         BACKENDS,
         SOCK_REVNAT,
+        AFFINITY,
     ];
 }

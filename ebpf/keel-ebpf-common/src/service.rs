@@ -40,6 +40,32 @@ pub struct ServiceValue {
     pub id: u32,
     /// Number of backend slots (`1..=count`); 0: the service has no ready backend.
     pub count: u32,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0: no affinity.
+    pub affinity_timeout: u32,
+    pub pad: u32,
+}
+
+/// Most clients `AFFINITY` remembers (LRU).
+pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
+
+/// Key of `AFFINITY`: a client of a service. At the socket level the client is its network
+/// namespace (a pod, or the node itself), identified by `bpf_get_netns_cookie`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: u64,
+    pub service_id: u32,
+    pub pad: u32,
+}
+
+/// Value of `AFFINITY`: the backend the client was last sent to, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns` of the last connection.
+    pub last_used: u64,
+    pub backend_id: u32,
+    pub pad: u32,
 }
 
 /// Key of `BACKEND_SLOTS`.
@@ -84,7 +110,9 @@ pub struct SockRevNatValue {
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<BackendSlotKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 const _: () = assert!(core::mem::size_of::<SockRevNatKey>() == 16);
@@ -108,4 +136,8 @@ mod pod {
     unsafe impl aya::Pod for SockRevNatKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for SockRevNatValue {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for AffinityKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for AffinityValue {}
 }

@@ -1,12 +1,14 @@
 //! The Service load-balancing maps (contract: `keel_ebpf_common::service`). Only the agent
-//! writes `SERVICES`, `BACKEND_SLOTS` and `BACKENDS`; the programs write `SOCK_REVNAT`.
+//! writes `SERVICES`, `BACKEND_SLOTS` and `BACKENDS`; the programs write `SOCK_REVNAT` and
+//! `AFFINITY` (the agent only deletes `AFFINITY` entries of backends it removed).
 
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{HashMap, LruHashMap};
 use keel_ebpf_common::service::{
-    BACKEND_SLOTS_MAX_ENTRIES, BACKENDS_MAX_ENTRIES, Backend, BackendSlotKey, SERVICES_MAX_ENTRIES,
-    SOCK_REVNAT_MAX_ENTRIES, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
+    AFFINITY_MAX_ENTRIES, AffinityKey, AffinityValue, BACKEND_SLOTS_MAX_ENTRIES,
+    BACKENDS_MAX_ENTRIES, Backend, BackendSlotKey, SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES,
+    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
 };
 
 /// Contract: `map::SERVICES`.
@@ -28,3 +30,8 @@ pub static BACKENDS: HashMap<u32, Backend> =
 #[map]
 pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::with_max_entries(SOCK_REVNAT_MAX_ENTRIES, 0);
+
+/// Contract: `map::AFFINITY`.
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(AFFINITY_MAX_ENTRIES, 0);

@@ -3,13 +3,20 @@
 //! backend back into the frontend wherever the application reads its peer.
 
 use aya_ebpf::EbpfContext as _;
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie};
+use aya_ebpf::helpers::{
+    bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+};
 use aya_ebpf::programs::SockAddrContext;
 use keel_ebpf_common::DropReason;
-use keel_ebpf_common::service::{BackendSlotKey, ServiceKey, SockRevNatKey, SockRevNatValue};
+use keel_ebpf_common::service::{
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue, SockRevNatKey,
+    SockRevNatValue,
+};
 
 use crate::drop_stats;
-use crate::service_maps::{BACKEND_SLOTS, BACKENDS, SERVICES, SOCK_REVNAT};
+use crate::service_maps::{AFFINITY, BACKEND_SLOTS, BACKENDS, SERVICES, SOCK_REVNAT};
+
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
 /// What a cgroup sock_addr hook tells the kernel.
 pub const ALLOW: i32 = 1;
@@ -39,19 +46,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
         drop_stats::record(DropReason::NoBackend);
         return REJECT;
     }
-    // SAFETY: bpf_get_prandom_u32 has no preconditions.
-    let slot = unsafe { bpf_get_prandom_u32() } % service.count + 1;
-    let slot_key = BackendSlotKey {
-        service_id: service.id,
-        slot,
-    };
-    // SAFETY: as above.
-    let Some(backend_id) = (unsafe { BACKEND_SLOTS.get(&slot_key) }) else {
-        drop_stats::record(DropReason::NoBackend);
-        return REJECT;
-    };
-    // SAFETY: as above.
-    let Some(backend) = (unsafe { BACKENDS.get(backend_id) }) else {
+    let Some((_, backend)) = choose_backend(ctx, service) else {
         drop_stats::record(DropReason::NoBackend);
         return REJECT;
     };
@@ -77,6 +72,64 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     // An LRU map makes room by itself; a failure here only loses the reverse view.
     let _ = SOCK_REVNAT.insert(&revnat_key, &frontend, 0);
     ALLOW
+}
+
+/// The backend for this connection: the client's previous one while its affinity lasts, else
+/// a slot at random.
+#[inline(always)]
+fn choose_backend(ctx: &SockAddrContext, service: &ServiceValue) -> Option<(u32, Backend)> {
+    if service.affinity_timeout == 0 {
+        return random_backend(service);
+    }
+    // SAFETY: the context is a `bpf_sock_addr`, which bpf_get_netns_cookie accepts.
+    let client = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let key = AffinityKey {
+        client,
+        service_id: service.id,
+        pad: 0,
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let timeout = u64::from(service.affinity_timeout) * NANOS_PER_SECOND;
+    // SAFETY: a map lookup returning a reference into the map value, read at once.
+    let previous = unsafe { AFFINITY.get(&key) }.copied();
+    let chosen = match previous {
+        Some(previous) if now.saturating_sub(previous.last_used) <= timeout => {
+            // SAFETY: as above. A backend the agent removed is gone from BACKENDS.
+            match unsafe { BACKENDS.get(&previous.backend_id) } {
+                Some(backend) => Some((previous.backend_id, *backend)),
+                None => random_backend(service),
+            }
+        }
+        _ => random_backend(service),
+    };
+    if let Some((backend_id, _)) = chosen {
+        let value = AffinityValue {
+            last_used: now,
+            backend_id,
+            pad: 0,
+        };
+        // An LRU map makes room by itself; a failure only forgets the affinity.
+        let _ = AFFINITY.insert(&key, &value, 0);
+    }
+    chosen
+}
+
+#[inline(always)]
+fn random_backend(service: &ServiceValue) -> Option<(u32, Backend)> {
+    // `checked_rem`: a division by a count the compiler cannot prove non-zero would leave a
+    // panic path, which the verifier rejects.
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(service.count)? + 1;
+    let slot_key = BackendSlotKey {
+        service_id: service.id,
+        slot,
+    };
+    // SAFETY: map lookups returning references into map values, copied at once.
+    let backend_id = *unsafe { BACKEND_SLOTS.get(&slot_key) }?;
+    // SAFETY: as above.
+    let backend = *unsafe { BACKENDS.get(&backend_id) }?;
+    Some((backend_id, backend))
 }
 
 /// `recvmsg4` and `getpeername4`: show the frontend where the backend would appear.
