@@ -3,16 +3,17 @@
 
 mod support;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::programs::Program;
 use keel_agent::dataplane::test_run::{run_tc, run_xdp};
-use keel_agent::dataplane::{StatsDataplane, load_object};
+use keel_agent::dataplane::{Frontend, Protocol, ServiceDataplane, StatsDataplane, load_object};
 use keel_ebpf_common::{IfaceCounters, map, program};
 use support::packet::{self, Endpoints};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 /// `BPF_PROG_TEST_RUN` without a context runs the program as if on the loopback device.
 const LOOPBACK_IFINDEX: u32 = 1;
 
@@ -125,4 +126,144 @@ fn tc_stats_pass_the_frame_unchanged_and_count_by_direction() {
         }
     );
     assert_eq!(lo.xdp, IfaceCounters::default());
+}
+
+/// The TC load balancer on hand-built packets: DNAT of a new flow, the same backend for the
+/// flow's next packet, reverse NAT of the reply, and checksums, byte for byte against packets
+/// built from scratch with the translated addresses.
+#[test]
+fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
+    keel_testhost::require_root();
+    let client = Ipv4Addr::new(198, 18, 0, 1);
+    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    let backend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 2), 8080);
+    let mut dataplane = ServiceDataplane::load().expect("load the Service programs");
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        dataplane
+            .upsert(
+                Frontend {
+                    address: vip,
+                    port: 80,
+                    protocol,
+                },
+                &[backend],
+            )
+            .unwrap();
+    }
+    let ends = |src_ip, dst_ip| Endpoints {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src_ip,
+        dst_ip,
+    };
+    let run = |dataplane: &mut ServiceDataplane, packet: &[u8]| {
+        let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, packet, 1).unwrap();
+        assert_eq!(run.verdict, TC_ACT_OK);
+        run.packet
+    };
+
+    // TCP: SYN to the VIP goes to the backend; so does the flow's next segment.
+    let syn = packet::tcp(&ends(client, vip), 40000, 80, 1000, packet::TCP_SYN, b"");
+    assert_eq!(
+        run(&mut dataplane, &syn),
+        packet::tcp(
+            &ends(client, *backend.ip()),
+            40000,
+            8080,
+            1000,
+            packet::TCP_SYN,
+            b""
+        )
+    );
+    let data = packet::tcp(
+        &ends(client, vip),
+        40000,
+        80,
+        1001,
+        packet::TCP_ACK,
+        b"GET / HTTP/1.0\r\n\r\n",
+    );
+    let expected = packet::tcp(
+        &ends(client, *backend.ip()),
+        40000,
+        8080,
+        1001,
+        packet::TCP_ACK,
+        b"GET / HTTP/1.0\r\n\r\n",
+    );
+    assert_eq!(run(&mut dataplane, &data), expected);
+    // The backend's reply leaves as if from the VIP.
+    let reply = packet::tcp(
+        &ends(*backend.ip(), client),
+        8080,
+        40000,
+        5000,
+        packet::TCP_SYN | packet::TCP_ACK,
+        b"",
+    );
+    assert_eq!(
+        run(&mut dataplane, &reply),
+        packet::tcp(
+            &ends(vip, client),
+            80,
+            40000,
+            5000,
+            packet::TCP_SYN | packet::TCP_ACK,
+            b""
+        )
+    );
+
+    // UDP with a checksum, and without one (0 must stay 0).
+    let query = packet::udp(&ends(client, vip), 5353, 80, b"query");
+    assert_eq!(
+        run(&mut dataplane, &query),
+        packet::udp(&ends(client, *backend.ip()), 5353, 8080, b"query")
+    );
+    let answer = packet::udp(&ends(*backend.ip(), client), 8080, 5353, b"answer");
+    assert_eq!(
+        run(&mut dataplane, &answer),
+        packet::udp(&ends(vip, client), 80, 5353, b"answer")
+    );
+    let bare = packet::udp_without_checksum(&ends(client, vip), 6000, 80, b"bare");
+    assert_eq!(
+        run(&mut dataplane, &bare),
+        packet::udp_without_checksum(&ends(client, *backend.ip()), 6000, 8080, b"bare")
+    );
+
+    // Not a frontend: untouched.
+    let other = packet::tcp(
+        &ends(client, Ipv4Addr::new(198, 19, 0, 9)),
+        40001,
+        80,
+        1,
+        packet::TCP_SYN,
+        b"",
+    );
+    assert_eq!(run(&mut dataplane, &other), other);
+}
+
+#[test]
+fn tc_lb_drops_flows_to_a_service_without_backends() {
+    keel_testhost::require_root();
+    let vip = Ipv4Addr::new(10, 96, 0, 11);
+    let mut dataplane = ServiceDataplane::load().expect("load the Service programs");
+    dataplane
+        .upsert(
+            Frontend {
+                address: vip,
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            &[],
+        )
+        .unwrap();
+    let ends = Endpoints {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src_ip: Ipv4Addr::new(198, 18, 0, 1),
+        dst_ip: vip,
+    };
+    let syn = packet::tcp(&ends, 40000, 80, 1, packet::TCP_SYN, b"");
+    let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, &syn, 1).unwrap();
+    assert_eq!(run.verdict, TC_ACT_SHOT);
 }

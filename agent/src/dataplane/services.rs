@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::tc::TcAttachType;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier};
 use keel_ebpf_common::service::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP, ServiceKey,
     ServiceValue,
@@ -99,6 +100,12 @@ impl ServiceDataplane {
                     source,
                 })?;
         }
+        program_mut::<SchedClassifier>(&mut ebpf, program::TC_LB_INGRESS)?
+            .load()
+            .map_err(|source| DataplaneError::ProgramLoad {
+                program: program::TC_LB_INGRESS,
+                source,
+            })?;
         Ok(ServiceDataplane {
             ebpf,
             services: HashMap::new(),
@@ -125,6 +132,25 @@ impl ServiceDataplane {
                 })?;
         }
         Ok(())
+    }
+
+    /// Load-balances Service traffic routed through the node: attaches `tc_lb_ingress` to
+    /// `interface` (a name in the calling thread's network namespace).
+    pub fn attach_tc(&mut self, interface: &str) -> Result<(), DataplaneError> {
+        let name = program::TC_LB_INGRESS;
+        program_mut::<SchedClassifier>(&mut self.ebpf, name)?
+            .attach(interface, TcAttachType::Ingress)
+            .map(drop)
+            .map_err(|source| DataplaneError::Attach {
+                program: name,
+                interface: interface.to_owned(),
+                source,
+            })
+    }
+
+    /// The loaded object, for tests that run its programs with `BPF_PROG_TEST_RUN`.
+    pub fn object(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Sets the backends of `frontend`, creating it if needed. No backends: connections to

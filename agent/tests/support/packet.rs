@@ -5,7 +5,12 @@ use std::net::Ipv4Addr;
 
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
 const ETH_HLEN: usize = 14;
 const IPV4_HLEN: usize = 20;
 
@@ -31,6 +36,42 @@ pub fn udp(ends: &Endpoints, src_port: u16, dst_port: u16, payload: &[u8]) -> Ve
     let checksum = if checksum == 0 { 0xffff } else { checksum };
     udp[6..8].copy_from_slice(&checksum.to_be_bytes());
     frame(ends, IPPROTO_UDP, &udp)
+}
+
+/// An Ethernet frame carrying a TCP segment (20-byte header, no options).
+pub fn tcp(
+    ends: &Endpoints,
+    src_port: u16,
+    dst_port: u16,
+    seq: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(20 + payload.len());
+    tcp.extend_from_slice(&src_port.to_be_bytes());
+    tcp.extend_from_slice(&dst_port.to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&0u32.to_be_bytes()); // ack number
+    tcp.push(5 << 4); // data offset: 5 words
+    tcp.push(flags);
+    tcp.extend_from_slice(&64240u16.to_be_bytes()); // window
+    tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+    tcp.extend_from_slice(payload);
+    let checksum = transport_checksum(ends, IPPROTO_TCP, &tcp);
+    tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
+    frame(ends, IPPROTO_TCP, &tcp)
+}
+
+/// An Ethernet frame carrying a UDP datagram without a checksum (0: none).
+pub fn udp_without_checksum(
+    ends: &Endpoints,
+    src_port: u16,
+    dst_port: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut frame = udp(ends, src_port, dst_port, payload);
+    frame[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    frame
 }
 
 /// An Ethernet frame carrying an ICMP echo request.

@@ -10,6 +10,7 @@
 //! without features, `no_std`.
 #![no_std]
 
+pub mod conntrack;
 pub mod drop_reason;
 pub mod service;
 pub mod stats;
@@ -26,6 +27,9 @@ pub mod program {
     /// TC egress (clsact / tcx) on an interface: per-interface transmit counters.
     pub const TC_STATS_EGRESS: &str = "tc_stats_egress";
 
+    /// TC ingress on node interfaces: packets to a Service frontend that no local socket sent
+    /// (routed through the node) go to a backend; replies come back from the frontend.
+    pub const TC_LB_INGRESS: &str = "tc_lb_ingress";
     /// cgroup `connect4`: a socket connecting to a Service frontend connects to a backend.
     pub const SOCK_CONNECT4: &str = "sock_connect4";
     /// cgroup `sendmsg4`: a UDP datagram sent to a frontend goes to a backend.
@@ -36,10 +40,11 @@ pub mod program {
     pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
 
     /// Every program in the object, for loaders and the object check in the agent's tests.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         XDP_STATS,
         TC_STATS_INGRESS,
         TC_STATS_EGRESS,
+        TC_LB_INGRESS,
         SOCK_CONNECT4,
         SOCK_SENDMSG4,
         SOCK_RECVMSG4,
@@ -66,8 +71,12 @@ pub mod map {
     /// `LruHashMap<AffinityKey, AffinityValue>`: `sessionAffinity: ClientIP` choices.
     pub const AFFINITY: &str = "AFFINITY";
 
+    /// `LruHashMap<CtKey, CtValue>`: flows translated by the TC path, both directions.
+    pub const CT4: &str = "CT4";
+
     /// Every map in the object.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
+        CT4,
         IFACE_STATS,
         DROP_STATS,
         SERVICES,

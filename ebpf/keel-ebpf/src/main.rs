@@ -1,6 +1,6 @@
 //! Keel's eBPF programs: one object, one entry function per attach point.
 //!
-//! Entry functions (`xdp_stats`, `tc_stats_ingress`, `tc_stats_egress`, `sock_connect4`,
+//! Entry functions (`xdp_stats`, `tc_stats_ingress`, `tc_stats_egress`, `tc_lb_ingress`, `sock_connect4`,
 //! `sock_sendmsg4`, `sock_recvmsg4`, `sock_getpeername4`; each named the same in file and
 //! function) only dispatch; the logic and maps live in the modules below. Shared
 //! types come from `keel-ebpf-common`, which the agent uses too.
@@ -9,6 +9,7 @@
 #![no_std]
 #![no_main]
 
+mod ct_map;
 mod drop_stats;
 mod iface_stats;
 mod service_maps;
@@ -17,6 +18,8 @@ mod sock_getpeername4;
 mod sock_recvmsg4;
 mod sock_sendmsg4;
 mod socket_lb;
+mod tc_lb;
+mod tc_lb_ingress;
 mod tc_stats_egress;
 mod tc_stats_ingress;
 mod xdp_stats;

@@ -3,6 +3,7 @@
 //! `AFFINITY` (the agent only deletes `AFFINITY` entries of backends it removed).
 
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{HashMap, LruHashMap};
 use keel_ebpf_common::service::{
@@ -35,3 +36,21 @@ pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
 #[map]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(AFFINITY_MAX_ENTRIES, 0);
+
+/// A backend of `service` from a slot chosen at random.
+#[inline(always)]
+pub fn random_backend(service: &ServiceValue) -> Option<(u32, Backend)> {
+    // `checked_rem`: a division by a count the compiler cannot prove non-zero would leave a
+    // panic path, which the verifier rejects.
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(service.count)? + 1;
+    let slot_key = BackendSlotKey {
+        service_id: service.id,
+        slot,
+    };
+    // SAFETY: map lookups returning references into map values, copied at once.
+    let backend_id = *unsafe { BACKEND_SLOTS.get(&slot_key) }?;
+    // SAFETY: as above.
+    let backend = *unsafe { BACKENDS.get(&backend_id) }?;
+    Some((backend_id, backend))
+}

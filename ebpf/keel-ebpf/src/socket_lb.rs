@@ -3,18 +3,15 @@
 //! backend back into the frontend wherever the application reads its peer.
 
 use aya_ebpf::EbpfContext as _;
-use aya_ebpf::helpers::{
-    bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
-};
+use aya_ebpf::helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns};
 use aya_ebpf::programs::SockAddrContext;
 use keel_ebpf_common::DropReason;
 use keel_ebpf_common::service::{
-    AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue, SockRevNatKey,
-    SockRevNatValue,
+    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
 };
 
 use crate::drop_stats;
-use crate::service_maps::{AFFINITY, BACKEND_SLOTS, BACKENDS, SERVICES, SOCK_REVNAT};
+use crate::service_maps::{AFFINITY, BACKENDS, SERVICES, SOCK_REVNAT, random_backend};
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
@@ -113,23 +110,6 @@ fn choose_backend(ctx: &SockAddrContext, service: &ServiceValue) -> Option<(u32,
         let _ = AFFINITY.insert(&key, &value, 0);
     }
     chosen
-}
-
-#[inline(always)]
-fn random_backend(service: &ServiceValue) -> Option<(u32, Backend)> {
-    // `checked_rem`: a division by a count the compiler cannot prove non-zero would leave a
-    // panic path, which the verifier rejects.
-    // SAFETY: bpf_get_prandom_u32 has no preconditions.
-    let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(service.count)? + 1;
-    let slot_key = BackendSlotKey {
-        service_id: service.id,
-        slot,
-    };
-    // SAFETY: map lookups returning references into map values, copied at once.
-    let backend_id = *unsafe { BACKEND_SLOTS.get(&slot_key) }?;
-    // SAFETY: as above.
-    let backend = *unsafe { BACKENDS.get(&backend_id) }?;
-    Some((backend_id, backend))
 }
 
 /// `recvmsg4` and `getpeername4`: show the frontend where the backend would appear.

@@ -1,0 +1,179 @@
+//! Service load-balancing at TC, for packets no local socket sent (they arrive routed through
+//! the node): DNAT to a backend with a conntrack entry per direction, reverse NAT of the
+//! replies, and incremental checksum updates.
+
+use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::programs::TcContext;
+use keel_ebpf_common::DropReason;
+use keel_ebpf_common::conntrack::{CT_FORWARD, CT_REVERSE, CtKey, CtValue};
+use keel_ebpf_common::service::{PROTO_TCP, PROTO_UDP, ServiceKey};
+
+use crate::ct_map::CT4;
+use crate::service_maps::{SERVICES, random_backend};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const IPV4_CHECKSUM: usize = ETH_HLEN + 10;
+const IPV4_SADDR: usize = ETH_HLEN + 12;
+const IPV4_DADDR: usize = ETH_HLEN + 16;
+
+/// The parts of an IPv4 TCP / UDP packet the load balancer reads.
+struct Flow {
+    /// Offset of the transport header.
+    l4: usize,
+    protocol: u8,
+    key: CtKey,
+}
+
+/// Translates the packet if it belongs to a Service flow; other packets pass untouched.
+#[inline(always)]
+pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some(flow) = parse(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map lookup returning a reference into the map value, copied at once.
+    if let Some(entry) = unsafe { CT4.get(&flow.key) }.copied() {
+        let _ = CT4.insert(
+            &flow.key,
+            &CtValue {
+                last_seen: now,
+                ..entry
+            },
+            0,
+        );
+        match entry.kind {
+            CT_FORWARD => rewrite(ctx, &flow, Side::Destination, entry.address, entry.port)?,
+            CT_REVERSE => rewrite(ctx, &flow, Side::Source, entry.address, entry.port)?,
+            _ => {}
+        }
+        return Ok(TC_ACT_OK);
+    }
+    let frontend = ServiceKey {
+        address: flow.key.daddr,
+        port: flow.key.dport,
+        protocol: flow.protocol,
+        pad: 0,
+    };
+    // SAFETY: as above.
+    let Some(service) = (unsafe { SERVICES.get(&frontend) }).copied() else {
+        return Ok(TC_ACT_OK);
+    };
+    let Some((_, backend)) = random_backend(&service) else {
+        return Err(DropReason::NoBackend);
+    };
+    let forward = CtValue {
+        last_seen: now,
+        address: backend.address,
+        port: backend.port,
+        kind: CT_FORWARD,
+        pad: 0,
+    };
+    let reply = CtKey {
+        saddr: backend.address,
+        daddr: flow.key.saddr,
+        sport: backend.port,
+        dport: flow.key.sport,
+        protocol: flow.protocol,
+        pad: [0; 3],
+    };
+    let reverse = CtValue {
+        last_seen: now,
+        address: frontend.address,
+        port: frontend.port,
+        kind: CT_REVERSE,
+        pad: 0,
+    };
+    // Reverse first: a reply must never find a forward entry without its way back.
+    CT4.insert(&reply, &reverse, 0)
+        .map_err(|_| DropReason::ConntrackFull)?;
+    CT4.insert(&flow.key, &forward, 0)
+        .map_err(|_| DropReason::ConntrackFull)?;
+    rewrite(ctx, &flow, Side::Destination, backend.address, backend.port)?;
+    Ok(TC_ACT_OK)
+}
+
+/// `None` for what the load balancer does not handle (not IPv4, not TCP / UDP, a later
+/// fragment).
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
+    let malformed = |_| DropReason::Malformed;
+    let ether_type: u16 = ctx.load(12).map_err(malformed)?;
+    if u16::from_be(ether_type) != ETH_P_IPV4 {
+        return Ok(None);
+    }
+    let version_ihl: u8 = ctx.load(ETH_HLEN).map_err(malformed)?;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header_len < 20 {
+        return Err(DropReason::Malformed);
+    }
+    let fragment: u16 = ctx.load(ETH_HLEN + 6).map_err(malformed)?;
+    if u16::from_be(fragment) & 0x1fff != 0 {
+        return Ok(None);
+    }
+    let protocol: u8 = ctx.load(ETH_HLEN + 9).map_err(malformed)?;
+    if protocol != PROTO_TCP && protocol != PROTO_UDP {
+        return Ok(None);
+    }
+    let l4 = ETH_HLEN + header_len;
+    let key = CtKey {
+        saddr: ctx.load(IPV4_SADDR).map_err(malformed)?,
+        daddr: ctx.load(IPV4_DADDR).map_err(malformed)?,
+        sport: ctx.load(l4).map_err(malformed)?,
+        dport: ctx.load(l4 + 2).map_err(malformed)?,
+        protocol,
+        pad: [0; 3],
+    };
+    Ok(Some(Flow { l4, protocol, key }))
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Replaces one side's address and port, fixing the IPv4 and transport checksums.
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    flow: &Flow,
+    side: Side,
+    address: u32,
+    port: u16,
+) -> Result<(), DropReason> {
+    let (address_at, port_at, old_address, old_port) = match side {
+        Side::Source => (IPV4_SADDR, flow.l4, flow.key.saddr, flow.key.sport),
+        Side::Destination => (IPV4_DADDR, flow.l4 + 2, flow.key.daddr, flow.key.dport),
+    };
+    let (checksum_at, mangled_zero) = if flow.protocol == PROTO_TCP {
+        (flow.l4 + 16, 0)
+    } else {
+        // A UDP checksum of 0 means "none" and must stay 0.
+        (flow.l4 + 6, u64::from(BPF_F_MARK_MANGLED_0))
+    };
+    let failed = |_| DropReason::Malformed;
+    ctx.l3_csum_replace(IPV4_CHECKSUM, u64::from(old_address), u64::from(address), 4)
+        .map_err(failed)?;
+    // The address is part of the transport checksum's pseudo-header; the port is in the header.
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled_zero;
+    ctx.l4_csum_replace(
+        checksum_at,
+        u64::from(old_address),
+        u64::from(address),
+        pseudo | 4,
+    )
+    .map_err(failed)?;
+    ctx.l4_csum_replace(
+        checksum_at,
+        u64::from(old_port),
+        u64::from(port),
+        mangled_zero | 2,
+    )
+    .map_err(failed)?;
+    ctx.store(address_at, &address, 0).map_err(failed)?;
+    ctx.store(port_at, &port, 0).map_err(failed)?;
+    Ok(())
+}
