@@ -49,8 +49,8 @@ pub fn random_backend(service: &ServiceValue) -> Option<(u32, Backend)> {
         slot,
     };
     // SAFETY: map lookups returning references into map values, copied at once.
-    let backend_id = *unsafe { BACKEND_SLOTS.get(&slot_key) }?;
+    let backend_id = *unsafe { BACKEND_SLOTS.get(slot_key) }?;
     // SAFETY: as above.
-    let backend = *unsafe { BACKENDS.get(&backend_id) }?;
+    let backend = *unsafe { BACKENDS.get(backend_id) }?;
     Some((backend_id, backend))
 }

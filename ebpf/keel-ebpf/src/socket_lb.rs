@@ -36,7 +36,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
         pad: 0,
     };
     // SAFETY: a map lookup returning a reference into the map value, read at once.
-    let Some(service) = (unsafe { SERVICES.get(&key) }) else {
+    let Some(service) = (unsafe { SERVICES.get(key) }) else {
         return ALLOW;
     };
     if service.count == 0 {
@@ -67,7 +67,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
         pad: [0; 2],
     };
     // An LRU map makes room by itself; a failure here only loses the reverse view.
-    let _ = SOCK_REVNAT.insert(&revnat_key, &frontend, 0);
+    let _ = SOCK_REVNAT.insert(revnat_key, frontend, 0);
     ALLOW
 }
 
@@ -89,11 +89,11 @@ fn choose_backend(ctx: &SockAddrContext, service: &ServiceValue) -> Option<(u32,
     let now = unsafe { bpf_ktime_get_ns() };
     let timeout = u64::from(service.affinity_timeout) * NANOS_PER_SECOND;
     // SAFETY: a map lookup returning a reference into the map value, read at once.
-    let previous = unsafe { AFFINITY.get(&key) }.copied();
+    let previous = unsafe { AFFINITY.get(key) }.copied();
     let chosen = match previous {
         Some(previous) if now.saturating_sub(previous.last_used) <= timeout => {
             // SAFETY: as above. A backend the agent removed is gone from BACKENDS.
-            match unsafe { BACKENDS.get(&previous.backend_id) } {
+            match unsafe { BACKENDS.get(previous.backend_id) } {
                 Some(backend) => Some((previous.backend_id, *backend)),
                 None => random_backend(service),
             }
@@ -107,7 +107,7 @@ fn choose_backend(ctx: &SockAddrContext, service: &ServiceValue) -> Option<(u32,
             pad: 0,
         };
         // An LRU map makes room by itself; a failure only forgets the affinity.
-        let _ = AFFINITY.insert(&key, &value, 0);
+        let _ = AFFINITY.insert(key, value, 0);
     }
     chosen
 }
@@ -127,7 +127,7 @@ pub fn to_frontend(ctx: &SockAddrContext) -> i32 {
         pad: [0; 2],
     };
     // SAFETY: a map lookup returning a reference into the map value, read at once.
-    if let Some(frontend) = unsafe { SOCK_REVNAT.get(&key) } {
+    if let Some(frontend) = unsafe { SOCK_REVNAT.get(key) } {
         let (frontend_address, frontend_port) = (frontend.address, frontend.port);
         // SAFETY: user_ip4 and user_port are writable in recvmsg4 and getpeername4.
         unsafe {

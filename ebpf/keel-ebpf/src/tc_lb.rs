@@ -35,10 +35,10 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a map lookup returning a reference into the map value, copied at once.
-    if let Some(entry) = unsafe { CT4.get(&flow.key) }.copied() {
+    if let Some(entry) = unsafe { CT4.get(flow.key) }.copied() {
         let _ = CT4.insert(
-            &flow.key,
-            &CtValue {
+            flow.key,
+            CtValue {
                 last_seen: now,
                 ..entry
             },
@@ -58,7 +58,7 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         pad: 0,
     };
     // SAFETY: as above.
-    let Some(service) = (unsafe { SERVICES.get(&frontend) }).copied() else {
+    let Some(service) = (unsafe { SERVICES.get(frontend) }).copied() else {
         return Ok(TC_ACT_OK);
     };
     let Some((_, backend)) = random_backend(&service) else {
@@ -87,9 +87,9 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         pad: 0,
     };
     // Reverse first: a reply must never find a forward entry without its way back.
-    CT4.insert(&reply, &reverse, 0)
+    CT4.insert(reply, reverse, 0)
         .map_err(|_| DropReason::ConntrackFull)?;
-    CT4.insert(&flow.key, &forward, 0)
+    CT4.insert(flow.key, forward, 0)
         .map_err(|_| DropReason::ConntrackFull)?;
     rewrite(ctx, &flow, Side::Destination, backend.address, backend.port)?;
     Ok(TC_ACT_OK)
