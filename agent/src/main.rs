@@ -3,9 +3,10 @@
 //! This version runs the dataplane without an API server:
 //! - `--devices`: per-interface counters (XDP, TC ingress, TC egress) on the named interfaces,
 //!   logged every `--stats-interval` seconds;
-//! - `--services-file`: Service load-balancing at the socket level for every process under
-//!   `--cgroup-root`, from a YAML stream of upstream `Service` and `EndpointSlice` objects,
-//!   re-read when it changes (a bad version is reported and the last good state kept).
+//! - `--services-file`: Service load-balancing from a YAML stream of upstream `Service` and
+//!   `EndpointSlice` objects, re-read when it changes (a bad version is reported and the last
+//!   good state kept): at the socket level for every process under `--cgroup-root`, and at TC
+//!   ingress of the `--devices` for traffic routed through the node.
 //!
 //! It runs until SIGINT or SIGTERM and detaches everything it attached.
 
@@ -21,7 +22,8 @@ use keel_agent::services::{ServicesFile, desired_state};
 #[command(name = "keel-agent", version, about = "Keel's node agent")]
 #[command(group(ArgGroup::new("work").required(true).multiple(true).args(["devices", "services_file"])))]
 struct Args {
-    /// Interfaces that get the XDP and TC programs, comma-separated (e.g. `eth0,eth1`).
+    /// Interfaces that get the XDP and TC programs (counters; with --services-file also
+    /// Service load-balancing of traffic routed through the node), comma-separated.
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
     /// XDP attach mode on those interfaces.
@@ -77,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let mut services = match &args.services_file {
-        Some(path) => Some(ServicesFromFile::start(path.clone(), &args)?),
+        Some(path) => Some(ServicesFromFile::start(path.clone(), &args, &devices)?),
         None => None,
     };
 
@@ -108,7 +110,11 @@ struct ServicesFromFile {
 }
 
 impl ServicesFromFile {
-    fn start(path: PathBuf, args: &Args) -> anyhow::Result<ServicesFromFile> {
+    fn start(
+        path: PathBuf,
+        args: &Args,
+        devices: &[(String, u32)],
+    ) -> anyhow::Result<ServicesFromFile> {
         let cgroup = match &args.cgroup_root {
             Some(cgroup) => cgroup.clone(),
             None => {
@@ -129,6 +135,12 @@ impl ServicesFromFile {
             "socket load-balancing for the processes under {}",
             cgroup.display()
         );
+        for (name, _) in devices {
+            dataplane.attach_tc(name).with_context(|| {
+                format!("cannot attach Service load-balancing to --devices entry `{name}`")
+            })?;
+            log::info!("load-balancing Service traffic routed through {name}");
+        }
         let node_name = args.node_name.clone().or_else(host_name);
         let mut services = ServicesFromFile {
             path,
