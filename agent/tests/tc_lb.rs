@@ -6,64 +6,93 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use keel_agent::dataplane::{Frontend, Protocol, ServiceDataplane};
-use keel_testhost::{LinkOptions, TestNet, require_root, require_tool};
+use keel_testhost::{Host, LinkOptions, TestNet, require_root, require_tool};
 use support::servers::{BACKEND_PORT, NameServer, VIP, answer, nc_to_vip};
+
+/// A client host routed to the service range through a node host, and backend hosts on a
+/// switch behind the node, each with a TCP name server; the node has `tc_lb_ingress` on both
+/// of its interfaces.
+struct Routed {
+    client: Host,
+    backend_hosts: Vec<Host>,
+    backends: Vec<SocketAddrV4>,
+    dataplane: ServiceDataplane,
+    _servers: Vec<NameServer>,
+    _net: TestNet,
+}
+
+impl Routed {
+    fn new(tag: &str, count: usize) -> Routed {
+        let mut net = TestNet::new(tag).unwrap();
+        let client = net.add_host("client").unwrap();
+        let node = net.add_host("node").unwrap();
+        let uplink = net.connect(&client, &node, LinkOptions::default()).unwrap();
+        let mut switch = net.add_switch("sw").unwrap();
+        let node_port = net
+            .plug(&node, &mut switch, LinkOptions::default())
+            .unwrap();
+        node.enable_forwarding().unwrap();
+        client.add_route("10.96.0.0/12", uplink.b.ip).unwrap();
+        let (mut servers, mut backends, mut backend_hosts) = (Vec::new(), Vec::new(), Vec::new());
+        for index in 1..=count {
+            let host = net.add_host(&format!("backend{index}")).unwrap();
+            let port = net
+                .plug(&host, &mut switch, LinkOptions::default())
+                .unwrap();
+            host.run(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &node_port.ip.to_string(),
+            ])
+            .unwrap();
+            let address = SocketAddrV4::new(port.ip, BACKEND_PORT);
+            servers.push(NameServer::start(&host, address, format!("backend{index}")));
+            backends.push(address);
+            backend_hosts.push(host);
+        }
+        let mut dataplane = ServiceDataplane::load().unwrap();
+        node.enter(|| {
+            dataplane.attach_tc(&uplink.b.interface).unwrap();
+            dataplane.attach_tc(&node_port.interface).unwrap();
+        })
+        .unwrap();
+        Routed {
+            client,
+            backend_hosts,
+            backends,
+            dataplane,
+            _servers: servers,
+            _net: net,
+        }
+    }
+}
 
 #[test]
 fn routed_traffic_to_a_cluster_ip_reaches_every_backend_through_the_node() {
     require_root();
     require_tool("busybox", "busybox-static");
-    let mut net = TestNet::new("tclb").unwrap();
-    let client = net.add_host("client").unwrap();
-    let node = net.add_host("node").unwrap();
-    let uplink = net.connect(&client, &node, LinkOptions::default()).unwrap();
-    let mut switch = net.add_switch("sw").unwrap();
-    let node_port = net
-        .plug(&node, &mut switch, LinkOptions::default())
-        .unwrap();
-    node.enable_forwarding().unwrap();
-    client.add_route("10.96.0.0/12", uplink.b.ip).unwrap();
-    let mut servers = Vec::new();
-    let mut backends = Vec::new();
-    for index in 1..=3 {
-        let host = net.add_host(&format!("backend{index}")).unwrap();
-        let port = net
-            .plug(&host, &mut switch, LinkOptions::default())
-            .unwrap();
-        host.run(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &node_port.ip.to_string(),
-        ])
-        .unwrap();
-        let address = SocketAddrV4::new(port.ip, BACKEND_PORT);
-        servers.push(NameServer::start(&host, address, format!("backend{index}")));
-        backends.push(address);
-    }
-
-    let mut dataplane = ServiceDataplane::load().unwrap();
-    node.enter(|| {
-        dataplane.attach_tc(&uplink.b.interface).unwrap();
-        dataplane.attach_tc(&node_port.interface).unwrap();
-    })
-    .unwrap();
+    let mut routed = Routed::new("tclb", 3);
     let frontend = Frontend {
         address: VIP,
         port: 80,
         protocol: Protocol::Tcp,
     };
-    dataplane.upsert(frontend, &backends).unwrap();
+    routed.dataplane.upsert(frontend, &routed.backends).unwrap();
 
     let mut answers = BTreeMap::<String, usize>::new();
     for _ in 0..30 {
         *answers
-            .entry(answer(&nc_to_vip(&client, None)))
+            .entry(answer(&nc_to_vip(&routed.client, None)))
             .or_default() += 1;
     }
     assert_eq!(
@@ -73,6 +102,107 @@ fn routed_traffic_to_a_cluster_ip_reaches_every_backend_through_the_node() {
     );
 
     // Without backends the node drops the flow: the client's connection fails.
-    dataplane.upsert(frontend, &[]).unwrap();
-    assert!(!nc_to_vip(&client, None).status.success());
+    routed.dataplane.upsert(frontend, &[]).unwrap();
+    assert!(!nc_to_vip(&routed.client, None).status.success());
+}
+
+/// A UDP server in a test host answering every datagram with its name, until dropped.
+struct UdpNameServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpNameServer {
+    fn start(host: &Host, address: SocketAddrV4, name: &'static str) -> UdpNameServer {
+        let socket = host.enter(|| UdpSocket::bind(address).unwrap()).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buffer = [0u8; 64];
+            while !halt.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buffer) {
+                    let _ = socket.send_to(name.as_bytes(), from);
+                }
+            }
+        });
+        UdpNameServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpNameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn a_udp_flow_moves_to_the_new_backend_when_its_backend_is_replaced() {
+    require_root();
+    let mut routed = Routed::new("udpflow", 2);
+    let udp_backends: Vec<SocketAddrV4> = routed
+        .backends
+        .iter()
+        .map(|b| SocketAddrV4::new(*b.ip(), 5353))
+        .collect();
+    let _first = UdpNameServer::start(&routed.backend_hosts[0], udp_backends[0], "udp1");
+    let _second = UdpNameServer::start(&routed.backend_hosts[1], udp_backends[1], "udp2");
+    let frontend = Frontend {
+        address: VIP,
+        port: 53,
+        protocol: Protocol::Udp,
+    };
+    routed
+        .dataplane
+        .upsert(frontend, &udp_backends[..1])
+        .unwrap();
+
+    // One socket, one flow: the same source port for every datagram, as a DNS client keeps.
+    let client = routed
+        .client
+        .enter(|| UdpSocket::bind("0.0.0.0:0").unwrap())
+        .unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let ask = |client: &UdpSocket| -> Option<String> {
+        client.send_to(b"who", (VIP, 53)).unwrap();
+        let mut buffer = [0u8; 64];
+        let (len, from) = client.recv_from(&mut buffer).ok()?;
+        assert_eq!(
+            from,
+            std::net::SocketAddr::from((VIP, 53)),
+            "the answer must come from the VIP"
+        );
+        Some(String::from_utf8_lossy(&buffer[..len]).into_owned())
+    };
+    for _ in 0..5 {
+        assert_eq!(ask(&client).as_deref(), Some("udp1"));
+    }
+
+    // The backend is replaced while udp1 still runs: the flow must not stay stuck on it.
+    routed
+        .dataplane
+        .upsert(frontend, &udp_backends[1..])
+        .unwrap();
+    let replaced = Instant::now();
+    let mut answers = Vec::new();
+    while replaced.elapsed() < Duration::from_secs(1) {
+        answers.push(ask(&client));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        answers
+            .iter()
+            .all(|answer| answer.as_deref() == Some("udp2")),
+        "answers after the replacement: {answers:?}"
+    );
 }

@@ -15,6 +15,7 @@ use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::tc::TcAttachType;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier};
+use keel_ebpf_common::conntrack::{CT_FORWARD, CtKey, CtValue};
 use keel_ebpf_common::service::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP, ServiceKey,
     ServiceValue,
@@ -215,6 +216,13 @@ impl ServiceDataplane {
         };
         let previous = self.services.insert(frontend, programmed);
         if let Some(previous) = previous {
+            let gone: Vec<SocketAddrV4> = previous
+                .backends
+                .iter()
+                .filter(|b| !backends.contains(b))
+                .copied()
+                .collect();
+            self.forget_udp_flows(frontend, &gone)?;
             self.forget_affinity(id, &kept)?;
             self.retire(id, backends.len() as u32 + 1, &previous.slots)?;
         }
@@ -263,7 +271,56 @@ impl ServiceDataplane {
             Err(source) => return Err(map_error(map::SERVICES, source)),
         }
         self.forget_affinity(programmed.id, &[])?;
+        self.forget_udp_flows(frontend, &programmed.backends)?;
         self.retire(programmed.id, 1, &programmed.slots)
+    }
+
+    /// Deletes the tracked UDP flows of `frontend` that go to one of `gone`, both directions,
+    /// so the flow's next datagram picks a live backend instead of vanishing into the old one
+    /// (kube-proxy's long-standing UDP blackhole). TCP flows are left to finish: a terminating
+    /// endpoint keeps its open connections, as upstream intends.
+    fn forget_udp_flows(
+        &mut self,
+        frontend: Frontend,
+        gone: &[SocketAddrV4],
+    ) -> Result<(), DataplaneError> {
+        if frontend.protocol != Protocol::Udp || gone.is_empty() {
+            return Ok(());
+        }
+        let front = frontend.key();
+        let gone: Vec<(u32, u16)> = gone
+            .iter()
+            .map(|b| (u32::from_ne_bytes(b.ip().octets()), b.port().to_be()))
+            .collect();
+        let mut ct = self.map::<CtKey, CtValue>(map::CT4)?;
+        let mut stale = Vec::new();
+        for entry in ct.iter() {
+            let Ok((key, value)) = entry else { continue };
+            let to_frontend = key.daddr == front.address
+                && key.dport == front.port
+                && key.protocol == front.protocol;
+            if value.kind == CT_FORWARD
+                && to_frontend
+                && gone.contains(&(value.address, value.port))
+            {
+                stale.push(key);
+                stale.push(CtKey {
+                    saddr: value.address,
+                    daddr: key.saddr,
+                    sport: value.port,
+                    dport: key.sport,
+                    protocol: key.protocol,
+                    pad: [0; 3],
+                });
+            }
+        }
+        for key in stale {
+            match ct.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_error(map::CT4, source)),
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the affinity entries of service `id` that point at a backend not in `kept`.
