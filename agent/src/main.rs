@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Parser, ValueEnum};
 use keel_agent::dataplane::{ServiceDataplane, StatsDataplane, XdpAttachMode};
-use keel_agent::services::{ServicesFile, desired_state};
+use keel_agent::services::{Node, ServicesFile, desired_state};
 
 #[derive(Debug, Parser)]
 #[command(name = "keel-agent", version, about = "Keel's node agent")]
@@ -40,9 +40,14 @@ struct Args {
     /// cgroup2 root, i.e. every process on the node).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
-    /// This node's name, for `internalTrafficPolicy: Local` (default: the host name).
+    /// This node's name, for `internalTrafficPolicy` / `externalTrafficPolicy: Local`
+    /// (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// This node's IPv4 addresses, where NodePorts are served, comma-separated (none given:
+    /// no NodePorts).
+    #[arg(long, value_delimiter = ',')]
+    node_ip: Vec<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -103,7 +108,7 @@ fn main() -> anyhow::Result<()> {
 /// The Service dataplane fed from `--services-file`.
 struct ServicesFromFile {
     path: PathBuf,
-    node_name: Option<String>,
+    node: Node,
     dataplane: ServiceDataplane,
     /// Modification time and length of the version last read, good or bad.
     seen: Option<(SystemTime, u64)>,
@@ -141,10 +146,13 @@ impl ServicesFromFile {
             })?;
             log::info!("load-balancing Service traffic routed through {name}");
         }
-        let node_name = args.node_name.clone().or_else(host_name);
+        let node = Node {
+            name: args.node_name.clone().or_else(host_name),
+            addresses: args.node_ip.clone(),
+        };
         let mut services = ServicesFromFile {
             path,
-            node_name,
+            node,
             dataplane,
             seen: None,
         };
@@ -167,7 +175,7 @@ impl ServicesFromFile {
                 return;
             }
         };
-        let desired = desired_state(&file.services, &file.slices, self.node_name.as_deref());
+        let desired = desired_state(&file.services, &file.slices, &self.node);
         match self.dataplane.apply(&desired) {
             Ok(changed) => log::info!(
                 "{}: {} Services, {} frontends ({changed} changed)",

@@ -156,10 +156,17 @@ fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
         src_ip,
         dst_ip,
     };
-    let run = |dataplane: &mut ServiceDataplane, packet: &[u8]| {
-        let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, packet, 1).unwrap();
+    // Requests go through the ingress program, replies through the egress one.
+    let through = |program: &'static str, dataplane: &mut ServiceDataplane, packet: &[u8]| {
+        let run = run_tc(dataplane.object(), program, packet, 1).unwrap();
         assert_eq!(run.verdict, TC_ACT_OK);
         run.packet
+    };
+    let run = |dataplane: &mut ServiceDataplane, packet: &[u8]| {
+        through(program::TC_LB_INGRESS, dataplane, packet)
+    };
+    let reply = |dataplane: &mut ServiceDataplane, packet: &[u8]| {
+        through(program::TC_LB_EGRESS, dataplane, packet)
     };
 
     // TCP: SYN to the VIP goes to the backend; so does the flow's next segment.
@@ -192,8 +199,9 @@ fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
         b"GET / HTTP/1.0\r\n\r\n",
     );
     assert_eq!(run(&mut dataplane, &data), expected);
-    // The backend's reply leaves as if from the VIP.
-    let reply = packet::tcp(
+    // The backend's reply: arriving at the node it is left alone (routing must see the
+    // backend's address); leaving the node it carries the VIP.
+    let syn_ack = packet::tcp(
         &ends(*backend.ip(), client),
         8080,
         40000,
@@ -201,8 +209,9 @@ fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
         packet::TCP_SYN | packet::TCP_ACK,
         b"",
     );
+    assert_eq!(run(&mut dataplane, &syn_ack), syn_ack);
     assert_eq!(
-        run(&mut dataplane, &reply),
+        reply(&mut dataplane, &syn_ack),
         packet::tcp(
             &ends(vip, client),
             80,
@@ -221,7 +230,7 @@ fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
     );
     let answer = packet::udp(&ends(*backend.ip(), client), 8080, 5353, b"answer");
     assert_eq!(
-        run(&mut dataplane, &answer),
+        reply(&mut dataplane, &answer),
         packet::udp(&ends(vip, client), 80, 5353, b"answer")
     );
     let bare = packet::udp_without_checksum(&ends(client, vip), 6000, 80, b"bare");

@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 
 use keel_agent::dataplane::{Frontend, Protocol, ServiceDataplane};
 use keel_testhost::{Host, LinkOptions, TestNet, require_root, require_tool};
-use support::servers::{BACKEND_PORT, NameServer, VIP, answer, nc_to_vip};
+use support::servers::{BACKEND_PORT, NameServer, VIP, answer, nc_to, nc_to_vip};
 
 /// A client host routed to the service range through a node host, and backend hosts on a
 /// switch behind the node, each with a TCP name server; the node has `tc_lb_ingress` on both
 /// of its interfaces.
 struct Routed {
     client: Host,
+    /// The node's address on the client's link.
+    node_ip: Ipv4Addr,
     backend_hosts: Vec<Host>,
     backends: Vec<SocketAddrV4>,
     dataplane: ServiceDataplane,
@@ -68,6 +70,7 @@ impl Routed {
         .unwrap();
         Routed {
             client,
+            node_ip: uplink.b.ip,
             backend_hosts,
             backends,
             dataplane,
@@ -204,5 +207,29 @@ fn a_udp_flow_moves_to_the_new_backend_when_its_backend_is_replaced() {
             .iter()
             .all(|answer| answer.as_deref() == Some("udp2")),
         "answers after the replacement: {answers:?}"
+    );
+}
+
+#[test]
+fn a_node_port_reaches_the_backends_behind_the_node() {
+    require_root();
+    require_tool("busybox", "busybox-static");
+    let mut routed = Routed::new("nodeport", 2);
+    let node_port = Frontend {
+        address: routed.node_ip,
+        port: 30080,
+        protocol: Protocol::Tcp,
+    };
+    routed
+        .dataplane
+        .upsert(node_port, &routed.backends)
+        .unwrap();
+
+    let answers: std::collections::BTreeSet<String> = (0..20)
+        .map(|_| answer(&nc_to(&routed.client, routed.node_ip, 30080, None)))
+        .collect();
+    assert_eq!(
+        answers.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["backend1", "backend2"]
     );
 }

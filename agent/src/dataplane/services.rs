@@ -24,6 +24,9 @@ use keel_ebpf_common::{map, program};
 
 use super::object::{DataplaneError, load_object, program_mut};
 
+/// The TC programs: ingress, then egress.
+const TC_PROGRAMS: [&str; 2] = [program::TC_LB_INGRESS, program::TC_LB_EGRESS];
+
 /// The socket-level programs, in attach order.
 const SOCKET_PROGRAMS: [&str; 4] = [
     program::SOCK_CONNECT4,
@@ -101,12 +104,14 @@ impl ServiceDataplane {
                     source,
                 })?;
         }
-        program_mut::<SchedClassifier>(&mut ebpf, program::TC_LB_INGRESS)?
-            .load()
-            .map_err(|source| DataplaneError::ProgramLoad {
-                program: program::TC_LB_INGRESS,
-                source,
-            })?;
+        for name in TC_PROGRAMS {
+            program_mut::<SchedClassifier>(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DataplaneError::ProgramLoad {
+                    program: name,
+                    source,
+                })?;
+        }
         Ok(ServiceDataplane {
             ebpf,
             services: HashMap::new(),
@@ -135,18 +140,24 @@ impl ServiceDataplane {
         Ok(())
     }
 
-    /// Load-balances Service traffic routed through the node: attaches `tc_lb_ingress` to
-    /// `interface` (a name in the calling thread's network namespace).
+    /// Load-balances Service traffic routed through the node: `tc_lb_ingress` translates
+    /// what arrives on `interface` (a name in the calling thread's network namespace),
+    /// `tc_lb_egress` translates the replies leaving through it.
     pub fn attach_tc(&mut self, interface: &str) -> Result<(), DataplaneError> {
-        let name = program::TC_LB_INGRESS;
-        program_mut::<SchedClassifier>(&mut self.ebpf, name)?
-            .attach(interface, TcAttachType::Ingress)
-            .map(drop)
-            .map_err(|source| DataplaneError::Attach {
-                program: name,
-                interface: interface.to_owned(),
-                source,
-            })
+        for (name, direction) in TC_PROGRAMS
+            .into_iter()
+            .zip([TcAttachType::Ingress, TcAttachType::Egress])
+        {
+            program_mut::<SchedClassifier>(&mut self.ebpf, name)?
+                .attach(interface, direction)
+                .map(drop)
+                .map_err(|source| DataplaneError::Attach {
+                    program: name,
+                    interface: interface.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// The loaded object, for tests that run its programs with `BPF_PROG_TEST_RUN`.

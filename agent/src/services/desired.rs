@@ -7,8 +7,11 @@
 //!   same namespace, `addressType: IPv4`) for the slice port whose name and protocol match
 //!   the Service port. Ready endpoints (`ready` unset counts as ready); if none is ready,
 //!   endpoints that are serving and terminating, so connections drain instead of failing.
+//! - NodePorts (`type: NodePort` or `LoadBalancer`): the port's `nodePort` on every address
+//!   of the node.
 //! - `internalTrafficPolicy: Local`: only endpoints on this node (`nodeName`), for the
-//!   ClusterIP frontends.
+//!   ClusterIP frontends; `externalTrafficPolicy: Local`: the same for externalIPs,
+//!   LoadBalancer IPs and NodePorts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -29,13 +32,18 @@ pub type DesiredState = BTreeMap<Frontend, Backends>;
 /// Upstream's default `sessionAffinityConfig.clientIP.timeoutSeconds`: three hours.
 const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
 
-/// Computes the frontends and backends of `services`; `node_name` is this node, for
-/// `internalTrafficPolicy: Local`.
-pub fn desired_state(
-    services: &[Service],
-    slices: &[EndpointSlice],
-    node_name: Option<&str>,
-) -> DesiredState {
+/// The node the dataplane runs on.
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    /// For `internalTrafficPolicy` / `externalTrafficPolicy: Local`.
+    pub name: Option<String>,
+    /// Where NodePorts are served.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// Computes the frontends and backends of `services` on `node`.
+pub fn desired_state(services: &[Service], slices: &[EndpointSlice], node: &Node) -> DesiredState {
+    let local = Some(node.name.as_deref().unwrap_or_default());
     let mut state = DesiredState::new();
     for service in services {
         let Some(spec) = &service.spec else { continue };
@@ -84,6 +92,8 @@ pub fn desired_state(
                     .filter_map(|ingress| ingress.ip.as_ref()),
             ),
         );
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
         for port in spec.ports.iter().flatten() {
             let Some(protocol) = protocol(port) else {
                 continue;
@@ -92,41 +102,40 @@ pub fn desired_state(
                 continue;
             };
             let all = backends(&own_slices, port, protocol, None);
-            let cluster = if local_only {
-                backends(
-                    &own_slices,
-                    port,
-                    protocol,
-                    Some(node_name.unwrap_or_default()),
-                )
+            let on_this_node = || backends(&own_slices, port, protocol, local);
+            let internal = if local_only {
+                on_this_node()
             } else {
                 all.clone()
             };
-            for address in &cluster_ips {
+            let external = if external_local { on_this_node() } else { all };
+            let mut add = |address: Ipv4Addr, port: u16, addresses: &Vec<SocketAddrV4>| {
+                let backends = Backends {
+                    addresses: addresses.clone(),
+                    affinity,
+                };
                 state.insert(
                     Frontend {
-                        address: *address,
-                        port: number,
+                        address,
+                        port,
                         protocol,
                     },
-                    Backends {
-                        addresses: cluster.clone(),
-                        affinity,
-                    },
+                    backends,
                 );
+            };
+            for address in &cluster_ips {
+                add(*address, number, &internal);
             }
             for address in &external_ips {
-                state.insert(
-                    Frontend {
-                        address: *address,
-                        port: number,
-                        protocol,
-                    },
-                    Backends {
-                        addresses: all.clone(),
-                        affinity,
-                    },
-                );
+                add(*address, number, &external);
+            }
+            let node_port = port
+                .node_port
+                .and_then(|node_port| u16::try_from(node_port).ok());
+            if let (true, Some(node_port)) = (node_ports, node_port) {
+                for address in &node.addresses {
+                    add(*address, node_port, &external);
+                }
             }
         }
     }
@@ -264,7 +273,11 @@ endpoints:
 
     fn state(yaml: &str, node: Option<&str>) -> DesiredState {
         let file = ServicesFile::parse(yaml).unwrap();
-        desired_state(&file.services, &file.slices, node)
+        let node = Node {
+            name: node.map(str::to_owned),
+            addresses: vec![Ipv4Addr::new(198, 18, 0, 2)],
+        };
+        desired_state(&file.services, &file.slices, &node)
     }
 
     fn frontend(address: [u8; 4], port: u16, protocol: Protocol) -> Frontend {
@@ -373,6 +386,53 @@ endpoints:
             state(&timed, None)[&frontend([198, 18, 100, 1], 80, Protocol::Tcp)].affinity,
             Some(Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn node_ports_are_served_on_every_node_address_and_follow_external_traffic_policy() {
+        let yaml = WEB
+            .replace(
+                "  clusterIP: 10.96.0.10\n",
+                "  type: NodePort\n  clusterIP: 10.96.0.10\n",
+            )
+            .replace(
+                "{name: http, port: 80, targetPort: web, protocol: TCP}",
+                "{name: http, port: 80, targetPort: web, protocol: TCP, nodePort: 30080}",
+            );
+        let state = state(&yaml, Some("node-b"));
+        assert_eq!(
+            state[&frontend([198, 18, 0, 2], 30080, Protocol::Tcp)].addresses,
+            [backend(5, 8080), backend(6, 8080)]
+        );
+        // The UDP port has no nodePort: no NodePort frontend for it.
+        assert!(
+            !state
+                .keys()
+                .any(|f| f.address == Ipv4Addr::new(198, 18, 0, 2) && f.protocol == Protocol::Udp)
+        );
+        let local = yaml.replace(
+            "  type: NodePort\n",
+            "  type: NodePort\n  externalTrafficPolicy: Local\n",
+        );
+        let state = self::state(&local, Some("node-b"));
+        assert_eq!(
+            state[&frontend([198, 18, 0, 2], 30080, Protocol::Tcp)].addresses,
+            [backend(6, 8080)]
+        );
+        assert_eq!(
+            state[&frontend([198, 18, 100, 1], 80, Protocol::Tcp)].addresses,
+            [backend(6, 8080)]
+        );
+        // The ClusterIP is not external: every ready endpoint.
+        assert_eq!(
+            state[&frontend([10, 96, 0, 10], 80, Protocol::Tcp)]
+                .addresses
+                .len(),
+            2
+        );
+        // A ClusterIP Service has no NodePorts even if a nodePort is written.
+        let plain = yaml.replace("  type: NodePort\n", "");
+        assert!(!self::state(&plain, None).keys().any(|f| f.port == 30080));
     }
 
     #[test]

@@ -4,5 +4,5 @@
 pub mod desired;
 pub mod file;
 
-pub use desired::{DesiredState, desired_state};
+pub use desired::{DesiredState, Node, desired_state};
 pub use file::{ServicesFile, ServicesFileError};

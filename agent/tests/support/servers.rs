@@ -55,11 +55,16 @@ impl Drop for NameServer {
     }
 }
 
-/// `busybox nc` to the VIP from the client host, inside `cgroup` if given.
+/// `busybox nc` to the VIP, port 80, from the client host, inside `cgroup` if given.
 pub fn nc_to_vip(client: &Host, cgroup: Option<&TestCgroup>) -> Output {
+    nc_to(client, VIP, 80, cgroup)
+}
+
+/// `busybox nc` to `address:port` from the client host, inside `cgroup` if given.
+pub fn nc_to(client: &Host, address: Ipv4Addr, port: u16, cgroup: Option<&TestCgroup>) -> Output {
     let mut command: Command = client.command("busybox");
     command
-        .args(["nc", "-w", "3", &VIP.to_string(), "80"])
+        .args(["nc", "-w", "3", &address.to_string(), &port.to_string()])
         .stdin(Stdio::null());
     if let Some(cgroup) = cgroup {
         cgroup.place(&mut command).unwrap();

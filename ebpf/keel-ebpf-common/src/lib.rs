@@ -30,6 +30,9 @@ pub mod program {
     /// TC ingress on node interfaces: packets to a Service frontend that no local socket sent
     /// (routed through the node) go to a backend; replies come back from the frontend.
     pub const TC_LB_INGRESS: &str = "tc_lb_ingress";
+    /// TC egress on node interfaces: replies of flows `tc_lb_ingress` translated leave with
+    /// the frontend as their source.
+    pub const TC_LB_EGRESS: &str = "tc_lb_egress";
     /// cgroup `connect4`: a socket connecting to a Service frontend connects to a backend.
     pub const SOCK_CONNECT4: &str = "sock_connect4";
     /// cgroup `sendmsg4`: a UDP datagram sent to a frontend goes to a backend.
@@ -40,11 +43,12 @@ pub mod program {
     pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
 
     /// Every program in the object, for loaders and the object check in the agent's tests.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         XDP_STATS,
         TC_STATS_INGRESS,
         TC_STATS_EGRESS,
         TC_LB_INGRESS,
+        TC_LB_EGRESS,
         SOCK_CONNECT4,
         SOCK_SENDMSG4,
         SOCK_RECVMSG4,

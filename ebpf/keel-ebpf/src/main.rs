@@ -1,6 +1,6 @@
 //! Keel's eBPF programs: one object, one entry function per attach point.
 //!
-//! Entry functions (`xdp_stats`, `tc_stats_ingress`, `tc_stats_egress`, `tc_lb_ingress`, `sock_connect4`,
+//! Entry functions (`xdp_stats`, `tc_stats_ingress`, `tc_stats_egress`, `tc_lb_ingress`, `tc_lb_egress`, `sock_connect4`,
 //! `sock_sendmsg4`, `sock_recvmsg4`, `sock_getpeername4`; each named the same in file and
 //! function) only dispatch; the logic and maps live in the modules below. Shared
 //! types come from `keel-ebpf-common`, which the agent uses too.
@@ -19,6 +19,7 @@ mod sock_recvmsg4;
 mod sock_sendmsg4;
 mod socket_lb;
 mod tc_lb;
+mod tc_lb_egress;
 mod tc_lb_ingress;
 mod tc_stats_egress;
 mod tc_stats_ingress;

@@ -1,6 +1,10 @@
 //! Service load-balancing at TC, for packets no local socket sent (they arrive routed through
-//! the node): DNAT to a backend with a conntrack entry per direction, reverse NAT of the
-//! replies, and incremental checksum updates.
+//! the node): at ingress, DNAT to a backend with a conntrack entry per direction; at egress,
+//! reverse NAT of the replies; incremental checksum updates.
+//!
+//! Reverse NAT happens at egress, after routing, because a reply may take the node's own
+//! address as its source (NodePort): rewritten before routing, the kernel would drop it as a
+//! martian (a forwarded packet from a local address).
 
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
@@ -26,7 +30,33 @@ struct Flow {
     key: CtKey,
 }
 
-/// Translates the packet if it belongs to a Service flow; other packets pass untouched.
+/// The reply of a translated flow leaving the node: its source becomes the frontend again.
+#[inline(always)]
+pub fn egress(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some(flow) = parse(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: a map lookup returning a reference into the map value, copied at once.
+    if let Some(entry) = unsafe { CT4.get(flow.key) }.copied()
+        && entry.kind == CT_REVERSE
+    {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let _ = CT4.insert(
+            flow.key,
+            CtValue {
+                last_seen: now,
+                ..entry
+            },
+            0,
+        );
+        rewrite(ctx, &flow, Side::Source, entry.address, entry.port)?;
+    }
+    Ok(TC_ACT_OK)
+}
+
+/// A packet to a Service frontend arriving at the node goes to a backend: the flow's tracked
+/// one, or a new choice; other packets pass untouched (replies are translated at egress).
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse(ctx)? else {
@@ -36,18 +66,16 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a map lookup returning a reference into the map value, copied at once.
     if let Some(entry) = unsafe { CT4.get(flow.key) }.copied() {
-        let _ = CT4.insert(
-            flow.key,
-            CtValue {
-                last_seen: now,
-                ..entry
-            },
-            0,
-        );
-        match entry.kind {
-            CT_FORWARD => rewrite(ctx, &flow, Side::Destination, entry.address, entry.port)?,
-            CT_REVERSE => rewrite(ctx, &flow, Side::Source, entry.address, entry.port)?,
-            _ => {}
+        if entry.kind == CT_FORWARD {
+            let _ = CT4.insert(
+                flow.key,
+                CtValue {
+                    last_seen: now,
+                    ..entry
+                },
+                0,
+            );
+            rewrite(ctx, &flow, Side::Destination, entry.address, entry.port)?;
         }
         return Ok(TC_ACT_OK);
     }
