@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Parser, ValueEnum};
-use keel_agent::dataplane::{ServiceDataplane, StatsDataplane, XdpAttachMode};
+use keel_agent::dataplane::{CtTimeouts, ServiceDataplane, StatsDataplane, XdpAttachMode};
 use keel_agent::services::{Node, ServicesFile, desired_state};
 
 #[derive(Debug, Parser)]
@@ -48,6 +48,12 @@ struct Args {
     /// no NodePorts).
     #[arg(long, value_delimiter = ',')]
     node_ip: Vec<std::net::Ipv4Addr>,
+    /// Seconds a tracked TCP flow of the TC path may stay idle.
+    #[arg(long, default_value_t = 6 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    conntrack_tcp_timeout: u64,
+    /// Seconds a tracked UDP flow of the TC path may stay idle.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    conntrack_udp_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -59,6 +65,8 @@ enum XdpModeArg {
 
 /// How often the services file is checked for changes.
 const FILE_POLL: Duration = Duration::from_secs(1);
+/// How often idle tracked flows are collected.
+const CONNTRACK_GC: Duration = Duration::from_secs(10);
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -90,9 +98,25 @@ fn main() -> anyhow::Result<()> {
 
     let stats_interval = Duration::from_secs(args.stats_interval);
     let mut next_report = Instant::now() + stats_interval;
+    let timeouts = CtTimeouts {
+        tcp: Duration::from_secs(args.conntrack_tcp_timeout),
+        udp: Duration::from_secs(args.conntrack_udp_timeout),
+    };
+    let mut next_gc = Instant::now() + CONNTRACK_GC;
     while !stop.wait(FILE_POLL)? {
         if let Some(services) = &mut services {
             services.reload_if_changed();
+            if Instant::now() >= next_gc {
+                next_gc = Instant::now() + CONNTRACK_GC;
+                match services.dataplane.collect_conntrack(timeouts) {
+                    Ok(gc) => log::debug!(
+                        "conntrack: {} entries, {} idle removed",
+                        gc.entries,
+                        gc.removed
+                    ),
+                    Err(error) => log::warn!("conntrack collection failed: {error:#}"),
+                }
+            }
         }
         if let Some(stats) = &stats
             && Instant::now() >= next_report

@@ -4,10 +4,13 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
 use aya::programs::Program;
 use keel_agent::dataplane::test_run::{run_tc, run_xdp};
-use keel_agent::dataplane::{Frontend, Protocol, ServiceDataplane, StatsDataplane, load_object};
+use keel_agent::dataplane::{
+    CtCollection, CtTimeouts, Frontend, Protocol, ServiceDataplane, StatsDataplane, load_object,
+};
 use keel_ebpf_common::{IfaceCounters, map, program};
 use support::packet::{self, Endpoints};
 
@@ -275,4 +278,87 @@ fn tc_lb_drops_flows_to_a_service_without_backends() {
     let syn = packet::tcp(&ends, 40000, 80, 1, packet::TCP_SYN, b"");
     let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, &syn, 1).unwrap();
     assert_eq!(run.verdict, TC_ACT_SHOT);
+}
+
+#[test]
+fn idle_flows_are_collected_by_protocol_timeout() {
+    keel_testhost::require_root();
+    let vip = Ipv4Addr::new(10, 96, 0, 12);
+    let backend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 2), 8080);
+    let mut dataplane = ServiceDataplane::load().expect("load the Service programs");
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        dataplane
+            .upsert(
+                Frontend {
+                    address: vip,
+                    port: 80,
+                    protocol,
+                },
+                &[backend],
+            )
+            .unwrap();
+    }
+    let ends = Endpoints {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src_ip: Ipv4Addr::new(198, 18, 0, 1),
+        dst_ip: vip,
+    };
+    for port in [40000, 40001] {
+        let syn = packet::tcp(&ends, port, 80, 1, packet::TCP_SYN, b"");
+        run_tc(dataplane.object(), program::TC_LB_INGRESS, &syn, 1).unwrap();
+        let datagram = packet::udp(&ends, port, 80, b"q");
+        run_tc(dataplane.object(), program::TC_LB_INGRESS, &datagram, 1).unwrap();
+    }
+    let long = Duration::from_secs(3600);
+
+    // Nothing idle yet: 4 flows, 2 entries each.
+    let kept = dataplane
+        .collect_conntrack(CtTimeouts {
+            tcp: long,
+            udp: long,
+        })
+        .unwrap();
+    assert_eq!(
+        kept,
+        CtCollection {
+            entries: 8,
+            removed: 0
+        }
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    // UDP flows idle past a short timeout go; TCP ones stay.
+    let udp_gone = dataplane
+        .collect_conntrack(CtTimeouts {
+            tcp: long,
+            udp: Duration::from_millis(10),
+        })
+        .unwrap();
+    assert_eq!(
+        udp_gone,
+        CtCollection {
+            entries: 8,
+            removed: 4
+        }
+    );
+    let tcp_gone = dataplane
+        .collect_conntrack(CtTimeouts {
+            tcp: Duration::from_millis(10),
+            udp: long,
+        })
+        .unwrap();
+    assert_eq!(
+        tcp_gone,
+        CtCollection {
+            entries: 4,
+            removed: 4
+        }
+    );
+    assert_eq!(
+        dataplane
+            .collect_conntrack(CtTimeouts::default())
+            .unwrap()
+            .entries,
+        0
+    );
 }

@@ -11,5 +11,5 @@ pub mod stats;
 pub mod test_run;
 
 pub use object::{DataplaneError, load_object};
-pub use services::{Backends, Frontend, Protocol, ServiceDataplane};
+pub use services::{Backends, CtCollection, CtTimeouts, Frontend, Protocol, ServiceDataplane};
 pub use stats::{Direction, IfaceStats, StatsDataplane, XdpAttachMode};
