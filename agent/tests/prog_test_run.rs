@@ -131,15 +131,8 @@ fn tc_stats_pass_the_frame_unchanged_and_count_by_direction() {
     assert_eq!(lo.xdp, IfaceCounters::default());
 }
 
-/// The TC load balancer on hand-built packets: DNAT of a new flow, the same backend for the
-/// flow's next packet, reverse NAT of the reply, and checksums, byte for byte against packets
-/// built from scratch with the translated addresses.
-#[test]
-fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
-    keel_testhost::require_root();
-    let client = Ipv4Addr::new(198, 18, 0, 1);
-    let vip = Ipv4Addr::new(10, 96, 0, 10);
-    let backend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 2), 8080);
+/// The Service programs loaded, with `vip:80` over TCP and UDP going to `backend`.
+fn service_on_port_80(vip: Ipv4Addr, backend: SocketAddrV4) -> ServiceDataplane {
     let mut dataplane = ServiceDataplane::load().expect("load the Service programs");
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         dataplane
@@ -153,6 +146,19 @@ fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
             )
             .unwrap();
     }
+    dataplane
+}
+
+/// The TC load balancer on hand-built packets: DNAT of a new flow, the same backend for the
+/// flow's next packet, reverse NAT of the reply, and checksums, byte for byte against packets
+/// built from scratch with the translated addresses.
+#[test]
+fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
+    keel_testhost::require_root();
+    let client = Ipv4Addr::new(198, 18, 0, 1);
+    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    let backend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 2), 8080);
+    let mut dataplane = service_on_port_80(vip, backend);
     let ends = |src_ip, dst_ip| Endpoints {
         src_mac: [2, 0, 0, 0, 0, 1],
         dst_mac: [2, 0, 0, 0, 0, 2],
@@ -285,19 +291,7 @@ fn idle_flows_are_collected_by_protocol_timeout() {
     keel_testhost::require_root();
     let vip = Ipv4Addr::new(10, 96, 0, 12);
     let backend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 2), 8080);
-    let mut dataplane = ServiceDataplane::load().expect("load the Service programs");
-    for protocol in [Protocol::Tcp, Protocol::Udp] {
-        dataplane
-            .upsert(
-                Frontend {
-                    address: vip,
-                    port: 80,
-                    protocol,
-                },
-                &[backend],
-            )
-            .unwrap();
-    }
+    let mut dataplane = service_on_port_80(vip, backend);
     let ends = Endpoints {
         src_mac: [2, 0, 0, 0, 0, 1],
         dst_mac: [2, 0, 0, 0, 0, 2],

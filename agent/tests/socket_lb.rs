@@ -16,15 +16,21 @@ use keel_agent::dataplane::{Frontend, Protocol, ServiceDataplane};
 use keel_testhost::{Host, LinkOptions, TestCgroup, TestNet, require_root, require_tool};
 use support::servers::{BACKEND_PORT, NameServer, ServiceHosts, VIP, answer, nc_to_vip};
 
+/// A cgroup2 group of the test's own with the socket-level programs attached to it.
+fn socket_lb() -> (TestCgroup, ServiceDataplane) {
+    let cgroup = TestCgroup::new().unwrap();
+    let mut dataplane = ServiceDataplane::load().unwrap();
+    dataplane.attach_cgroup(cgroup.path()).unwrap();
+    (cgroup, dataplane)
+}
+
 #[test]
 fn connections_to_a_cluster_ip_reach_its_backends_and_follow_changes() {
     require_root();
     require_tool("busybox", "busybox-static");
     let hosts = ServiceHosts::new("socklb", 3);
     let (client, backends, servers) = (&hosts.client, &hosts.backends, &hosts.servers);
-    let cgroup = TestCgroup::new().unwrap();
-    let mut dataplane = ServiceDataplane::load().unwrap();
-    dataplane.attach_cgroup(cgroup.path()).unwrap();
+    let (cgroup, mut dataplane) = socket_lb();
     let frontend = Frontend {
         address: VIP,
         port: 80,
@@ -133,9 +139,7 @@ fn applications_see_the_cluster_ip_as_their_peer() {
     let stop = Arc::new(AtomicBool::new(false));
     let udp_server = udp_name_server(&backend, udp_backend, "udp-backend", stop.clone());
 
-    let cgroup = TestCgroup::new().unwrap();
-    let mut dataplane = ServiceDataplane::load().unwrap();
-    dataplane.attach_cgroup(cgroup.path()).unwrap();
+    let (cgroup, mut dataplane) = socket_lb();
     dataplane
         .upsert(
             Frontend {
@@ -184,9 +188,7 @@ fn the_last_of_ten_thousand_services_answers() {
     require_root();
     require_tool("busybox", "busybox-static");
     let hosts = ServiceHosts::new("manysvc", 3);
-    let cgroup = TestCgroup::new().unwrap();
-    let mut dataplane = ServiceDataplane::load().unwrap();
-    dataplane.attach_cgroup(cgroup.path()).unwrap();
+    let (cgroup, mut dataplane) = socket_lb();
 
     // 9,999 Services of 10 backends each that nothing connects to (backend addresses inside
     // the test range, never dialled), then the one under test: 10 slots cycling over the 3
@@ -250,9 +252,7 @@ fn an_open_connection_outlives_its_backends_removal() {
             std::io::Write::write_all(&mut stream, &buffer[..read]).unwrap();
         }
     });
-    let cgroup = TestCgroup::new().unwrap();
-    let mut dataplane = ServiceDataplane::load().unwrap();
-    dataplane.attach_cgroup(cgroup.path()).unwrap();
+    let (cgroup, mut dataplane) = socket_lb();
     let frontend = Frontend {
         address: VIP,
         port: 90,
@@ -296,9 +296,7 @@ fn client_ip_affinity_keeps_a_client_on_one_backend() {
     require_root();
     require_tool("busybox", "busybox-static");
     let hosts = ServiceHosts::new("affinity", 3);
-    let cgroup = TestCgroup::new().unwrap();
-    let mut dataplane = ServiceDataplane::load().unwrap();
-    dataplane.attach_cgroup(cgroup.path()).unwrap();
+    let (cgroup, mut dataplane) = socket_lb();
     let frontend = Frontend {
         address: VIP,
         port: 80,

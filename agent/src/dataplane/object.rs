@@ -2,7 +2,9 @@
 
 use aya::Ebpf;
 use aya::maps::MapError;
-use aya::programs::ProgramError;
+use aya::programs::tc::{self, TcAttachType};
+use aya::programs::{ProgramError, SchedClassifier};
+use aya::util::KernelVersion;
 
 /// The ELF object holding every Keel eBPF program, embedded by `build.rs`.
 pub static KEEL_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KEEL_EBPF_OBJECT"));
@@ -82,4 +84,31 @@ where
 /// Loads the embedded object: creates its maps in the kernel; programs are loaded on demand.
 pub fn load_object() -> Result<Ebpf, DataplaneError> {
     Ebpf::load(KEEL_OBJECT).map_err(DataplaneError::Load)
+}
+
+/// Attaches the TC program `name` to `interface` (a name in the calling thread's network
+/// namespace) in `direction`. From 6.6 aya attaches through tcx links, which need nothing
+/// else; before, TC programs hang off a clsact qdisc, added here if missing.
+pub fn attach_classifier(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    interface: &str,
+    direction: TcAttachType,
+) -> Result<(), DataplaneError> {
+    let attach_error = |source| DataplaneError::Attach {
+        program: name,
+        interface: interface.to_owned(),
+        source,
+    };
+    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    if !tcx && let Err(error) = tc::qdisc_add_clsact(interface) {
+        let exists = matches!(&error, tc::TcError::NetlinkError(e) if e.raw_os_error() == Some(libc::EEXIST));
+        if !exists {
+            return Err(attach_error(ProgramError::TcError(error)));
+        }
+    }
+    program_mut::<SchedClassifier>(ebpf, name)?
+        .attach(interface, direction)
+        .map(drop)
+        .map_err(attach_error)
 }

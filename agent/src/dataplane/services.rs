@@ -15,14 +15,13 @@ use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::tc::TcAttachType;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier};
-use keel_ebpf_common::conntrack::{CT_FORWARD, CtKey, CtValue};
 use keel_ebpf_common::service::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP, ServiceKey,
     ServiceValue,
 };
 use keel_ebpf_common::{map, program};
 
-use super::object::{DataplaneError, load_object, program_mut};
+use super::object::{DataplaneError, attach_classifier, load_object, program_mut};
 
 /// The TC programs: ingress, then egress.
 const TC_PROGRAMS: [&str; 2] = [program::TC_LB_INGRESS, program::TC_LB_EGRESS];
@@ -50,7 +49,7 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    fn key(self) -> ServiceKey {
+    pub(super) fn key(self) -> ServiceKey {
         ServiceKey {
             address: u32::from_ne_bytes(self.address.octets()),
             port: self.port.to_be(),
@@ -72,35 +71,6 @@ pub struct Backends {
     pub affinity: Option<Duration>,
 }
 
-/// How long a tracked flow may stay idle before it is collected.
-///
-/// Keel does not follow TCP's state machine yet, so a TCP flow lives for the established
-/// timeout whether or not it was closed; the LRU map bounds what that costs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CtTimeouts {
-    pub tcp: Duration,
-    pub udp: Duration,
-}
-
-impl Default for CtTimeouts {
-    /// Cilium's defaults for established TCP (6 hours) and for non-TCP flows (60 seconds).
-    fn default() -> Self {
-        CtTimeouts {
-            tcp: Duration::from_secs(6 * 3600),
-            udp: Duration::from_secs(60),
-        }
-    }
-}
-
-/// One garbage collection of `CT4`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CtCollection {
-    /// Entries found (both directions of a flow count).
-    pub entries: usize,
-    /// Entries removed as idle.
-    pub removed: usize,
-}
-
 /// What the agent wrote for one frontend.
 #[derive(Debug)]
 struct Programmed {
@@ -116,7 +86,10 @@ struct Programmed {
 pub struct ServiceDataplane {
     ebpf: Ebpf,
     services: HashMap<Frontend, Programmed>,
+    /// Backend address -> (id, number of slots using it).
     backends: HashMap<SocketAddrV4, (u32, usize)>,
+    /// Backend id -> address, the reverse of `backends`.
+    backend_addresses: HashMap<u32, SocketAddrV4>,
     next_service_id: u32,
     next_backend_id: u32,
 }
@@ -145,6 +118,7 @@ impl ServiceDataplane {
             ebpf,
             services: HashMap::new(),
             backends: HashMap::new(),
+            backend_addresses: HashMap::new(),
             next_service_id: 1,
             next_backend_id: 1,
         })
@@ -177,14 +151,7 @@ impl ServiceDataplane {
             .into_iter()
             .zip([TcAttachType::Ingress, TcAttachType::Egress])
         {
-            program_mut::<SchedClassifier>(&mut self.ebpf, name)?
-                .attach(interface, direction)
-                .map(drop)
-                .map_err(|source| DataplaneError::Attach {
-                    program: name,
-                    interface: interface.to_owned(),
-                    source,
-                })?;
+            attach_classifier(&mut self.ebpf, name, interface, direction)?;
         }
         Ok(())
     }
@@ -247,13 +214,13 @@ impl ServiceDataplane {
         self.map::<ServiceKey, ServiceValue>(map::SERVICES)?
             .insert(frontend.key(), value, 0)
             .map_err(|source| map_error(map::SERVICES, source))?;
-        let kept = slots.clone();
         let programmed = Programmed {
             id,
             backends: backends.to_vec(),
             affinity,
             slots,
         };
+        let kept = programmed.slots.clone();
         let previous = self.services.insert(frontend, programmed);
         if let Some(previous) = previous {
             let gone: Vec<SocketAddrV4> = previous
@@ -262,8 +229,13 @@ impl ServiceDataplane {
                 .filter(|b| !backends.contains(b))
                 .copied()
                 .collect();
-            self.forget_udp_flows(frontend, &gone)?;
-            self.forget_affinity(id, &kept)?;
+            // Both walk a whole map: only when a backend actually left.
+            if !gone.is_empty() {
+                self.forget_udp_flows(frontend, &gone)?;
+                if previous.affinity.is_some() {
+                    self.forget_affinity(id, &kept)?;
+                }
+            }
             self.retire(id, backends.len() as u32 + 1, &previous.slots)?;
         }
         Ok(())
@@ -310,88 +282,11 @@ impl ServiceDataplane {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(source) => return Err(map_error(map::SERVICES, source)),
         }
-        self.forget_affinity(programmed.id, &[])?;
+        if programmed.affinity.is_some() {
+            self.forget_affinity(programmed.id, &[])?;
+        }
         self.forget_udp_flows(frontend, &programmed.backends)?;
         self.retire(programmed.id, 1, &programmed.slots)
-    }
-
-    /// Removes tracked flows idle for longer than their protocol's timeout.
-    pub fn collect_conntrack(
-        &mut self,
-        timeouts: CtTimeouts,
-    ) -> Result<CtCollection, DataplaneError> {
-        let now = monotonic_now();
-        let mut ct = self.map::<CtKey, CtValue>(map::CT4)?;
-        let mut collection = CtCollection::default();
-        let mut idle = Vec::new();
-        for entry in ct.iter() {
-            let Ok((key, value)) = entry else { continue };
-            collection.entries += 1;
-            let timeout = if key.protocol == PROTO_TCP {
-                timeouts.tcp
-            } else {
-                timeouts.udp
-            };
-            if now.saturating_sub(Duration::from_nanos(value.last_seen)) > timeout {
-                idle.push(key);
-            }
-        }
-        for key in idle {
-            match ct.remove(&key) {
-                Ok(()) => collection.removed += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(map_error(map::CT4, source)),
-            }
-        }
-        Ok(collection)
-    }
-
-    /// Deletes the tracked UDP flows of `frontend` that go to one of `gone`, both directions,
-    /// so the flow's next datagram picks a live backend instead of vanishing into the old one
-    /// (kube-proxy's long-standing UDP blackhole). TCP flows are left to finish: a terminating
-    /// endpoint keeps its open connections, as upstream intends.
-    fn forget_udp_flows(
-        &mut self,
-        frontend: Frontend,
-        gone: &[SocketAddrV4],
-    ) -> Result<(), DataplaneError> {
-        if frontend.protocol != Protocol::Udp || gone.is_empty() {
-            return Ok(());
-        }
-        let front = frontend.key();
-        let gone: Vec<(u32, u16)> = gone
-            .iter()
-            .map(|b| (u32::from_ne_bytes(b.ip().octets()), b.port().to_be()))
-            .collect();
-        let mut ct = self.map::<CtKey, CtValue>(map::CT4)?;
-        let mut stale = Vec::new();
-        for entry in ct.iter() {
-            let Ok((key, value)) = entry else { continue };
-            let to_frontend = key.daddr == front.address
-                && key.dport == front.port
-                && key.protocol == front.protocol;
-            if value.kind == CT_FORWARD
-                && to_frontend
-                && gone.contains(&(value.address, value.port))
-            {
-                stale.push(key);
-                stale.push(CtKey {
-                    saddr: value.address,
-                    daddr: key.saddr,
-                    sport: value.port,
-                    dport: key.sport,
-                    protocol: key.protocol,
-                    pad: [0; 3],
-                });
-            }
-        }
-        for key in stale {
-            match ct.remove(&key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(map_error(map::CT4, source)),
-            }
-        }
-        Ok(())
     }
 
     /// Deletes the affinity entries of service `id` that point at a backend not in `kept`.
@@ -451,20 +346,21 @@ impl ServiceDataplane {
             .insert(id, value, 0)
             .map_err(|source| map_error(map::BACKENDS, source))?;
         self.backends.insert(backend, (id, 1));
+        self.backend_addresses.insert(id, backend);
         Ok(id)
     }
 
     fn release_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
-        let Some((&address, entry)) = self
-            .backends
-            .iter_mut()
-            .find(|(_, (backend_id, _))| *backend_id == id)
-        else {
+        let Some(address) = self.backend_addresses.get(&id).copied() else {
             return Ok(());
         };
-        entry.1 -= 1;
-        if entry.1 == 0 {
+        let Some((_, users)) = self.backends.get_mut(&address) else {
+            return Ok(());
+        };
+        *users -= 1;
+        if *users == 0 {
             self.backends.remove(&address);
+            self.backend_addresses.remove(&id);
             match self.map::<u32, Backend>(map::BACKENDS)?.remove(&id) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(source) => return Err(map_error(map::BACKENDS, source)),
@@ -484,7 +380,7 @@ impl ServiceDataplane {
         })
     }
 
-    fn map<K: aya::Pod, V: aya::Pod>(
+    pub(super) fn map<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<BpfHashMap<&mut MapData, K, V>, DataplaneError> {
@@ -496,21 +392,7 @@ impl ServiceDataplane {
     }
 }
 
-/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
-fn monotonic_now() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    Duration::new(
-        now.tv_sec.try_into().unwrap_or(0),
-        now.tv_nsec.try_into().unwrap_or(0),
-    )
-}
-
-fn map_error(map: &'static str, source: aya::maps::MapError) -> DataplaneError {
+pub(super) fn map_error(map: &'static str, source: aya::maps::MapError) -> DataplaneError {
     DataplaneError::Map { map, source }
 }
 

@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 
 use aya::Ebpf;
 use aya::maps::{PerCpuArray, PerCpuHashMap};
-use aya::programs::tc::{self, TcAttachType};
+use aya::programs::tc::TcAttachType;
 use aya::programs::{SchedClassifier, Xdp, XdpMode};
-use aya::util::KernelVersion;
 use keel_ebpf_common::{DropReason, Hook, IfaceCounters, IfaceKey, map, program};
 
-use super::object::{DataplaneError, load_object, program_mut};
+use super::object::{DataplaneError, attach_classifier, load_object, program_mut};
 
 /// How the XDP stats program attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -120,21 +119,7 @@ impl StatsDataplane {
             Direction::Ingress => (program::TC_STATS_INGRESS, TcAttachType::Ingress),
             Direction::Egress => (program::TC_STATS_EGRESS, TcAttachType::Egress),
         };
-        // Before 6.6 TC programs hang off a clsact qdisc; from 6.6 aya attaches through tcx
-        // links, which need no qdisc.
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-        if !tcx && let Err(error) = tc::qdisc_add_clsact(interface) {
-            let exists = matches!(&error, tc::TcError::NetlinkError(e)
-                if e.raw_os_error() == Some(libc::EEXIST));
-            if !exists {
-                let source = aya::programs::ProgramError::TcError(error);
-                return Err(attach_error(name, interface, source));
-            }
-        }
-        tc_program(&mut self.ebpf, name)?
-            .attach(interface, attach_type)
-            .map(drop)
-            .map_err(|source| attach_error(name, interface, source))
+        attach_classifier(&mut self.ebpf, name, interface, attach_type)
     }
 
     /// Counters per interface index, summed over CPUs.

@@ -1,0 +1,136 @@
+//! Connection tracking of the TC load-balancing path, from the agent's side: collecting idle
+//! flows, and forgetting the UDP flows of removed backends.
+
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use keel_ebpf_common::conntrack::{CT_FORWARD, CtKey, CtValue};
+use keel_ebpf_common::map;
+use keel_ebpf_common::service::PROTO_TCP;
+
+use super::object::DataplaneError;
+use super::services::{Frontend, Protocol, ServiceDataplane, map_error};
+
+/// How long a tracked flow may stay idle before it is collected.
+///
+/// Keel does not follow TCP's state machine yet, so a TCP flow lives for the established
+/// timeout whether or not it was closed; the LRU map bounds what that costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtTimeouts {
+    pub tcp: Duration,
+    pub udp: Duration,
+}
+
+impl Default for CtTimeouts {
+    /// Cilium's defaults for established TCP (6 hours) and for non-TCP flows (60 seconds).
+    fn default() -> Self {
+        CtTimeouts {
+            tcp: Duration::from_secs(6 * 3600),
+            udp: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One garbage collection of `CT4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CtCollection {
+    /// Entries found (both directions of a flow count).
+    pub entries: usize,
+    /// Entries removed as idle.
+    pub removed: usize,
+}
+
+impl ServiceDataplane {
+    /// Removes tracked flows idle for longer than their protocol's timeout.
+    pub fn collect_conntrack(
+        &mut self,
+        timeouts: CtTimeouts,
+    ) -> Result<CtCollection, DataplaneError> {
+        let now = monotonic_now();
+        let mut ct = self.map::<CtKey, CtValue>(map::CT4)?;
+        let mut collection = CtCollection::default();
+        let mut idle = Vec::new();
+        for entry in ct.iter() {
+            let Ok((key, value)) = entry else { continue };
+            collection.entries += 1;
+            let timeout = if key.protocol == PROTO_TCP {
+                timeouts.tcp
+            } else {
+                timeouts.udp
+            };
+            if now.saturating_sub(Duration::from_nanos(value.last_seen)) > timeout {
+                idle.push(key);
+            }
+        }
+        for key in idle {
+            match ct.remove(&key) {
+                Ok(()) => collection.removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_error(map::CT4, source)),
+            }
+        }
+        Ok(collection)
+    }
+
+    /// Deletes the tracked UDP flows of `frontend` that go to one of `gone`, both directions,
+    /// so the flow's next datagram picks a live backend instead of vanishing into the old one
+    /// (kube-proxy's long-standing UDP blackhole). TCP flows are left to finish: a terminating
+    /// endpoint keeps its open connections, as upstream intends.
+    pub(super) fn forget_udp_flows(
+        &mut self,
+        frontend: Frontend,
+        gone: &[SocketAddrV4],
+    ) -> Result<(), DataplaneError> {
+        if frontend.protocol != Protocol::Udp || gone.is_empty() {
+            return Ok(());
+        }
+        let front = frontend.key();
+        let gone: Vec<(u32, u16)> = gone
+            .iter()
+            .map(|b| (u32::from_ne_bytes(b.ip().octets()), b.port().to_be()))
+            .collect();
+        let mut ct = self.map::<CtKey, CtValue>(map::CT4)?;
+        let mut stale = Vec::new();
+        for entry in ct.iter() {
+            let Ok((key, value)) = entry else { continue };
+            let to_frontend = key.daddr == front.address
+                && key.dport == front.port
+                && key.protocol == front.protocol;
+            if value.kind == CT_FORWARD
+                && to_frontend
+                && gone.contains(&(value.address, value.port))
+            {
+                stale.push(key);
+                stale.push(CtKey {
+                    saddr: value.address,
+                    daddr: key.saddr,
+                    sport: value.port,
+                    dport: key.sport,
+                    protocol: key.protocol,
+                    pad: [0; 3],
+                });
+            }
+        }
+        for key in stale {
+            match ct.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_error(map::CT4, source)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
+fn monotonic_now() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    Duration::new(
+        now.tv_sec.try_into().unwrap_or(0),
+        now.tv_nsec.try_into().unwrap_or(0),
+    )
+}
