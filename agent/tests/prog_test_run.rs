@@ -320,39 +320,71 @@ fn idle_flows_are_collected_by_protocol_timeout() {
             removed: 0
         }
     );
-    std::thread::sleep(Duration::from_millis(20));
-    // UDP flows idle past a short timeout go; TCP ones stay.
+    std::thread::sleep(Duration::from_millis(30));
+    // One UDP flow keeps talking (client to backend only): it must survive, both directions,
+    // though its reply side has been quiet all along.
+    let talking = packet::udp(&ends, 40000, 80, b"again");
+    run_tc(dataplane.object(), program::TC_LB_INGRESS, &talking, 1).unwrap();
+    // The other UDP flow, idle past a short timeout, goes as a pair; TCP ones stay.
+    let short = Duration::from_millis(20);
     let udp_gone = dataplane
         .collect_conntrack(CtTimeouts {
             tcp: long,
-            udp: Duration::from_millis(10),
+            udp: short,
         })
         .unwrap();
     assert_eq!(
         udp_gone,
         CtCollection {
             entries: 8,
-            removed: 4
+            removed: 2
         }
     );
     let tcp_gone = dataplane
         .collect_conntrack(CtTimeouts {
-            tcp: Duration::from_millis(10),
+            tcp: short,
             udp: long,
         })
         .unwrap();
     assert_eq!(
         tcp_gone,
         CtCollection {
-            entries: 4,
+            entries: 6,
             removed: 4
         }
     );
+    // The talking flow still has its way back.
+    let answer = packet::udp(
+        &Endpoints {
+            src_ip: *backend.ip(),
+            dst_ip: ends.src_ip,
+            ..ends
+        },
+        8080,
+        40000,
+        b"late",
+    );
+    let translated = run_tc(dataplane.object(), program::TC_LB_EGRESS, &answer, 1)
+        .unwrap()
+        .packet;
     assert_eq!(
-        dataplane
-            .collect_conntrack(CtTimeouts::default())
-            .unwrap()
-            .entries,
-        0
+        translated,
+        packet::udp(
+            &Endpoints {
+                src_ip: vip,
+                dst_ip: ends.src_ip,
+                ..ends
+            },
+            80,
+            40000,
+            b"late"
+        )
+    );
+    assert_eq!(
+        dataplane.collect_conntrack(CtTimeouts::default()).unwrap(),
+        CtCollection {
+            entries: 2,
+            removed: 0
+        }
     );
 }

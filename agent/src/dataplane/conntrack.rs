@@ -1,10 +1,11 @@
 //! Connection tracking of the TC load-balancing path, from the agent's side: collecting idle
 //! flows, and forgetting the UDP flows of removed backends.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use keel_ebpf_common::conntrack::{CT_FORWARD, CtKey, CtValue};
+use keel_ebpf_common::conntrack::{CT_FORWARD, CT_REVERSE, CtKey, CtValue};
 use keel_ebpf_common::map;
 use keel_ebpf_common::service::PROTO_TCP;
 
@@ -48,21 +49,45 @@ impl ServiceDataplane {
     ) -> Result<CtCollection, DataplaneError> {
         let now = monotonic_now();
         let mut ct = self.map::<CtKey, CtValue>(map::CT4)?;
-        let mut collection = CtCollection::default();
-        let mut idle = Vec::new();
-        for entry in ct.iter() {
-            let Ok((key, value)) = entry else { continue };
-            collection.entries += 1;
+        let entries: HashMap<CtKey, CtValue> = ct.iter().filter_map(Result::ok).collect();
+        let idle = |key: &CtKey, value: &CtValue| {
             let timeout = if key.protocol == PROTO_TCP {
                 timeouts.tcp
             } else {
                 timeouts.udp
             };
-            if now.saturating_sub(Duration::from_nanos(value.last_seen)) > timeout {
-                idle.push(key);
+            now.saturating_sub(Duration::from_nanos(value.last_seen)) > timeout
+        };
+        // A flow ages as a pair: the client may talk for a long time before the backend
+        // answers, so the reverse entry goes only when both directions are idle.
+        let mut collect = Vec::new();
+        for (key, value) in &entries {
+            if value.kind != CT_FORWARD {
+                continue;
+            }
+            let reverse = reverse_key(key, value);
+            let reverse_idle = entries.get(&reverse).is_none_or(|r| idle(&reverse, r));
+            if idle(key, value) && reverse_idle {
+                collect.push(*key);
+                collect.push(reverse);
             }
         }
-        for key in idle {
+        // Reverse entries whose forward entry is gone (LRU eviction) follow their own clock.
+        let owned: HashSet<CtKey> = entries
+            .iter()
+            .filter(|(_, value)| value.kind == CT_FORWARD)
+            .map(|(key, value)| reverse_key(key, value))
+            .collect();
+        for (key, value) in &entries {
+            if value.kind == CT_REVERSE && !owned.contains(key) && idle(key, value) {
+                collect.push(*key);
+            }
+        }
+        let mut collection = CtCollection {
+            entries: entries.len(),
+            removed: 0,
+        };
+        for key in collect {
             match ct.remove(&key) {
                 Ok(()) => collection.removed += 1,
                 Err(aya::maps::MapError::KeyNotFound) => {}
@@ -101,14 +126,7 @@ impl ServiceDataplane {
                 && gone.contains(&(value.address, value.port))
             {
                 stale.push(key);
-                stale.push(CtKey {
-                    saddr: value.address,
-                    daddr: key.saddr,
-                    sport: value.port,
-                    dport: key.sport,
-                    protocol: key.protocol,
-                    pad: [0; 3],
-                });
+                stale.push(reverse_key(&key, &value));
             }
         }
         for key in stale {
@@ -118,6 +136,19 @@ impl ServiceDataplane {
             }
         }
         Ok(())
+    }
+}
+
+/// The key of the reverse entry that belongs to the forward entry `(key, value)`: the
+/// backend's reply to the client.
+fn reverse_key(key: &CtKey, value: &CtValue) -> CtKey {
+    CtKey {
+        saddr: value.address,
+        daddr: key.saddr,
+        sport: value.port,
+        dport: key.sport,
+        protocol: key.protocol,
+        pad: [0; 3],
     }
 }
 

@@ -36,20 +36,9 @@ pub fn egress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };
-    // SAFETY: a map lookup returning a reference into the map value, copied at once.
-    if let Some(entry) = unsafe { CT4.get(flow.key) }.copied()
+    if let Some(entry) = tracked(&flow.key)
         && entry.kind == CT_REVERSE
     {
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let _ = CT4.insert(
-            flow.key,
-            CtValue {
-                last_seen: now,
-                ..entry
-            },
-            0,
-        );
         rewrite(ctx, &flow, Side::Source, entry.address, entry.port)?;
     }
     Ok(TC_ACT_OK)
@@ -62,19 +51,8 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: a map lookup returning a reference into the map value, copied at once.
-    if let Some(entry) = unsafe { CT4.get(flow.key) }.copied() {
+    if let Some(entry) = tracked(&flow.key) {
         if entry.kind == CT_FORWARD {
-            let _ = CT4.insert(
-                flow.key,
-                CtValue {
-                    last_seen: now,
-                    ..entry
-                },
-                0,
-            );
             rewrite(ctx, &flow, Side::Destination, entry.address, entry.port)?;
         }
         return Ok(TC_ACT_OK);
@@ -92,6 +70,8 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some((_, backend)) = random_backend(&service) else {
         return Err(DropReason::NoBackend);
     };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     let forward = CtValue {
         last_seen: now,
         address: backend.address,
@@ -121,6 +101,19 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         .map_err(|_| DropReason::ConntrackFull)?;
     rewrite(ctx, &flow, Side::Destination, backend.address, backend.port)?;
     Ok(TC_ACT_OK)
+}
+
+/// The tracked entry of `key`, its `last_seen` refreshed in place: a per-packet write of one
+/// field, not a map update.
+#[inline(always)]
+fn tracked(key: &CtKey) -> Option<CtValue> {
+    let entry = CT4.get_ptr_mut(key)?;
+    // SAFETY: bpf_ktime_get_ns has no preconditions; `entry` points at the map value found
+    // just above, which stays valid for this program run (an LRU eviction only unlinks it).
+    unsafe {
+        (*entry).last_seen = bpf_ktime_get_ns();
+        Some(*entry)
+    }
 }
 
 /// `None` for what the load balancer does not handle (not IPv4, not TCP / UDP, a later
