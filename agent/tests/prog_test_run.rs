@@ -16,7 +16,8 @@ use support::packet::{self, Endpoints};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const ICMP_PORT_UNREACHABLE: u8 = 3;
 /// `BPF_PROG_TEST_RUN` without a context runs the program as if on the loopback device.
 const LOOPBACK_IFINDEX: u32 = 1;
 
@@ -261,29 +262,51 @@ fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
 }
 
 #[test]
-fn tc_lb_drops_flows_to_a_service_without_backends() {
+fn tc_lb_answers_a_flow_to_a_service_without_backends_with_port_unreachable() {
     keel_testhost::require_root();
     let vip = Ipv4Addr::new(10, 96, 0, 11);
+    let client = Ipv4Addr::new(198, 18, 0, 1);
     let mut dataplane = ServiceDataplane::load().expect("load the Service programs");
-    dataplane
-        .upsert(
-            Frontend {
-                address: vip,
-                port: 80,
-                protocol: Protocol::Tcp,
-            },
-            &[],
-        )
-        .unwrap();
-    let ends = Endpoints {
-        src_mac: [2, 0, 0, 0, 0, 1],
-        dst_mac: [2, 0, 0, 0, 0, 2],
-        src_ip: Ipv4Addr::new(198, 18, 0, 1),
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        dataplane
+            .upsert(
+                Frontend {
+                    address: vip,
+                    port: 80,
+                    protocol,
+                },
+                &[],
+            )
+            .unwrap();
+    }
+    let client_mac = [2, 0, 0, 0, 0, 1];
+    let node_mac = [2, 0, 0, 0, 0, 2];
+    let to_vip = Endpoints {
+        src_mac: client_mac,
+        dst_mac: node_mac,
+        src_ip: client,
         dst_ip: vip,
     };
-    let syn = packet::tcp(&ends, 40000, 80, 1, packet::TCP_SYN, b"");
-    let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, &syn, 1).unwrap();
-    assert_eq!(run.verdict, TC_ACT_SHOT);
+    let back = Endpoints {
+        src_mac: node_mac,
+        dst_mac: client_mac,
+        src_ip: vip,
+        dst_ip: client,
+    };
+    let syn = packet::tcp(&to_vip, 40000, 80, 7, packet::TCP_SYN, b"");
+    let datagram = packet::udp(&to_vip, 5353, 80, b"anyone there?");
+
+    for offending in [syn, datagram] {
+        let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, &offending, 1).unwrap();
+        assert_eq!(
+            run.verdict, TC_ACT_REDIRECT,
+            "sent back out of the interface it came in on"
+        );
+        // The quote: the offending IPv4 header and the first 8 bytes after it.
+        let expected =
+            packet::icmp_dest_unreachable(&back, ICMP_PORT_UNREACHABLE, &offending[14..14 + 28]);
+        assert_eq!(run.packet, expected);
+    }
 }
 
 #[test]

@@ -104,9 +104,15 @@ fn routed_traffic_to_a_cluster_ip_reaches_every_backend_through_the_node() {
         "{answers:?}"
     );
 
-    // Without backends the node drops the flow: the client's connection fails.
+    // Without backends the node refuses the flow (ICMP port unreachable): the client's
+    // connection is refused, it does not time out.
     routed.dataplane.upsert(frontend, &[]).unwrap();
-    assert!(!nc_to_vip(&routed.client, None).status.success());
+    let refused = nc_to_vip(&routed.client, None);
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && error.contains("refused"),
+        "nc: {error}"
+    );
 }
 
 /// A UDP server in a test host answering every datagram with its name, until dropped.

@@ -85,6 +85,22 @@ pub fn icmp_echo_request(ends: &Endpoints, id: u16, seq: u16, payload: &[u8]) ->
     frame(ends, IPPROTO_ICMP, &icmp)
 }
 
+/// An Ethernet frame carrying an ICMP destination-unreachable error with `code`, quoting
+/// `quote` (the offending packet's IPv4 header and 8 bytes beyond); sent without DF, as
+/// error messages are.
+pub fn icmp_dest_unreachable(ends: &Endpoints, code: u8, quote: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![3, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quote);
+    let checksum = internet_checksum(&[&icmp]);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    let mut frame = frame(ends, IPPROTO_ICMP, &icmp);
+    frame[14 + 6] = 0; // no DF
+    frame[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let checksum = internet_checksum(&[&frame[14..34]]);
+    frame[14 + 10..14 + 12].copy_from_slice(&checksum.to_be_bytes());
+    frame
+}
+
 fn frame(ends: &Endpoints, protocol: u8, l4: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(ETH_HLEN + IPV4_HLEN + l4.len());
     frame.extend_from_slice(&ends.dst_mac);

@@ -10,6 +10,7 @@
 //! without features, `no_std`.
 #![no_std]
 
+pub mod checksum;
 pub mod conntrack;
 pub mod drop_reason;
 pub mod service;

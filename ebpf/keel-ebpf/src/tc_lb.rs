@@ -15,9 +15,11 @@ use keel_ebpf_common::service::{PROTO_TCP, PROTO_UDP, ServiceKey};
 
 use crate::ct_map::CT4;
 use crate::service_maps::{SERVICES, random_backend};
+use crate::{drop_stats, reject};
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const IPV4_MIN_HLEN: usize = 20;
 const IPV4_CHECKSUM: usize = ETH_HLEN + 10;
 const IPV4_SADDR: usize = ETH_HLEN + 12;
 const IPV4_DADDR: usize = ETH_HLEN + 16;
@@ -68,7 +70,9 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     };
     let Some((_, backend)) = random_backend(&service) else {
-        return Err(DropReason::NoBackend);
+        // Refused, not delivered: counted as a drop, answered as kube-proxy's REJECT does.
+        drop_stats::record(DropReason::NoBackend);
+        return reject::port_unreachable(ctx, flow.l4);
     };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -127,7 +131,7 @@ fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
     }
     let version_ihl: u8 = ctx.load(ETH_HLEN).map_err(malformed)?;
     let header_len = usize::from(version_ihl & 0x0f) * 4;
-    if version_ihl >> 4 != 4 || header_len < 20 {
+    if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HLEN {
         return Err(DropReason::Malformed);
     }
     let fragment: u16 = ctx.load(ETH_HLEN + 6).map_err(malformed)?;
