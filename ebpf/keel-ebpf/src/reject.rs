@@ -68,5 +68,5 @@ pub fn port_unreachable(ctx: &TcContext, l4: usize) -> Result<i32, DropReason> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: bpf_redirect only records the target; flags 0 send it out of that interface.
     unsafe { bpf_redirect(ifindex, 0) };
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }
