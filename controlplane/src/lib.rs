@@ -1,4 +1,12 @@
 //! `keel-controlplane`: the Kubernetes-compatible API server of Keel. It speaks the Kubernetes
-//! REST API and keeps all state in etcd; [`storage`] is its etcd layer.
+//! REST API and keeps all state in etcd.
+//!
+//! * [`storage`]: objects in etcd, and the watch cache.
+//! * [`api`]: resources, defaulting, validation, selectors and `Status` errors.
+//! * [`pki`]: the cluster CA, serving and client certificates, the admin kubeconfig.
+//! * [`server`]: the HTTPS server, authentication, discovery and the REST handlers.
 
+pub mod api;
+pub mod pki;
+pub mod server;
 pub mod storage;

@@ -42,7 +42,7 @@ pub struct Preconditions {
 }
 
 impl Preconditions {
-    fn check(&self, key: &ResourceKey, current: &Value) -> Result<(), StorageError> {
+    pub fn check(&self, key: &ResourceKey, current: &Value) -> Result<(), StorageError> {
         let failed = |field, expected: &str, actual: &str| StorageError::PreconditionFailed {
             key: key.to_string(),
             field,

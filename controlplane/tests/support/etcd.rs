@@ -169,6 +169,13 @@ fn spawn_etcd(data_dir: &Path, endpoint: &str, peer: &str) -> anyhow::Result<Chi
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    die_with_parent(&mut command);
+    command.spawn().context("spawning etcd")
+}
+
+/// Makes the child get SIGKILL when the thread that spawned it dies, so a test that aborts
+/// without unwinding leaves no process behind.
+pub fn die_with_parent(command: &mut Command) {
     // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
     // which is async-signal-safe; it touches no memory of the parent.
     unsafe {
@@ -179,10 +186,9 @@ fn spawn_etcd(data_dir: &Path, endpoint: &str, peer: &str) -> anyhow::Result<Chi
             Ok(())
         });
     }
-    command.spawn().context("spawning etcd")
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
     Ok(listener.local_addr()?.port())
 }

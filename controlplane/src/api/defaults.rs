@@ -1,0 +1,343 @@
+//! Defaulting as upstream's `SetDefaults_*` functions do it for the types Keel serves, applied
+//! to the JSON object before validation (create, update and patch alike).
+
+use serde_json::{Value, json};
+
+/// Sets `object[key] = value` unless the key holds a non-null value.
+fn default(object: &mut Value, key: &str, value: Value) {
+    if let Some(map) = object.as_object_mut() {
+        match map.get(key) {
+            Some(existing) if !existing.is_null() => {}
+            _ => {
+                map.insert(key.to_owned(), value);
+            }
+        }
+    }
+}
+
+/// The object under `key`, created as `{}` when missing (only if `object` is an object).
+fn child<'a>(object: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+    default(object, key, json!({}));
+    object.get_mut(key).filter(|value| value.is_object())
+}
+
+fn each(object: &mut Value, key: &str, mut apply: impl FnMut(&mut Value)) {
+    if let Some(Value::Array(items)) = object.get_mut(key) {
+        items
+            .iter_mut()
+            .filter(|item| item.is_object())
+            .for_each(&mut apply);
+    }
+}
+
+/// Applies the defaults of `group`/`kind`.
+pub fn apply(group: &str, kind: &str, object: &mut Value) {
+    match (group, kind) {
+        ("", "Pod") => {
+            if let Some(spec) = child(object, "spec") {
+                pod_spec(spec);
+            }
+        }
+        ("", "Service") => {
+            if let Some(spec) = child(object, "spec") {
+                service_spec(spec);
+            }
+        }
+        ("", "Secret") => {
+            default(object, "type", json!("Opaque"));
+            string_data(object);
+        }
+        ("", "Namespace") => {
+            if let Some(spec) = child(object, "spec") {
+                default(spec, "finalizers", json!(["kubernetes"]));
+            }
+        }
+        ("", "PersistentVolumeClaim") => {
+            if let Some(spec) = child(object, "spec") {
+                default(spec, "volumeMode", json!("Filesystem"));
+            }
+        }
+        ("apps", "Deployment") => {
+            if let Some(spec) = child(object, "spec") {
+                default(spec, "replicas", json!(1));
+                default(spec, "revisionHistoryLimit", json!(10));
+                default(spec, "progressDeadlineSeconds", json!(600));
+                if let Some(strategy) = child(spec, "strategy") {
+                    default(strategy, "type", json!("RollingUpdate"));
+                    if strategy["type"] == "RollingUpdate"
+                        && let Some(rolling) = child(strategy, "rollingUpdate")
+                    {
+                        default(rolling, "maxUnavailable", json!("25%"));
+                        default(rolling, "maxSurge", json!("25%"));
+                    }
+                }
+                template(spec);
+            }
+        }
+        ("apps", "ReplicaSet") => {
+            if let Some(spec) = child(object, "spec") {
+                default(spec, "replicas", json!(1));
+                template(spec);
+            }
+        }
+        ("apps", "StatefulSet") => {
+            if let Some(spec) = child(object, "spec") {
+                default(spec, "replicas", json!(1));
+                default(spec, "podManagementPolicy", json!("OrderedReady"));
+                default(spec, "revisionHistoryLimit", json!(10));
+                default(
+                    spec,
+                    "persistentVolumeClaimRetentionPolicy",
+                    json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+                );
+                if let Some(strategy) = child(spec, "updateStrategy") {
+                    default(strategy, "type", json!("RollingUpdate"));
+                    if strategy["type"] == "RollingUpdate"
+                        && let Some(rolling) = child(strategy, "rollingUpdate")
+                    {
+                        default(rolling, "partition", json!(0));
+                    }
+                }
+                template(spec);
+            }
+        }
+        ("apps", "DaemonSet") => {
+            if let Some(spec) = child(object, "spec") {
+                default(spec, "revisionHistoryLimit", json!(10));
+                if let Some(strategy) = child(spec, "updateStrategy") {
+                    default(strategy, "type", json!("RollingUpdate"));
+                    if strategy["type"] == "RollingUpdate"
+                        && let Some(rolling) = child(strategy, "rollingUpdate")
+                    {
+                        default(rolling, "maxUnavailable", json!(1));
+                        default(rolling, "maxSurge", json!(0));
+                    }
+                }
+                template(spec);
+            }
+        }
+        ("batch", "Job") => {
+            if let Some(spec) = child(object, "spec") {
+                job_spec(spec);
+            }
+        }
+        ("batch", "CronJob") => {
+            if let Some(spec) = child(object, "spec") {
+                default(spec, "concurrencyPolicy", json!("Allow"));
+                default(spec, "suspend", json!(false));
+                default(spec, "successfulJobsHistoryLimit", json!(3));
+                default(spec, "failedJobsHistoryLimit", json!(1));
+                if let Some(job) = child(spec, "jobTemplate").and_then(|t| child(t, "spec")) {
+                    job_spec(job);
+                }
+            }
+        }
+        ("networking.k8s.io", "NetworkPolicy") => {
+            if let Some(spec) = child(object, "spec") {
+                let has_egress = spec.get("egress").is_some();
+                default(
+                    spec,
+                    "policyTypes",
+                    if has_egress {
+                        json!(["Ingress", "Egress"])
+                    } else {
+                        json!(["Ingress"])
+                    },
+                );
+                for rules in ["ingress", "egress"] {
+                    each(spec, rules, |rule| {
+                        each(rule, "ports", |port| {
+                            default(port, "protocol", json!("TCP"))
+                        });
+                    });
+                }
+            }
+        }
+        ("discovery.k8s.io", "EndpointSlice") => {
+            each(object, "ports", |port| {
+                default(port, "protocol", json!("TCP"));
+                default(port, "name", json!(""));
+            });
+        }
+        _ => {}
+    }
+}
+
+/// A Secret's `stringData` is written into `data` (base64), overriding keys there, and never
+/// stored itself (upstream's Secret strategy).
+fn string_data(object: &mut Value) {
+    use base64::Engine as _;
+    let Some(Value::Object(strings)) = object
+        .as_object_mut()
+        .and_then(|map| map.remove("stringData"))
+    else {
+        return;
+    };
+    default(object, "data", json!({}));
+    if let Some(data) = object.get_mut("data").and_then(Value::as_object_mut) {
+        for (key, value) in strings {
+            let text = value.as_str().unwrap_or_default();
+            data.insert(
+                key,
+                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+            );
+        }
+    }
+}
+
+fn job_spec(spec: &mut Value) {
+    let indexed = spec.get("completionMode").and_then(Value::as_str) == Some("Indexed");
+    default(spec, "parallelism", json!(1));
+    if !indexed {
+        default(spec, "completions", json!(1));
+    }
+    default(spec, "backoffLimit", json!(6));
+    default(spec, "completionMode", json!("NonIndexed"));
+    default(spec, "suspend", json!(false));
+    default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    template(spec);
+}
+
+fn template(spec: &mut Value) {
+    if let Some(template) = child(spec, "template")
+        && let Some(pod) = child(template, "spec")
+    {
+        pod_spec(pod);
+    }
+}
+
+fn pod_spec(spec: &mut Value) {
+    default(spec, "restartPolicy", json!("Always"));
+    default(spec, "dnsPolicy", json!("ClusterFirst"));
+    default(spec, "schedulerName", json!("default-scheduler"));
+    default(spec, "securityContext", json!({}));
+    default(spec, "terminationGracePeriodSeconds", json!(30));
+    default(spec, "enableServiceLinks", json!(true));
+    for list in ["initContainers", "containers"] {
+        each(spec, list, container);
+    }
+    each(spec, "volumes", |volume| {
+        for (source, mode) in [
+            ("configMap", 0o644),
+            ("secret", 0o644),
+            ("downwardAPI", 0o644),
+            ("projected", 0o644),
+        ] {
+            if let Some(inner) = volume.get_mut(source).filter(|inner| inner.is_object()) {
+                default(inner, "defaultMode", json!(mode));
+            }
+        }
+        if let Some(host_path) = volume.get_mut("hostPath").filter(|inner| inner.is_object()) {
+            default(host_path, "type", json!(""));
+        }
+    });
+}
+
+fn container(container: &mut Value) {
+    default(
+        container,
+        "terminationMessagePath",
+        json!("/dev/termination-log"),
+    );
+    default(container, "terminationMessagePolicy", json!("File"));
+    default(container, "resources", json!({}));
+    let image = container.get("image").and_then(Value::as_str).unwrap_or("");
+    default(container, "imagePullPolicy", json!(pull_policy(image)));
+    each(container, "ports", |port| {
+        default(port, "protocol", json!("TCP"))
+    });
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(probe) = container.get_mut(probe).filter(|probe| probe.is_object()) {
+            default(probe, "timeoutSeconds", json!(1));
+            default(probe, "periodSeconds", json!(10));
+            default(probe, "successThreshold", json!(1));
+            default(probe, "failureThreshold", json!(3));
+            if let Some(http) = probe.get_mut("httpGet").filter(|http| http.is_object()) {
+                default(http, "path", json!("/"));
+                default(http, "scheme", json!("HTTP"));
+            }
+        }
+    }
+}
+
+/// `Always` for `:latest` or an untagged image without digest, else `IfNotPresent`.
+pub fn pull_policy(image: &str) -> &'static str {
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+fn service_spec(spec: &mut Value) {
+    default(spec, "type", json!("ClusterIP"));
+    default(spec, "sessionAffinity", json!("None"));
+    let kind = spec["type"].as_str().unwrap_or("ClusterIP").to_owned();
+    if kind != "ExternalName" {
+        default(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    if kind == "NodePort" || kind == "LoadBalancer" {
+        default(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if kind == "LoadBalancer" {
+        default(spec, "allocateLoadBalancerNodePorts", json!(true));
+    }
+    if spec["sessionAffinity"] == "ClientIP"
+        && let Some(config) =
+            child(spec, "sessionAffinityConfig").and_then(|c| child(c, "clientIP"))
+    {
+        default(config, "timeoutSeconds", json!(10800));
+    }
+    each(spec, "ports", |port| {
+        default(port, "protocol", json!("TCP"));
+        if let Some(number) = port.get("port").cloned() {
+            default(port, "targetPort", number);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_defaults_as_upstream() {
+        let mut deployment = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx"}]}}}});
+        apply("apps", "Deployment", &mut deployment);
+        let spec = &deployment["spec"];
+        assert_eq!(spec["replicas"], 1);
+        assert_eq!(spec["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        assert_eq!(spec["revisionHistoryLimit"], 10);
+        assert_eq!(spec["progressDeadlineSeconds"], 600);
+        let container = &spec["template"]["spec"]["containers"][0];
+        assert_eq!(container["imagePullPolicy"], "Always");
+        assert_eq!(container["terminationMessagePath"], "/dev/termination-log");
+        assert_eq!(spec["template"]["spec"]["dnsPolicy"], "ClusterFirst");
+    }
+
+    #[test]
+    fn recreate_gets_no_rolling_update_block() {
+        let mut deployment = json!({"spec": {"strategy": {"type": "Recreate"}}});
+        apply("apps", "Deployment", &mut deployment);
+        assert!(
+            deployment["spec"]["strategy"]
+                .get("rollingUpdate")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn service_and_pull_policy_defaults() {
+        let mut service = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+        apply("", "Service", &mut service);
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], 80);
+        assert_eq!(service["spec"]["ports"][0]["protocol"], "TCP");
+        assert_eq!(service["spec"]["externalTrafficPolicy"], "Cluster");
+        assert_eq!(pull_policy("registry:5000/busybox:1.36"), "IfNotPresent");
+        assert_eq!(pull_policy("registry:5000/busybox"), "Always");
+        assert_eq!(pull_policy("busybox@sha256:abc"), "IfNotPresent");
+    }
+}

@@ -1,0 +1,13 @@
+//! The API's semantics, independent of HTTP: which resources exist ([`catalog`]), how objects
+//! are defaulted, validated and stamped ([`defaults`], [`validation`], [`meta`]), how
+//! selectors filter them ([`selector`]) and how failures read ([`status`]).
+
+pub mod catalog;
+pub mod defaults;
+pub mod meta;
+pub mod selector;
+pub mod status;
+pub mod validation;
+
+pub use catalog::{Catalog, ResourceInfo, Subresource};
+pub use status::{ApiError, Cause, Target};

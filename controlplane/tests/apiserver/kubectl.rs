@@ -1,0 +1,291 @@
+//! kubectl's everyday commands against the API server.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::{APP, DEMO_NAMESPACE, TestApiServer};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn version_and_api_resources() -> anyhow::Result<()> {
+    let server = TestApiServer::start().await?;
+    let version = server.ok(&["version"]);
+    assert!(
+        version.contains("Server Version: v1.33.0+keel-"),
+        "{version}"
+    );
+    let resources = server.ok(&["api-resources"]);
+    for row in [
+        ["deployments", "deploy", "apps/v1", "true", "Deployment"],
+        ["pods", "po", "v1", "true", "Pod"],
+        ["namespaces", "ns", "v1", "false", "Namespace"],
+        [
+            "networkpolicies",
+            "netpol",
+            "networking.k8s.io/v1",
+            "true",
+            "NetworkPolicy",
+        ],
+    ] {
+        assert!(
+            resources
+                .lines()
+                .any(|line| line.split_whitespace().collect::<Vec<_>>() == row),
+            "no row {row:?} in:\n{resources}"
+        );
+    }
+    // The system namespaces and the kubernetes Service exist from the start.
+    let namespaces = server.ok(&["get", "namespaces", "-o", "name"]);
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            namespaces.contains(&format!("namespace/{name}")),
+            "{namespaces}"
+        );
+    }
+    let cluster_ip = server.ok(&[
+        "get",
+        "service",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_eq!(cluster_ip, "10.96.0.1");
+    let endpoints = server.ok(&[
+        "get",
+        "endpointslice",
+        "kubernetes",
+        "-o",
+        "jsonpath={.endpoints[0].addresses[0]}:{.ports[0].port}",
+    ]);
+    assert_eq!(endpoints, format!("127.0.0.1:{}", server.port));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_label_annotate_scale_and_delete() -> anyhow::Result<()> {
+    let server = TestApiServer::start().await?;
+    let created = server.ok_with_input(&["create", "--validate=false", "-f", "-"], DEMO_NAMESPACE);
+    assert_eq!(created.trim(), "namespace/demo created");
+    let applied = server.ok_with_input(&["apply", "--validate=false", "-f", "-"], APP);
+    for line in [
+        "deployment.apps/web created",
+        "service/web created",
+        "configmap/web-config created",
+        "secret/web-secret created",
+    ] {
+        assert!(applied.contains(line), "{applied}");
+    }
+
+    // Upstream defaults on the stored Deployment.
+    let yaml = server.ok(&["get", "deploy", "web", "-n", "demo", "-o", "yaml"]);
+    for expected in [
+        "maxSurge: 25%",
+        "maxUnavailable: 25%",
+        "type: RollingUpdate",
+        "revisionHistoryLimit: 10",
+        "progressDeadlineSeconds: 600",
+        "replicas: 1",
+        "imagePullPolicy: IfNotPresent",
+        "terminationMessagePath: /dev/termination-log",
+        "dnsPolicy: ClusterFirst",
+        "protocol: TCP",
+        "generation: 1",
+    ] {
+        assert!(yaml.contains(expected), "{expected} missing from:\n{yaml}");
+    }
+    // The Service got a ClusterIP from 10.96.0.0/12 and a NodePort from 30000-32767.
+    let service = server.ok(&[
+        "get",
+        "svc",
+        "web",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={.spec.clusterIP} {.spec.ports[0].nodePort} {.spec.ports[0].targetPort}",
+    ]);
+    let fields: Vec<&str> = service.split(' ').collect();
+    let ip: std::net::Ipv4Addr = fields[0].parse()?;
+    assert_eq!(ip.octets()[0], 10);
+    assert!((96..112).contains(&ip.octets()[1]), "{service}");
+    let node_port: u16 = fields[1].parse()?;
+    assert!((30000..=32767).contains(&node_port), "{service}");
+    assert_eq!(fields[2], "8080");
+    // stringData became base64 data.
+    let secret = server.ok(&[
+        "get",
+        "secret",
+        "web-secret",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={.data.password}",
+    ]);
+    assert_eq!(secret, "czNjcmV0");
+
+    // A second apply with a changed image: a new generation, and the rest unchanged.
+    let changed = APP.replace("busybox:1.36", "busybox:1.37");
+    let applied = server.ok_with_input(&["apply", "--validate=false", "-f", "-"], &changed);
+    assert!(
+        applied.contains("deployment.apps/web configured"),
+        "{applied}"
+    );
+    assert!(
+        applied.contains("configmap/web-config unchanged"),
+        "{applied}"
+    );
+    let state = server.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image} {.metadata.generation}",
+    ]);
+    assert_eq!(state, "registry.local/busybox:1.37 2");
+
+    assert_eq!(
+        server
+            .ok(&["label", "deploy", "web", "-n", "demo", "tier=front"])
+            .trim(),
+        "deployment.apps/web labeled"
+    );
+    assert_eq!(
+        server
+            .ok(&["annotate", "deploy", "web", "-n", "demo", "note=x"])
+            .trim(),
+        "deployment.apps/web annotated"
+    );
+    assert_eq!(
+        server
+            .ok(&["scale", "deploy", "web", "-n", "demo", "--replicas=5"])
+            .trim(),
+        "deployment.apps/web scaled"
+    );
+    let state = server.ok(&["get", "deploy", "web", "-n", "demo", "-o", "jsonpath={.spec.replicas} {.metadata.generation} {.metadata.labels.tier} {.metadata.annotations.note}"]);
+    assert_eq!(
+        state, "5 3 front x",
+        "labels and annotations do not bump the generation"
+    );
+    let restarted = server.ok(&["rollout", "restart", "deploy", "web", "-n", "demo"]);
+    assert!(
+        restarted.contains("deployment.apps/web restarted"),
+        "{restarted}"
+    );
+    let annotation = server.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={.spec.template.metadata.annotations}",
+    ]);
+    assert!(
+        annotation.contains("kubectl.kubernetes.io/restartedAt"),
+        "{annotation}"
+    );
+
+    let selected = server.ok(&[
+        "get",
+        "deploy",
+        "-n",
+        "demo",
+        "-l",
+        "tier=front",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(selected.trim(), "deployment.apps/web");
+    assert_eq!(
+        server
+            .ok(&[
+                "get",
+                "deploy",
+                "-n",
+                "demo",
+                "-l",
+                "tier!=front",
+                "-o",
+                "name"
+            ])
+            .trim(),
+        ""
+    );
+    let by_field = server.ok(&[
+        "get",
+        "cm",
+        "-n",
+        "demo",
+        "--field-selector",
+        "metadata.name=web-config",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(by_field.trim(), "configmap/web-config");
+    let bad_field = server.fails(&[
+        "get",
+        "cm",
+        "-n",
+        "demo",
+        "--field-selector",
+        "spec.nodeName=x",
+    ]);
+    assert!(
+        bad_field.contains("field label not supported: spec.nodeName"),
+        "{bad_field}"
+    );
+
+    let deleted = server.ok(&["delete", "deploy", "web", "-n", "demo"]);
+    assert_eq!(deleted.trim(), "deployment.apps \"web\" deleted");
+    let missing = server.fails(&["get", "deploy", "web", "-n", "demo"]);
+    assert!(
+        missing.contains("deployments.apps \"web\" not found"),
+        "{missing}"
+    );
+    // Deleting the Service freed its ClusterIP and NodePort: asking for both again works.
+    server.ok(&["delete", "svc", "web", "-n", "demo"]);
+    let reuse = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: again, namespace: demo}}\nspec: {{type: NodePort, clusterIP: {ip}, ports: [{{port: 80, nodePort: {node_port}}}]}}\n"
+    );
+    server.ok_with_input(&["create", "--validate=false", "-f", "-"], &reuse);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_watch_streams_changes() -> anyhow::Result<()> {
+    let server = TestApiServer::start().await?;
+    server.ok_with_input(&["create", "--validate=false", "-f", "-"], DEMO_NAMESPACE);
+    let mut watch = Command::new("kubectl")
+        .args([
+            "get",
+            "configmaps",
+            "-n",
+            "demo",
+            "-w",
+            "-o",
+            "name",
+            "--request-timeout=0",
+        ])
+        .env("KUBECONFIG", server.kubeconfig())
+        .env("HOME", server.data_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // The watch is open once kubectl has listed; create after a moment and read the line.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.ok_with_input(
+        &["create", "--validate=false", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: streamed, namespace: demo}\n",
+    );
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead as _;
+        std::io::BufReader::new(stdout).lines().next()
+    });
+    let line = tokio::time::timeout(Duration::from_secs(30), line).await;
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let line = line.expect("a watch event within 30s")?.expect("a line")?;
+    assert_eq!(line.trim(), "configmap/streamed");
+    Ok(())
+}
