@@ -16,6 +16,7 @@ pub mod rest;
 pub mod route;
 pub mod subresource;
 mod system;
+pub mod table;
 pub mod tls;
 pub mod watch;
 

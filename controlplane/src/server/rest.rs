@@ -12,6 +12,7 @@ use super::http::{self, Body, Query};
 use super::patch;
 use super::route::ResourcePath;
 use super::subresource;
+use super::table;
 use super::watch::{self, WatchParams};
 use crate::api::{
     ApiError, Cause, ResourceInfo, Subresource, Target, defaults, meta, selector, validation,
@@ -113,10 +114,16 @@ pub async fn handle(
         }
     };
     match (method.clone(), name, subresource) {
-        (Method::GET, None, None) if watching => watch(&call).await,
-        (Method::GET, None, None) => list(&call).await,
+        (Method::GET, None, None) if watching => watch(&call, headers).await,
+        (Method::GET, None, None) => list(&call, headers).await,
         (Method::GET, Some(name), None) => {
             let object = call.get_object(&name).await?;
+            if let Some(include) = table_request(&call, headers) {
+                let metadata =
+                    json!({"resourceVersion": object.pointer("/metadata/resourceVersion")});
+                let table = table::table(call.info, &[object], metadata, include, true);
+                return Ok(http::json_with_type(200, &table, table::TABLE_TYPE));
+            }
             Ok(http::json(200, &object))
         }
         (Method::POST, None, None) => {
@@ -159,6 +166,12 @@ pub async fn handle(
     }
 }
 
+/// Whether the client asked for a Table, and what its rows should carry.
+fn table_request(call: &Call<'_>, headers: &HeaderMap) -> Option<table::Include> {
+    let accept = headers.get(::http::header::ACCEPT)?.to_str().ok()?;
+    table::wanted(accept).then(|| table::Include::parse(call.query.get("includeObject")))
+}
+
 /// The label and field selectors of a request as one predicate.
 fn predicate(call: &Call<'_>) -> Result<crate::storage::Predicate, ApiError> {
     let labels = selector::parse_labels(call.query.get("labelSelector").unwrap_or(""))?;
@@ -193,7 +206,7 @@ fn list_options(call: &Call<'_>) -> Result<ListOptions, ApiError> {
     })
 }
 
-async fn list(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
+async fn list(call: &Call<'_>, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
     let options = list_options(call)?;
     let prefix = call.prefix()?;
     let cache = call.server.cache(call.info)?;
@@ -209,6 +222,10 @@ async fn list(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         metadata["remainingItemCount"] = json!(remaining);
     }
     let items: Vec<Value> = result.items.iter().map(|item| (**item).clone()).collect();
+    if let Some(include) = table_request(call, headers) {
+        let table = table::table(call.info, &items, metadata, include, true);
+        return Ok(http::json_with_type(200, &table, table::TABLE_TYPE));
+    }
     let list = json!({
         "kind": call.info.list_kind,
         "apiVersion": call.info.api_version(),
@@ -218,13 +235,14 @@ async fn list(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     Ok(http::json(200, &list))
 }
 
-async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
+async fn watch(call: &Call<'_>, headers: &HeaderMap) -> Result<Response<Body>, ApiError> {
     let predicate = predicate(call)?;
     let prefix = call.prefix()?;
     let cache = call.server.cache(call.info)?;
     let bookmarks = call.query.flag("allowWatchBookmarks");
     let initial = call.query.flag("sendInitialEvents");
-    let params = WatchParams::new(call.info, call.query.int("timeoutSeconds")?, initial);
+    let mut params = WatchParams::new(call.info, call.query.int("timeoutSeconds")?, initial);
+    params.table = table_request(call, headers).map(|include| (call.info.clone(), include));
     let storage = |error| ApiError::from_storage(error, call.target(""));
     if initial {
         // The state as of a list, then every change after it, with the end of the initial

@@ -12,6 +12,7 @@ use hyper::body::Frame;
 use serde_json::{Value, json};
 
 use super::http::Body;
+use super::table::{self, Include};
 use crate::api::{ApiError, ResourceInfo};
 use crate::storage::{WatchEvent, WatchStream};
 
@@ -28,6 +29,8 @@ pub struct WatchParams {
     pub initial_events_end: bool,
     pub api_version: String,
     pub kind: &'static str,
+    /// Objects are sent as one-row Tables (`kubectl get -w`), column definitions in the first.
+    pub table: Option<(ResourceInfo, Include)>,
 }
 
 impl WatchParams {
@@ -45,7 +48,26 @@ impl WatchParams {
             initial_events_end: initial_events,
             api_version: info.api_version(),
             kind: info.kind,
+            table: None,
         }
+    }
+}
+
+/// An event's object as the client asked for it.
+fn shaped(object: &Value, params: &WatchParams, first: &mut bool) -> Value {
+    match &params.table {
+        Some((info, include)) => {
+            let metadata = json!({"resourceVersion": object.pointer("/metadata/resourceVersion")});
+            let headers = std::mem::take(first);
+            table::table(
+                info,
+                std::slice::from_ref(object),
+                metadata,
+                *include,
+                headers,
+            )
+        }
+        None => object.clone(),
     }
 }
 
@@ -64,12 +86,13 @@ fn bookmark(params: &WatchParams, resource_version: i64, initial_end: bool) -> V
     json!({"kind": params.kind, "apiVersion": params.api_version, "metadata": metadata})
 }
 
-/// Encodes one event; `None` ends nothing, errors end the stream after being sent.
-fn encode(event: &WatchEvent, params: &WatchParams) -> Bytes {
+/// Encodes one event; an `ERROR` event ends the stream after it is sent. `first` is true
+/// until an object has been sent (Tables carry their column definitions once).
+fn encode(event: &WatchEvent, params: &WatchParams, first: &mut bool) -> Bytes {
     match event {
-        WatchEvent::Added(object) => line("ADDED", object),
-        WatchEvent::Modified(object) => line("MODIFIED", object),
-        WatchEvent::Deleted(object) => line("DELETED", object),
+        WatchEvent::Added(object) => line("ADDED", &shaped(object, params, first)),
+        WatchEvent::Modified(object) => line("MODIFIED", &shaped(object, params, first)),
+        WatchEvent::Deleted(object) => line("DELETED", &shaped(object, params, first)),
         WatchEvent::Bookmark { resource_version } => {
             line("BOOKMARK", &bookmark(params, *resource_version, false))
         }
@@ -111,26 +134,33 @@ pub fn response(
     initial_revision: Option<i64>,
 ) -> Response<Body> {
     let deadline = tokio::time::Instant::now() + params.timeout;
+    let mut first = true;
     let head = {
         let params = params.clone();
-        let mut lines: Vec<Bytes> = replay.iter().map(|event| encode(event, &params)).collect();
+        let mut lines: Vec<Bytes> = replay
+            .iter()
+            .map(|event| encode(event, &params, &mut first))
+            .collect();
         if let Some(revision) = initial_revision {
             lines.push(line("BOOKMARK", &bookmark(&params, revision, true)));
         }
         futures::stream::iter(lines)
     };
-    let live =
-        futures::stream::unfold((Some(stream), params), move |(stream, params)| async move {
+    let live = futures::stream::unfold(
+        (Some(stream), params, first),
+        move |(stream, params, mut first)| async move {
             let mut stream = stream?;
             match tokio::time::timeout_at(deadline, stream.next()).await {
                 Ok(Some(event)) => {
                     let ends = matches!(event, WatchEvent::Error(_));
-                    let bytes = encode(&event, &params);
-                    Some((bytes, (if ends { None } else { Some(stream) }, params)))
+                    let bytes = encode(&event, &params, &mut first);
+                    let stream = if ends { None } else { Some(stream) };
+                    Some((bytes, (stream, params, first)))
                 }
                 Ok(None) | Err(_) => None,
             }
-        });
+        },
+    );
     let body = head
         .chain(live)
         .map(|bytes| Ok::<_, std::convert::Infallible>(Frame::data(bytes)));

@@ -75,6 +75,84 @@ async fn apply_label_annotate_scale_and_delete() -> anyhow::Result<()> {
         assert!(applied.contains(line), "{applied}");
     }
 
+    // Upstream's columns, from the server-side Table.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: solo, namespace: demo}\nspec: {containers: [{name: c, image: busybox}]}\n";
+    server.ok_with_input(&["create", "--validate=false", "-f", "-"], pod);
+    let wide = server.ok(&["get", "pods,deploy,svc", "-n", "demo", "-o", "wide"]);
+    let rows: Vec<Vec<&str>> = wide
+        .lines()
+        .map(|line| {
+            line.split("  ")
+                .map(str::trim)
+                .filter(|cell| !cell.is_empty())
+                .collect()
+        })
+        .collect();
+    let has_row = |expected: &[&str]| {
+        rows.iter().any(|row| {
+            row.len() == expected.len()
+                && row
+                    .iter()
+                    .zip(expected)
+                    .all(|(cell, want)| want.is_empty() || cell == want)
+        })
+    };
+    for expected in [
+        &[
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED NODE",
+            "READINESS GATES",
+        ][..],
+        &[
+            "pod/solo", "0/1", "Pending", "0", "", "<none>", "<none>", "<none>", "<none>",
+        ],
+        &[
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR",
+        ],
+        &[
+            "deployment.apps/web",
+            "0/1",
+            "0",
+            "0",
+            "",
+            "web",
+            "registry.local/busybox:1.36",
+            "app=web",
+        ],
+        &[
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+            "SELECTOR",
+        ],
+    ] {
+        assert!(has_row(expected), "no row {expected:?} in:\n{wide}");
+    }
+    assert!(
+        rows.iter().any(|row| row.first() == Some(&"service/web")
+            && row[1] == "NodePort"
+            && row[3] == "<none>"
+            && row[4].starts_with("80:")
+            && row[4].ends_with("/TCP")),
+        "{wide}"
+    );
+
     // Upstream defaults on the stored Deployment.
     let yaml = server.ok(&["get", "deploy", "web", "-n", "demo", "-o", "yaml"]);
     for expected in [
