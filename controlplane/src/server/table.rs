@@ -346,11 +346,19 @@ fn created(object: &Value) -> Value {
     json!(age(str_at(object, "/metadata/creationTimestamp")))
 }
 
-fn containers_and_images(pod_spec: &Value) -> (Value, Value) {
-    let containers = array_at(pod_spec, "/containers");
+/// The `Containers` and `Images` cells of a workload whose pod spec is at `pointer`.
+fn workload_wide(object: &Value, pointer: &str) -> [Value; 2] {
+    let containers = array_at(object, &format!("{pointer}/containers"));
     let names: Vec<&str> = containers.iter().map(|c| str_at(c, "/name")).collect();
     let images: Vec<&str> = containers.iter().map(|c| str_at(c, "/image")).collect();
-    (json!(names.join(",")), json!(images.join(",")))
+    [json!(names.join(",")), json!(images.join(","))]
+}
+
+/// A `Selector` cell from the label selector at `pointer`.
+fn selector_cell(object: &Value, pointer: &str) -> Value {
+    none_if_empty(selector_text(
+        object.pointer(pointer).unwrap_or(&Value::Null),
+    ))
 }
 
 /// `app=web,tier in (a,b)` from a `LabelSelector`.
@@ -398,11 +406,7 @@ fn cells(info: &ResourceInfo, object: &Value) -> Vec<Value> {
     match (info.group, info.plural) {
         ("", "pods") => pod_cells(object),
         ("apps", "deployments") => {
-            let (containers, images) = containers_and_images(
-                object
-                    .pointer("/spec/template/spec")
-                    .unwrap_or(&Value::Null),
-            );
+            let wide = workload_wide(object, "/spec/template/spec");
             vec![
                 name,
                 json!(format!(
@@ -413,38 +417,28 @@ fn cells(info: &ResourceInfo, object: &Value) -> Vec<Value> {
                 json!(int_at(object, "/status/updatedReplicas")),
                 json!(int_at(object, "/status/availableReplicas")),
                 created(object),
-                containers,
-                images,
-                none_if_empty(selector_text(
-                    object.pointer("/spec/selector").unwrap_or(&Value::Null),
-                )),
             ]
+            .into_iter()
+            .chain(wide)
+            .chain([selector_cell(object, "/spec/selector")])
+            .collect()
         }
         ("apps", "replicasets") => {
-            let (containers, images) = containers_and_images(
-                object
-                    .pointer("/spec/template/spec")
-                    .unwrap_or(&Value::Null),
-            );
+            let wide = workload_wide(object, "/spec/template/spec");
             vec![
                 name,
                 json!(int_at(object, "/spec/replicas")),
                 json!(int_at(object, "/status/replicas")),
                 json!(int_at(object, "/status/readyReplicas")),
                 created(object),
-                containers,
-                images,
-                none_if_empty(selector_text(
-                    object.pointer("/spec/selector").unwrap_or(&Value::Null),
-                )),
             ]
+            .into_iter()
+            .chain(wide)
+            .chain([selector_cell(object, "/spec/selector")])
+            .collect()
         }
         ("apps", "statefulsets") => {
-            let (containers, images) = containers_and_images(
-                object
-                    .pointer("/spec/template/spec")
-                    .unwrap_or(&Value::Null),
-            );
+            let wide = workload_wide(object, "/spec/template/spec");
             vec![
                 name,
                 json!(format!(
@@ -453,16 +447,13 @@ fn cells(info: &ResourceInfo, object: &Value) -> Vec<Value> {
                     int_at(object, "/spec/replicas")
                 )),
                 created(object),
-                containers,
-                images,
             ]
+            .into_iter()
+            .chain(wide)
+            .collect()
         }
         ("apps", "daemonsets") => {
-            let (containers, images) = containers_and_images(
-                object
-                    .pointer("/spec/template/spec")
-                    .unwrap_or(&Value::Null),
-            );
+            let wide = workload_wide(object, "/spec/template/spec");
             vec![
                 name,
                 json!(int_at(object, "/status/desiredNumberScheduled")),
@@ -472,12 +463,11 @@ fn cells(info: &ResourceInfo, object: &Value) -> Vec<Value> {
                 json!(int_at(object, "/status/numberAvailable")),
                 none_if_empty(map_text(object.pointer("/spec/template/spec/nodeSelector"))),
                 created(object),
-                containers,
-                images,
-                none_if_empty(selector_text(
-                    object.pointer("/spec/selector").unwrap_or(&Value::Null),
-                )),
             ]
+            .into_iter()
+            .chain(wide)
+            .chain([selector_cell(object, "/spec/selector")])
+            .collect()
         }
         ("", "services") => service_cells(object),
         ("", "nodes") => {
@@ -680,30 +670,21 @@ fn cells(info: &ResourceInfo, object: &Value) -> Vec<Value> {
                 }
                 _ => String::new(),
             };
-            let (containers, images) = containers_and_images(
-                object
-                    .pointer("/spec/template/spec")
-                    .unwrap_or(&Value::Null),
-            );
+            let wide = workload_wide(object, "/spec/template/spec");
             vec![
                 name,
                 json!(status),
                 json!(completions),
                 json!(duration),
                 created(object),
-                containers,
-                images,
-                none_if_empty(selector_text(
-                    object.pointer("/spec/selector").unwrap_or(&Value::Null),
-                )),
             ]
+            .into_iter()
+            .chain(wide)
+            .chain([selector_cell(object, "/spec/selector")])
+            .collect()
         }
         ("batch", "cronjobs") => {
-            let (containers, images) = containers_and_images(
-                object
-                    .pointer("/spec/jobTemplate/spec/template/spec")
-                    .unwrap_or(&Value::Null),
-            );
+            let wide = workload_wide(object, "/spec/jobTemplate/spec/template/spec");
             let last = str_at(object, "/status/lastScheduleTime");
             vec![
                 name,
@@ -721,14 +702,11 @@ fn cells(info: &ResourceInfo, object: &Value) -> Vec<Value> {
                     json!(age(last))
                 },
                 created(object),
-                containers,
-                images,
-                none_if_empty(selector_text(
-                    object
-                        .pointer("/spec/jobTemplate/spec/selector")
-                        .unwrap_or(&Value::Null),
-                )),
             ]
+            .into_iter()
+            .chain(wide)
+            .chain([selector_cell(object, "/spec/jobTemplate/spec/selector")])
+            .collect()
         }
         ("coordination.k8s.io", "leases") => vec![
             name,
