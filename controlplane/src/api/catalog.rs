@@ -81,6 +81,11 @@ pub struct ResourceInfo {
     /// Whether `metadata.generation` starts at 1 and is bumped by spec changes (upstream's
     /// strategies for workloads, policies and ingresses).
     pub tracks_generation: bool,
+    /// Adds the kind's JSON schema (and everything it refers to) to a generator and returns
+    /// the reference to it: the OpenAPI documents and field validation come from here.
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+    /// The kind's schema name in the OpenAPI documents (`io.k8s.api.core.v1.Pod`).
+    pub schema_name: String,
 }
 
 impl ResourceInfo {
@@ -134,7 +139,7 @@ const PLAIN: Extra = Extra {
 
 fn info<T>(extra: Extra) -> ResourceInfo
 where
-    T: Resource + ListableResource,
+    T: Resource + ListableResource + schemars::JsonSchema,
     T::Scope: Scope,
 {
     ResourceInfo {
@@ -149,6 +154,8 @@ where
         categories: extra.categories,
         subresources: extra.subresources,
         tracks_generation: extra.tracks_generation,
+        schema: |generator| generator.subschema_for::<T>(),
+        schema_name: T::schema_name().into_owned(),
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod defaults;
 pub mod meta;
+pub mod openapi;
 pub mod selector;
 pub mod status;
 pub mod validation;

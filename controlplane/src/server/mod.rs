@@ -36,6 +36,7 @@ use self::allocator::Allocator;
 use self::auth::{Identity, Tokens};
 use self::http::{Body, Query};
 use self::route::{Health, Route};
+use crate::api::openapi::OpenApi;
 use crate::api::{ApiError, Catalog, ResourceInfo};
 use crate::storage::{CacheConfig, Resource, Store, WatchCache};
 
@@ -54,6 +55,7 @@ pub struct ApiServer {
     pub server_address: String,
     pub advertise_address: IpAddr,
     pub secure_port: u16,
+    pub openapi: OpenApi,
 }
 
 impl ApiServer {
@@ -66,6 +68,7 @@ impl ApiServer {
         secure_port: u16,
     ) -> Self {
         let catalog = Catalog::builtin();
+        let openapi = OpenApi::build(&catalog);
         let mut caches = HashMap::new();
         for info in catalog.resources() {
             if let Ok(resource) = Resource::new(info.group, info.plural) {
@@ -84,6 +87,7 @@ impl ApiServer {
             server_address: SocketAddr::new(advertise_address, secure_port).to_string(),
             advertise_address,
             secure_port,
+            openapi,
         }
     }
 
@@ -236,7 +240,30 @@ impl ApiServer {
                     .map(|document| http::json(200, &document))
                     .ok_or_else(ApiError::no_route)
             }
-            Some(Route::OpenApiV2 | Route::OpenApiV3(_)) => Err(ApiError::no_route()),
+            Some(Route::OpenApiV3(None)) => Ok(http::json(200, &self.openapi.root())),
+            Some(Route::OpenApiV3(Some(path))) => match self.openapi.document(&path) {
+                Some((document, digest)) => {
+                    let mut response = http::json(200, document);
+                    let immutable = query.get("hash") == Some(digest);
+                    let cache = if immutable {
+                        "public, immutable"
+                    } else {
+                        "no-cache, private"
+                    };
+                    response.headers_mut().insert(
+                        header::CACHE_CONTROL,
+                        ::http::HeaderValue::from_static(cache),
+                    );
+                    response.headers_mut().insert(
+                        header::ETAG,
+                        ::http::HeaderValue::from_str(&format!("\"{digest}\""))
+                            .unwrap_or(::http::HeaderValue::from_static("\"\"")),
+                    );
+                    Ok(response)
+                }
+                None => Err(ApiError::no_route()),
+            },
+            Some(Route::OpenApiV2) => Err(ApiError::no_route()),
             Some(Route::Resource(path)) => {
                 match self.catalog.get(&path.group, &path.version, &path.resource) {
                     None => Err(ApiError::no_route()),

@@ -29,6 +29,8 @@ pub struct Call<'a> {
     pub info: &'a ResourceInfo,
     pub path: ResourcePath,
     pub query: Query,
+    /// `Warning` headers for the response (`299 - "..."`).
+    pub warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Call<'_> {
@@ -100,7 +102,33 @@ pub async fn handle(
         info,
         path,
         query,
+        warnings: Default::default(),
     };
+    let mut response = route(&call, method, headers, body).await?;
+    let warnings = std::mem::take(
+        &mut *call
+            .warnings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
+    for warning in warnings {
+        let text = format!("299 - {:?}", warning);
+        if let Ok(value) = ::http::HeaderValue::from_str(&text) {
+            response
+                .headers_mut()
+                .append(::http::header::WARNING, value);
+        }
+    }
+    Ok(response)
+}
+
+async fn route(
+    call: &Call<'_>,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Option<hyper::body::Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let info = call.info;
     let name = call.path.name.clone();
     let subresource = match &call.path.subresource {
         Some(sub) => Some(info.subresource(sub).ok_or_else(ApiError::no_route)?),
@@ -114,11 +142,11 @@ pub async fn handle(
         }
     };
     match (method.clone(), name, subresource) {
-        (Method::GET, None, None) if watching => watch(&call, headers).await,
-        (Method::GET, None, None) => list(&call, headers).await,
+        (Method::GET, None, None) if watching => watch(call, headers).await,
+        (Method::GET, None, None) => list(call, headers).await,
         (Method::GET, Some(name), None) => {
             let object = call.get_object(&name).await?;
-            if let Some(include) = table_request(&call, headers) {
+            if let Some(include) = table_request(call, headers) {
                 let metadata =
                     json!({"resourceVersion": object.pointer("/metadata/resourceVersion")});
                 let table = table::table(call.info, &[object], metadata, include, true);
@@ -129,30 +157,30 @@ pub async fn handle(
         (Method::POST, None, None) => {
             let bytes = read_body(body).await?;
             let object = http::decode(&bytes, &http::media_type(headers))?;
-            create(&call, object).await
+            create(call, object).await
         }
         (Method::PUT, Some(name), sub) if matches!(sub, None | Some(Subresource::Status)) => {
             let bytes = read_body(body).await?;
             let object = http::decode(&bytes, &http::media_type(headers))?;
-            let (code, object) = update(&call, &name, sub, object).await?;
+            let (code, object) = update(call, &name, sub, object).await?;
             Ok(http::json(code, &object))
         }
         (Method::PATCH, Some(name), sub) if matches!(sub, None | Some(Subresource::Status)) => {
             let bytes = read_body(body).await?;
             let kind = patch::PatchKind::from_media_type(&http::media_type(headers))?;
-            let object = patch_object(&call, &name, sub, kind, &bytes).await?;
+            let object = patch_object(call, &name, sub, kind, &bytes).await?;
             Ok(http::json(200, &object))
         }
         (Method::DELETE, Some(name), None) => {
             let bytes = read_body(body).await?;
             let options = DeleteOptions::parse(&call.query, &bytes, headers)?;
-            let (code, object) = delete(&call, &name, &options).await?;
+            let (code, object) = delete(call, &name, &options).await?;
             Ok(http::json(code, &object))
         }
         (Method::DELETE, None, None) => {
             let bytes = read_body(body).await?;
             let options = DeleteOptions::parse(&call.query, &bytes, headers)?;
-            delete_collection(&call, &options).await
+            delete_collection(call, &options).await
         }
         (Method::GET, Some(name), Some(Subresource::Status)) => {
             let object = call.get_object(&name).await?;
@@ -160,7 +188,7 @@ pub async fn handle(
         }
         (method, Some(name), Some(sub)) => {
             let bytes = read_body(body).await?;
-            subresource::handle(&call, &method, &name, sub, headers, &bytes).await
+            subresource::handle(call, &method, &name, sub, headers, &bytes).await
         }
         (method, _, _) => Err(ApiError::method_not_allowed(method.as_str())),
     }
@@ -392,8 +420,41 @@ fn initial_status(info: &ResourceInfo, object: &mut Value) {
     }
 }
 
+/// Applies `fieldValidation`: fields the kind's schema does not declare are dropped, and
+/// reported as warnings (`Warn`, the default), refused (`Strict`) or ignored (`Ignore`).
+fn validate_fields(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
+    let mode = call.query.get("fieldValidation").unwrap_or("Warn");
+    if !["Ignore", "Warn", "Strict"].contains(&mode) {
+        return Err(ApiError::bad_request(format!(
+            "fieldValidation: Unsupported value: {mode:?}: supported values: \"Ignore\", \"Strict\", \"Warn\""
+        )));
+    }
+    let unknown = call.server.openapi.unknown_fields(call.info, object, true);
+    if unknown.is_empty() || mode == "Ignore" {
+        return Ok(());
+    }
+    let listed: Vec<String> = unknown
+        .iter()
+        .map(|field| format!("unknown field \"{field}\""))
+        .collect();
+    if mode == "Strict" {
+        let kind = call.info.kind;
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+            call.info.version,
+            listed.join(", ")
+        )));
+    }
+    call.warnings
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .extend(listed);
+    Ok(())
+}
+
 pub async fn create(call: &Call<'_>, mut object: Value) -> Result<Response<Body>, ApiError> {
     check_type(call.info, &mut object)?;
+    validate_fields(call, &mut object)?;
     check_namespace(call, &mut object)?;
     defaults::apply(call.info.group, call.info.kind, &mut object);
     meta::prepare_create(call.info, &mut object);
@@ -470,6 +531,9 @@ pub async fn write(
         }
         let mut new = change(&current)?;
         check_type(call.info, &mut new)?;
+        if subresource != Some(Subresource::Status) {
+            validate_fields(call, &mut new)?;
+        }
         check_namespace(call, &mut new)?;
         if subresource != Some(Subresource::Status) {
             defaults::apply(call.info.group, call.info.kind, &mut new);
@@ -770,6 +834,7 @@ async fn delete_collection(
                 ..call.path.clone()
             },
             query: call.query.clone(),
+            warnings: Default::default(),
         };
         match delete(&scoped, &name, options).await {
             Ok((_, object)) => items.push(object),

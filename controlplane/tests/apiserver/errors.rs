@@ -7,10 +7,10 @@ use crate::{DEMO_NAMESPACE, TestApiServer};
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_conflicting_and_duplicate_writes() -> anyhow::Result<()> {
     let server = TestApiServer::start().await?;
-    server.ok_with_input(&["create", "--validate=false", "-f", "-"], DEMO_NAMESPACE);
+    server.ok_with_input(&["create", "-f", "-"], DEMO_NAMESPACE);
 
     let bad = "apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name, namespace: demo}\nspec: {containers: []}\n";
-    let error = server.fails_with_input(&["create", "--validate=false", "-f", "-"], bad);
+    let error = server.fails_with_input(&["create", "-f", "-"], bad);
     // kubectl renders the causes of an `Invalid` Status one per line.
     assert!(
         error.contains("The Pod \"Bad_Name\" is invalid:"),
@@ -29,8 +29,8 @@ async fn invalid_conflicting_and_duplicate_writes() -> anyhow::Result<()> {
 
     let config =
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: twice, namespace: demo}\ndata: {a: b}\n";
-    server.ok_with_input(&["create", "--validate=false", "-f", "-"], config);
-    let error = server.fails_with_input(&["create", "--validate=false", "-f", "-"], config);
+    server.ok_with_input(&["create", "-f", "-"], config);
+    let error = server.fails_with_input(&["create", "-f", "-"], config);
     assert!(error.contains("(AlreadyExists)"), "{error}");
     assert!(
         error.contains("configmaps \"twice\" already exists"),
@@ -40,16 +40,13 @@ async fn invalid_conflicting_and_duplicate_writes() -> anyhow::Result<()> {
     // A replace carrying an old resourceVersion loses against a newer write.
     let stale = server.ok(&["get", "cm", "twice", "-n", "demo", "-o", "json"]);
     server.ok(&["label", "cm", "twice", "-n", "demo", "moved=on"]);
-    let error = server.fails_with_input(&["replace", "--validate=false", "-f", "-"], &stale);
+    let error = server.fails_with_input(&["replace", "-f", "-"], &stale);
     assert!(error.contains("(Conflict)"), "{error}");
     assert!(error.contains("Operation cannot be fulfilled on configmaps \"twice\": the object has been modified; please apply your changes to the latest version and try again"), "{error}");
 
     let missing_namespace =
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lost, namespace: nowhere}\n";
-    let error = server.fails_with_input(
-        &["create", "--validate=false", "-f", "-"],
-        missing_namespace,
-    );
+    let error = server.fails_with_input(&["create", "-f", "-"], missing_namespace);
     assert!(
         error.contains("namespaces \"nowhere\" not found"),
         "{error}"

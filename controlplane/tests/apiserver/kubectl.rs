@@ -63,9 +63,9 @@ async fn version_and_api_resources() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_label_annotate_scale_and_delete() -> anyhow::Result<()> {
     let server = TestApiServer::start().await?;
-    let created = server.ok_with_input(&["create", "--validate=false", "-f", "-"], DEMO_NAMESPACE);
+    let created = server.ok_with_input(&["create", "-f", "-"], DEMO_NAMESPACE);
     assert_eq!(created.trim(), "namespace/demo created");
-    let applied = server.ok_with_input(&["apply", "--validate=false", "-f", "-"], APP);
+    let applied = server.ok_with_input(&["apply", "-f", "-"], APP);
     for line in [
         "deployment.apps/web created",
         "service/web created",
@@ -77,7 +77,7 @@ async fn apply_label_annotate_scale_and_delete() -> anyhow::Result<()> {
 
     // Upstream's columns, from the server-side Table.
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: solo, namespace: demo}\nspec: {containers: [{name: c, image: busybox}]}\n";
-    server.ok_with_input(&["create", "--validate=false", "-f", "-"], pod);
+    server.ok_with_input(&["create", "-f", "-"], pod);
     let wide = server.ok(&["get", "pods,deploy,svc", "-n", "demo", "-o", "wide"]);
     let rows: Vec<Vec<&str>> = wide
         .lines()
@@ -201,7 +201,7 @@ async fn apply_label_annotate_scale_and_delete() -> anyhow::Result<()> {
 
     // A second apply with a changed image: a new generation, and the rest unchanged.
     let changed = APP.replace("busybox:1.36", "busybox:1.37");
-    let applied = server.ok_with_input(&["apply", "--validate=false", "-f", "-"], &changed);
+    let applied = server.ok_with_input(&["apply", "-f", "-"], &changed);
     assert!(
         applied.contains("deployment.apps/web configured"),
         "{applied}"
@@ -325,14 +325,49 @@ async fn apply_label_annotate_scale_and_delete() -> anyhow::Result<()> {
     let reuse = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: again, namespace: demo}}\nspec: {{type: NodePort, clusterIP: {ip}, ports: [{{port: 80, nodePort: {node_port}}}]}}\n"
     );
-    server.ok_with_input(&["create", "--validate=false", "-f", "-"], &reuse);
+    server.ok_with_input(&["create", "-f", "-"], &reuse);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_and_strict_field_validation() -> anyhow::Result<()> {
+    let server = TestApiServer::start().await?;
+    let explained = server.ok(&["explain", "pod.spec.restartPolicy"]);
+    assert!(explained.contains("KIND:       Pod"), "{explained}");
+    assert!(
+        explained.contains("FIELD: restartPolicy <string>"),
+        "{explained}"
+    );
+    let deployment = server.ok(&["explain", "deployment.spec.strategy"]);
+    assert!(deployment.contains("GROUP:      apps"), "{deployment}");
+    assert!(deployment.contains("rollingUpdate"), "{deployment}");
+
+    server.ok_with_input(&["create", "-f", "-"], DEMO_NAMESPACE);
+    let typo = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo, namespace: demo, lables: {a: b}}\ndata: {a: b}\n";
+    // kubectl validates strictly through the server by default...
+    let error = server.fails_with_input(&["apply", "-f", "-"], typo);
+    assert!(
+        error.contains("strict decoding error: unknown field \"metadata.lables\""),
+        "{error}"
+    );
+    // ...warns with --validate=warn, and the unknown field is dropped.
+    let output = server.kubectl_with_input(&["apply", "--validate=warn", "-f", "-"], typo);
+    assert!(output.status.success());
+    let warning = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        warning.contains("unknown field \"metadata.lables\""),
+        "{warning}"
+    );
+    let stored: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "cm", "typo", "-n", "demo", "-o", "json"]))?;
+    assert!(stored["metadata"].get("lables").is_none(), "{stored}");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_watch_streams_changes() -> anyhow::Result<()> {
     let server = TestApiServer::start().await?;
-    server.ok_with_input(&["create", "--validate=false", "-f", "-"], DEMO_NAMESPACE);
+    server.ok_with_input(&["create", "-f", "-"], DEMO_NAMESPACE);
     let mut watch = Command::new("kubectl")
         .args([
             "get",
@@ -352,7 +387,7 @@ async fn get_watch_streams_changes() -> anyhow::Result<()> {
     // The watch is open once kubectl has listed; create after a moment and read the line.
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.ok_with_input(
-        &["create", "--validate=false", "-f", "-"],
+        &["create", "-f", "-"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: streamed, namespace: demo}\n",
     );
     let stdout = watch.stdout.take().expect("piped stdout");
