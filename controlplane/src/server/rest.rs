@@ -309,7 +309,7 @@ async fn watch(call: &Call<'_>, headers: &HeaderMap) -> Result<Response<Body>, A
             Some(listed.resource_version),
         ));
     }
-    let stream = cache
+    let started = cache
         .watch(
             &prefix,
             &WatchOptions {
@@ -318,9 +318,14 @@ async fn watch(call: &Call<'_>, headers: &HeaderMap) -> Result<Response<Body>, A
                 bookmarks,
             },
         )
-        .await
-        .map_err(storage)?;
-    Ok(watch::response(stream, params, Vec::new(), None))
+        .await;
+    match started {
+        Ok(stream) => Ok(watch::response(stream, params, Vec::new(), None)),
+        // Past parsing, a watch fails as upstream's cacher does: a 200 whose only event is
+        // an ERROR (clients relist on its 410 rather than retrying the same version).
+        Err(error @ StorageError::InvalidResourceVersion { .. }) => Err(storage(error)),
+        Err(error) => Ok(watch::error_response(&storage(error))),
+    }
 }
 
 /// Checks `apiVersion` and `kind` of a request body (filling them when absent).

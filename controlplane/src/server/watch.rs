@@ -125,6 +125,16 @@ fn clone_error(error: &crate::storage::StorageError) -> crate::storage::StorageE
     }
 }
 
+/// A watch that ends at once with one `ERROR` event carrying `error`'s `Status`.
+pub fn error_response(error: &ApiError) -> Response<Body> {
+    let mut response = Response::new(super::http::full(line("ERROR", &error.to_status())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// The streaming response of a watch. `replayed` events (from `sendInitialEvents`) are sent
 /// first, then a bookmark at `initial_revision` marks their end.
 pub fn response(

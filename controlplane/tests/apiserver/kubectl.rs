@@ -210,15 +210,10 @@ async fn apply_label_annotate_scale_and_delete() -> anyhow::Result<()> {
         applied.contains("configmap/web-config unchanged"),
         "{applied}"
     );
-    let state = server.ok(&[
-        "get",
-        "deploy",
-        "web",
-        "-n",
-        "demo",
-        "-o",
-        "jsonpath={.spec.template.spec.containers[0].image} {.metadata.generation}",
-    ]);
+    let state = web_field(
+        &server,
+        "{.spec.template.spec.containers[0].image} {.metadata.generation}",
+    );
     assert_eq!(state, "registry.local/busybox:1.37 2");
 
     assert_eq!(
@@ -239,7 +234,10 @@ async fn apply_label_annotate_scale_and_delete() -> anyhow::Result<()> {
             .trim(),
         "deployment.apps/web scaled"
     );
-    let state = server.ok(&["get", "deploy", "web", "-n", "demo", "-o", "jsonpath={.spec.replicas} {.metadata.generation} {.metadata.labels.tier} {.metadata.annotations.note}"]);
+    let state = web_field(
+        &server,
+        "{.spec.replicas} {.metadata.generation} {.metadata.labels.tier} {.metadata.annotations.note}",
+    );
     assert_eq!(
         state, "5 3 front x",
         "labels and annotations do not bump the generation"
@@ -249,15 +247,7 @@ async fn apply_label_annotate_scale_and_delete() -> anyhow::Result<()> {
         restarted.contains("deployment.apps/web restarted"),
         "{restarted}"
     );
-    let annotation = server.ok(&[
-        "get",
-        "deploy",
-        "web",
-        "-n",
-        "demo",
-        "-o",
-        "jsonpath={.spec.template.metadata.annotations}",
-    ]);
+    let annotation = web_field(&server, "{.spec.template.metadata.annotations}");
     assert!(
         annotation.contains("kubectl.kubernetes.io/restartedAt"),
         "{annotation}"
@@ -400,5 +390,87 @@ async fn get_watch_streams_changes() -> anyhow::Result<()> {
     let _ = watch.wait();
     let line = line.expect("a watch event within 30s")?.expect("a line")?;
     assert_eq!(line.trim(), "configmap/streamed");
+    Ok(())
+}
+
+/// A jsonpath of the `demo/web` Deployment.
+fn web_field(server: &TestApiServer, jsonpath: &str) -> String {
+    server.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "demo",
+        "-o",
+        &format!("jsonpath={jsonpath}"),
+    ])
+}
+
+/// Waits for a background kubectl that must succeed; its trimmed stdout.
+async fn finished(child: std::process::Child) -> anyhow::Result<String> {
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    anyhow::ensure!(
+        output.status.success(),
+        "kubectl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_for_condition_and_delete() -> anyhow::Result<()> {
+    let server = TestApiServer::start().await?;
+    server.ok_with_input(&["create", "-f", "-"], DEMO_NAMESPACE);
+    server.ok_with_input(&["apply", "-f", "-"], APP);
+    let kubeconfig = server.kubeconfig();
+    let home = server.data_dir().to_owned();
+    let wait = |args: &[&str]| {
+        Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", &home)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let available = wait(&[
+        "wait",
+        "-n",
+        "demo",
+        "--for=condition=Available",
+        "deploy/web",
+        "--timeout=60s",
+    ])?;
+    let gone = wait(&[
+        "wait",
+        "-n",
+        "demo",
+        "--for=delete",
+        "configmap/web-config",
+        "--timeout=60s",
+    ])?;
+    // Both waits list, then watch; the changes come after they started.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = r#"{"status":{"conditions":[{"type":"Available","status":"True","reason":"MinimumReplicasAvailable"}]}}"#;
+    server.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "demo",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ]);
+    server.ok(&["delete", "configmap", "web-config", "-n", "demo"]);
+    assert_eq!(
+        finished(available).await?,
+        "deployment.apps/web condition met"
+    );
+    assert_eq!(finished(gone).await?, "configmap/web-config condition met");
+    // The status patch changed only the status.
+    let generation = web_field(&server, "{.metadata.generation}");
+    assert_eq!(generation, "1");
     Ok(())
 }

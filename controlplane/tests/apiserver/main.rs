@@ -6,6 +6,7 @@ mod etcd;
 #[path = "../support/apiserver.rs"]
 mod server;
 
+mod clients;
 mod errors;
 mod kubectl;
 

@@ -47,8 +47,19 @@ impl TestApiServer {
 
     /// Kills the API server with SIGKILL and starts it again on the same port and data.
     pub fn restart_killed(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.start_again()
+    }
+
+    /// Kills the API server with SIGKILL.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
         self.child.kill()?;
         self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the API server again on the same port and data.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
         self.child = spawn(self.data_dir.path(), self.etcd.endpoint(), self.port)?;
         self.wait_ready()
     }
