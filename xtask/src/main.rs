@@ -5,11 +5,13 @@
 //! - `build-ebpf`: builds the eBPF object the agent embeds (the one place that drives the eBPF
 //!   toolchain).
 //! - `test`: the whole suite, as CI runs it.
+//! - `gen-protobuf-fields`: the API server's protobuf field table, from k8s-pb's sources.
 
 mod command;
 mod ebpf;
 mod leaks;
 mod paths;
+mod protofields;
 mod setup;
 mod test;
 
@@ -30,6 +32,8 @@ enum Task {
     BuildEbpf,
     /// Run the whole suite: setup, fmt, eBPF build, clippy, unit tests, integration tests.
     Test(test::TestArgs),
+    /// Regenerate the API server's protobuf field table from the k8s-pb sources.
+    GenProtobufFields,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +46,6 @@ fn main() -> anyhow::Result<()> {
             ebpf::build(&paths).map(|_| ())
         }
         Task::Test(args) => test::run(&paths, &args),
+        Task::GenProtobufFields => protofields::run(&paths),
     }
 }

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod defaults;
 pub mod meta;
 pub mod openapi;
+pub mod protobuf;
 pub mod selector;
 pub mod status;
 pub mod validation;

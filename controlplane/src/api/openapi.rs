@@ -515,6 +515,31 @@ impl OpenApi {
     }
 }
 
+impl super::protobuf::FieldNames for OpenApi {
+    /// The property of `message`'s schema whose name matches the protobuf field's snake_case
+    /// name (`pod_ip` is `podIP`, `a_pi_group` is `apiGroup`).
+    fn json_name(&self, message: &str, field: &str) -> super::protobuf::JsonName {
+        use super::protobuf::JsonName;
+        let wanted: String = field
+            .chars()
+            .filter(|c| *c != '_')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let Some(schema) = self.schemas.get(message) else {
+            return JsonName::NoSchema;
+        };
+        let properties = schema.get("properties").and_then(Value::as_object);
+        match properties.and_then(|properties| {
+            properties
+                .keys()
+                .find(|name| name.to_ascii_lowercase() == wanted)
+        }) {
+            Some(name) => JsonName::Property(name.clone()),
+            None => JsonName::Absent,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,7 +140,7 @@ pub fn decode(bytes: &[u8], media_type: &str) -> Result<Value, ApiError> {
             .map_err(|error| ApiError::bad_request(format!("error decoding JSON: {error}")))?,
         "application/vnd.kubernetes.protobuf" => {
             return Err(ApiError::unsupported_media_type(
-                "application/vnd.kubernetes.protobuf (protobuf bodies are not supported yet; send JSON or YAML, e.g. kubectl create -f)",
+                "application/vnd.kubernetes.protobuf (not taken for this request; send JSON or YAML)",
             ));
         }
         other => return Err(ApiError::unsupported_media_type(other)),

@@ -156,12 +156,12 @@ async fn route(
         }
         (Method::POST, None, None) => {
             let bytes = read_body(body).await?;
-            let object = http::decode(&bytes, &http::media_type(headers))?;
+            let object = decode_body(call, &bytes, headers)?;
             create(call, object).await
         }
         (Method::PUT, Some(name), sub) if matches!(sub, None | Some(Subresource::Status)) => {
             let bytes = read_body(body).await?;
-            let object = http::decode(&bytes, &http::media_type(headers))?;
+            let object = decode_body(call, &bytes, headers)?;
             let (code, object) = update(call, &name, sub, object).await?;
             Ok(http::json(code, &object))
         }
@@ -192,6 +192,27 @@ async fn route(
         }
         (method, _, _) => Err(ApiError::method_not_allowed(method.as_str())),
     }
+}
+
+/// A request body as JSON: JSON, YAML, or Kubernetes protobuf (decoded against the
+/// endpoint's kind, or the subresource's: `Binding`, `Scale`).
+pub fn decode_body(call: &Call<'_>, bytes: &[u8], headers: &HeaderMap) -> Result<Value, ApiError> {
+    let media_type = http::media_type(headers);
+    if media_type != "application/vnd.kubernetes.protobuf" {
+        return http::decode(bytes, &media_type);
+    }
+    let api_version = call.info.api_version();
+    let candidates = [
+        (
+            api_version.as_str(),
+            call.info.kind,
+            call.info.schema_name.as_str(),
+        ),
+        ("v1", "Binding", "io.k8s.api.core.v1.Binding"),
+        ("autoscaling/v1", "Scale", "io.k8s.api.autoscaling.v1.Scale"),
+    ];
+    crate::api::protobuf::decode(bytes, &candidates, &call.server.openapi)
+        .map_err(|error| ApiError::bad_request(format!("cannot decode the protobuf body: {error}")))
 }
 
 /// Whether the client asked for a Table, and what its rows should carry.

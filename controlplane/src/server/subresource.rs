@@ -19,7 +19,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, ApiError> {
     match (subresource, method) {
         (Subresource::Binding, &Method::POST) => {
-            let binding = http::decode(body, &http::media_type(headers))?;
+            let binding = super::rest::decode_body(call, body, headers)?;
             bind(call, name, &binding).await
         }
         (Subresource::Scale, &Method::GET) => {
@@ -27,7 +27,7 @@ pub async fn handle(
             Ok(http::json(200, &scale_of(&object)))
         }
         (Subresource::Scale, &Method::PUT) => {
-            let scale = http::decode(body, &http::media_type(headers))?;
+            let scale = super::rest::decode_body(call, body, headers)?;
             let pinned = patch::pinned_version(&scale);
             let replicas = replicas_of(&scale)?;
             let (_, object) = write(call, name, None, pinned, |current| {
@@ -53,7 +53,7 @@ pub async fn handle(
             Ok(http::json(200, &scale_of(&object)))
         }
         (Subresource::Finalize, &Method::PUT) => {
-            let namespace = http::decode(body, &http::media_type(headers))?;
+            let namespace = super::rest::decode_body(call, body, headers)?;
             let finalizers = namespace
                 .pointer("/spec/finalizers")
                 .cloned()

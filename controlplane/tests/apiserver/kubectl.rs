@@ -474,3 +474,258 @@ async fn wait_for_condition_and_delete() -> anyhow::Result<()> {
     assert_eq!(generation, "1");
     Ok(())
 }
+
+/// kubectl's generators send protobuf bodies.
+#[tokio::test(flavor = "multi_thread")]
+async fn create_generators_and_run() -> anyhow::Result<()> {
+    let server = TestApiServer::start().await?;
+    let commands: &[&[&str]] = &[
+        &["create", "namespace", "gen"],
+        &[
+            "create",
+            "configmap",
+            "settings",
+            "-n",
+            "gen",
+            "--from-literal=mode=fast",
+        ],
+        &[
+            "create",
+            "secret",
+            "generic",
+            "token",
+            "-n",
+            "gen",
+            "--from-literal=key=s3cret",
+        ],
+        &["create", "serviceaccount", "robot", "-n", "gen"],
+        &[
+            "create",
+            "deployment",
+            "web",
+            "-n",
+            "gen",
+            "--image=registry.local/busybox:1.36",
+            "--replicas=2",
+            "--port=8080",
+        ],
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "-n",
+            "gen",
+            "--port=80",
+            "--target-port=8080",
+        ],
+        &[
+            "create",
+            "service",
+            "nodeport",
+            "edge",
+            "-n",
+            "gen",
+            "--tcp=443:8443",
+        ],
+        &[
+            "run",
+            "once",
+            "-n",
+            "gen",
+            "--image=registry.local/busybox:1.36",
+            "--restart=Never",
+            "--env=A=1",
+            "--",
+            "sleep",
+            "5",
+        ],
+        &[
+            "create",
+            "job",
+            "batch",
+            "-n",
+            "gen",
+            "--image=registry.local/busybox:1.36",
+        ],
+        &[
+            "create",
+            "cronjob",
+            "tick",
+            "-n",
+            "gen",
+            "--image=registry.local/busybox:1.36",
+            "--schedule=*/5 * * * *",
+        ],
+        &[
+            "create",
+            "role",
+            "reader",
+            "-n",
+            "gen",
+            "--verb=get,list",
+            "--resource=pods",
+        ],
+        &[
+            "create",
+            "rolebinding",
+            "readers",
+            "-n",
+            "gen",
+            "--role=reader",
+            "--user=jane",
+        ],
+        &[
+            "create",
+            "ingress",
+            "front",
+            "-n",
+            "gen",
+            "--rule=example.com/api=web:80",
+        ],
+    ];
+    for command in commands {
+        server.ok(command);
+    }
+    let checks: &[(&[&str], &str)] = &[
+        (
+            &["get", "ns", "gen", "-o", "jsonpath={.status.phase}"],
+            "Active",
+        ),
+        (
+            &[
+                "get",
+                "cm",
+                "settings",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.data.mode}",
+            ],
+            "fast",
+        ),
+        (
+            &[
+                "get",
+                "secret",
+                "token",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.data.key}",
+            ],
+            "czNjcmV0",
+        ),
+        (
+            &[
+                "get",
+                "deploy",
+                "web",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.selector.matchLabels.app}",
+            ],
+            "2 8080 web",
+        ),
+        (
+            &[
+                "get",
+                "svc",
+                "web",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.spec.ports[0].port} {.spec.ports[0].targetPort} {.spec.selector.app}",
+            ],
+            "80 8080 web",
+        ),
+        (
+            &[
+                "get",
+                "svc",
+                "edge",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.spec.type} {.spec.ports[0].targetPort}",
+            ],
+            "NodePort 8443",
+        ),
+        (
+            &[
+                "get",
+                "pod",
+                "once",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.spec.restartPolicy} {.spec.containers[0].args} {.spec.containers[0].env[0].value}",
+            ],
+            "Never [\"sleep\",\"5\"] 1",
+        ),
+        (
+            &[
+                "get",
+                "job",
+                "batch",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.spec.template.spec.restartPolicy} {.spec.backoffLimit}",
+            ],
+            "Never 6",
+        ),
+        (
+            &[
+                "get",
+                "cronjob",
+                "tick",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.spec.schedule}",
+            ],
+            "*/5 * * * *",
+        ),
+        (
+            &[
+                "get",
+                "role",
+                "reader",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.rules[0].verbs}",
+            ],
+            "[\"get\",\"list\"]",
+        ),
+        (
+            &[
+                "get",
+                "rolebinding",
+                "readers",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.roleRef.name} {.subjects[0].name} {.subjects[0].apiGroup}",
+            ],
+            "reader jane rbac.authorization.k8s.io",
+        ),
+        (
+            &[
+                "get",
+                "ingress",
+                "front",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.spec.rules[0].host} {.spec.rules[0].http.paths[0].backend.service.port.number}",
+            ],
+            "example.com 80",
+        ),
+    ];
+    for (command, expected) in checks {
+        assert_eq!(server.ok(command), *expected, "kubectl {command:?}");
+    }
+    Ok(())
+}
