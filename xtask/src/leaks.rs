@@ -71,10 +71,22 @@ impl Leftovers {
             }
             Scope::ThisRun => {
                 let started = SystemTime::now() - process_age(own_start);
-                let dirs = temp_dirs(&temp, |modified| modified >= started);
-                let ours = all
+                // A dir a live process outside this run's process tree uses belongs to
+                // someone else on this host (another suite, a benchmark): not ours to judge.
+                // Orphans started during the run are counted as ours: tests leak those.
+                let own = std::process::id();
+                let (ours, others): (Vec<Process>, Vec<Process>) = all
                     .into_iter()
                     .filter(|process| process.started >= own_start)
+                    .partition(|process| process.parent == 1 || descends_from(process.pid, own));
+                let dirs = temp_dirs(&temp, |modified| modified >= started)
+                    .into_iter()
+                    .filter(|dir| {
+                        let dir = dir.to_string_lossy();
+                        !others
+                            .iter()
+                            .any(|process| process.command.contains(dir.as_ref()))
+                    })
                     .collect();
                 (ours, dirs)
             }
@@ -199,6 +211,20 @@ fn process(pid: u32) -> Option<Process> {
     })
 }
 
+/// Whether `ancestor` is `pid`'s parent, grandparent, ...
+fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut current = pid;
+    // Bounded: a chain never runs deeper than the process table.
+    for _ in 0..4096 {
+        match process(current) {
+            Some(process) if process.parent == ancestor => return true,
+            Some(process) if process.parent > 1 => current = process.parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// How long ago a process that started `started` ticks after boot started.
 fn process_age(started: u64) -> Duration {
     let uptime = fs::read_to_string("/proc/uptime")
@@ -217,6 +243,8 @@ fn temp_dirs(temp: &Path, keep: impl Fn(SystemTime) -> bool) -> Vec<PathBuf> {
     entries
         .flatten()
         .filter(|entry| entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
+        // Tests make directories; a `keel-` file is nobody's test leftover.
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
         .filter(|entry| {
             entry
                 .metadata()
