@@ -5,8 +5,10 @@
 //! * [`api`]: resources, defaulting, validation, selectors and `Status` errors.
 //! * [`pki`]: the cluster CA, serving and client certificates, the admin kubeconfig.
 //! * [`server`]: the HTTPS server, authentication, discovery and the REST handlers.
+//! * [`controllers`]: the controller manager (today the namespace controller).
 
 pub mod api;
+pub mod controllers;
 pub mod pki;
 pub mod server;
 pub mod storage;

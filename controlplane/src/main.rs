@@ -1,6 +1,6 @@
-//! `keel-controlplane`: Keel's API server (scheduler and controller manager join it in the
-//! same binary). `keel-controlplane all` runs every component in one process;
-//! `keel-controlplane apiserver` only the API server.
+//! `keel-controlplane`: Keel's API server and controller manager (the scheduler joins them in
+//! the same binary). `keel-controlplane all` runs every component in one process;
+//! `keel-controlplane apiserver` and `keel-controlplane controller-manager` one each.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
+use keel_controlplane::controllers;
 use keel_controlplane::pki::Pki;
 use keel_controlplane::server::allocator::{Allocator, Cidr};
 use keel_controlplane::server::auth::Tokens;
@@ -25,10 +26,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Component {
-    /// Every control-plane component in one process (today: the API server).
+    /// Every control-plane component in one process: the API server and the controller
+    /// manager, which reaches the API server over loopback as `system:kube-controller-manager`.
     All(ApiServerArgs),
     /// The API server alone.
     Apiserver(ApiServerArgs),
+    /// The controller manager alone, a client of the API server named by `--kubeconfig`.
+    ControllerManager(ControllerManagerArgs),
+}
+
+#[derive(Debug, Args)]
+struct ControllerManagerArgs {
+    /// The kubeconfig to reach the API server with (for example the
+    /// `controller-manager.kubeconfig` that `keel-controlplane all` writes to its data dir).
+    #[arg(long)]
+    kubeconfig: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -93,9 +105,8 @@ fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let args = match cli.component {
-        Component::All(args) | Component::Apiserver(args) => args,
-    };
+    // kube's client TLS uses the process-wide rustls provider; Keel uses ring throughout.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,13 +117,63 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(error) = runtime.block_on(run(args)) {
+    let result = runtime.block_on(async {
+        match cli.component {
+            Component::All(args) => run_apiserver(args, true).await,
+            Component::Apiserver(args) => run_apiserver(args, false).await,
+            Component::ControllerManager(args) => run_controller_manager(args).await,
+        }
+    });
+    if let Err(error) = result {
         eprintln!("keel-controlplane: {error:#}");
         std::process::exit(1);
     }
 }
 
-async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
+async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
+    let path = &args.kubeconfig;
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+    let client = client_from(kubeconfig)
+        .await
+        .with_context(|| format!("kubeconfig {}", path.display()))?;
+    log::info!(
+        "controller manager: reaching the API through {}",
+        path.display()
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => log::info!("interrupted, stopping"),
+        _ = terminate.recv() => log::info!("terminated, stopping"),
+        () = controllers::run(client) => bail!("the controllers stopped"),
+    }
+    Ok(())
+}
+
+async fn client_from(kubeconfig: kube::config::Kubeconfig) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .context("not a usable kubeconfig")?;
+    kube::Client::try_from(config).context("cannot make an API client")
+}
+
+/// Writes `data_dir/controller-manager.kubeconfig` (user `system:kube-controller-manager`)
+/// for `server_url` and returns a client made from it.
+async fn controller_manager_client(
+    pki: &Pki,
+    data_dir: &std::path::Path,
+    server_url: &str,
+) -> anyhow::Result<kube::Client> {
+    let path = data_dir.join("controller-manager.kubeconfig");
+    let text =
+        pki.write_client_kubeconfig(&path, server_url, "system:kube-controller-manager", None)?;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)
+        .with_context(|| format!("kubeconfig {}", path.display()))?;
+    client_from(kubeconfig).await
+}
+
+async fn run_apiserver(args: ApiServerArgs, with_controllers: bool) -> anyhow::Result<()> {
     let advertise = args
         .advertise_address
         .unwrap_or(if args.bind_address.is_unspecified() {
@@ -150,10 +211,22 @@ async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
         .await
         .map_err(|_| anyhow::anyhow!("cannot reach etcd at {endpoints}: no answer within 10s"))?
         .with_context(|| format!("cannot reach etcd at {endpoints}"))?;
-    match tokio::time::timeout(Duration::from_secs(10), store.current_revision()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => bail!("cannot reach etcd at {endpoints}: {error}"),
-        Err(_) => bail!("cannot reach etcd at {endpoints}: no answer within 10s"),
+    // etcd may still be starting (electing itself leader): retry for 10 s, as kube-apiserver
+    // waits for its storage, then give up with the last error.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, store.current_revision()).await {
+            Ok(Ok(_)) => break,
+            Ok(Err(error)) if tokio::time::Instant::now() >= deadline => {
+                bail!(
+                    "cannot reach etcd at {endpoints}: {:#}",
+                    anyhow::Error::from(error)
+                )
+            }
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => bail!("cannot reach etcd at {endpoints}: no answer within 10s"),
+        }
     }
     let listener = tokio::net::TcpListener::bind((args.bind_address, args.secure_port))
         .await
@@ -191,12 +264,28 @@ async fn run(args: ApiServerArgs) -> anyhow::Result<()> {
     );
     tokio::spawn(server.clone().run_system_loop());
     let serve = tokio::spawn(server.serve(listener, tls));
+    let controllers = if with_controllers {
+        let loopback = if args.bind_address.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            args.bind_address
+        };
+        let url = format!("https://{}", SocketAddr::new(loopback, args.secure_port));
+        let client = controller_manager_client(&pki, &args.data_dir, &url).await?;
+        tokio::spawn(controllers::run(client))
+    } else {
+        tokio::spawn(std::future::pending())
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => log::info!("interrupted, stopping"),
         _ = terminate.recv() => log::info!("terminated, stopping"),
         result = serve => result.context("the server task failed")?,
+        result = controllers => {
+            result.context("the controller manager failed")?;
+            bail!("the controller manager stopped");
+        }
     }
     Ok(())
 }

@@ -133,6 +133,21 @@ impl Pki {
         })?;
         issue_client(user, group.as_slice(), &issuer)
     }
+
+    /// Issues a client certificate for `user` (in `group`) and writes a kubeconfig with it to
+    /// `path` (mode 0600); returns the kubeconfig's text.
+    pub fn write_client_kubeconfig(
+        &self,
+        path: &Path,
+        server_url: &str,
+        user: &str,
+        group: Option<&str>,
+    ) -> Result<String, PkiError> {
+        let client = self.issue_client(user, group)?;
+        let text = kubeconfig(server_url, &self.ca.cert_pem, user, &client);
+        write_file(path, text.as_bytes(), 0o600)?;
+        Ok(text)
+    }
 }
 
 /// A kubeconfig with one cluster, user and context, certificates embedded.

@@ -146,6 +146,10 @@ impl ApiServer {
                     continue;
                 }
             };
+            // Watch events are small writes that must leave at once: no Nagle delay.
+            if let Err(error) = stream.set_nodelay(true) {
+                log::debug!("cannot set TCP_NODELAY for {peer}: {error}");
+            }
             let acceptor = acceptor.clone();
             let server = self.clone();
             tokio::spawn(async move {

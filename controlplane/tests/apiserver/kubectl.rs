@@ -316,6 +316,60 @@ async fn apply_label_annotate_scale_and_delete() -> anyhow::Result<()> {
         "apiVersion: v1\nkind: Service\nmetadata: {{name: again, namespace: demo}}\nspec: {{type: NodePort, clusterIP: {ip}, ports: [{{port: 80, nodePort: {node_port}}}]}}\n"
     );
     server.ok_with_input(&["create", "-f", "-"], &reuse);
+
+    // Deleting the namespace deletes what is in it, then the namespace; an object with a
+    // finalizer holds it, and the namespace's conditions say so, as upstream's.
+    let held = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, namespace: demo, finalizers: [example.com/hold]}\n";
+    server.ok_with_input(&["create", "-f", "-"], held);
+    let deleting = server.ok(&["delete", "ns", "demo", "--wait=false"]);
+    assert_eq!(deleting.trim(), "namespace \"demo\" deleted");
+    let condition = |kind: &str| {
+        server.ok(&[
+            "get",
+            "ns",
+            "demo",
+            "-o",
+            &format!("jsonpath={{.status.conditions[?(@.type==\"{kind}\")].message}}"),
+        ])
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !condition("NamespaceFinalizersRemaining").contains("example.com/hold in 1 resource") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no NamespaceFinalizersRemaining condition: {}",
+            server.ok(&["get", "ns", "demo", "-o", "yaml"])
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        condition("NamespaceContentRemaining"),
+        "Some resources are remaining: configmaps. has 1 resource instances"
+    );
+    let phase = server.ok(&["get", "ns", "demo", "-o", "jsonpath={.status.phase}"]);
+    assert_eq!(phase, "Terminating");
+    let left = server.ok(&["get", "all,cm,secrets", "-n", "demo", "-o", "name"]);
+    assert_eq!(
+        left.trim(),
+        "configmap/held",
+        "only the held object is left"
+    );
+    server.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "-n",
+        "demo",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    // Succeeds at once (printing nothing) if the namespace went before kubectl looked.
+    server.ok(&["wait", "--for=delete", "ns/demo", "--timeout=60s"]);
+    let missing = server.fails(&["get", "ns", "demo"]);
+    assert!(
+        missing.contains("namespaces \"demo\" not found"),
+        "{missing}"
+    );
     Ok(())
 }
 

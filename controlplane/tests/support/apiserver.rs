@@ -187,7 +187,9 @@ fn spawn(data_dir: &Path, etcd: &str, port: u16) -> anyhow::Result<Child> {
         .open(data_dir.join("controlplane.log"))?;
     let mut command = Command::new(env!("CARGO_BIN_EXE_keel-controlplane"));
     command
-        .arg("apiserver")
+        // The whole control plane, as `cargo xtask up` runs it (the namespace controller
+        // empties deleted namespaces).
+        .arg("all")
         .arg(format!("--etcd-servers={etcd}"))
         .arg(format!("--data-dir={}", data_dir.display()))
         .arg("--bind-address=127.0.0.1")
