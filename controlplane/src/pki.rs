@@ -229,17 +229,7 @@ fn issue_serving(
             params.subject_alt_names.push(san);
         }
     }
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    set_validity(&mut params, LEAF_DAYS);
-    let cert = params.signed_by(&key, issuer).map_err(issue)?;
-    Ok(CertifiedKey {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    sign_leaf(params, key, ExtendedKeyUsagePurpose::ServerAuth, issuer).map_err(issue)
 }
 
 fn issue_client(
@@ -254,13 +244,23 @@ fn issue_client(
     let key = KeyPair::generate().map_err(issue)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = name(user, groups);
+    sign_leaf(params, key, ExtendedKeyUsagePurpose::ClientAuth, issuer).map_err(issue)
+}
+
+/// Signs a leaf certificate (server or client) for `key`, valid for `LEAF_DAYS`.
+fn sign_leaf(
+    mut params: CertificateParams,
+    key: KeyPair,
+    purpose: ExtendedKeyUsagePurpose,
+    issuer: &Issuer<'_, &KeyPair>,
+) -> Result<CertifiedKey, rcgen::Error> {
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![purpose];
     set_validity(&mut params, LEAF_DAYS);
-    let cert = params.signed_by(&key, issuer).map_err(issue)?;
+    let cert = params.signed_by(&key, issuer)?;
     Ok(CertifiedKey {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
