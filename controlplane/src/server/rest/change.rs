@@ -206,10 +206,7 @@ pub async fn write(
 ) -> Result<(u16, Value), ApiError> {
     let key = call.key(name)?;
     loop {
-        let current = call.get_object(name).await?;
-        let current_version = object::resource_version(&current)
-            .map_err(|error| ApiError::internal(error.to_string()))?
-            .unwrap_or(0);
+        let (current, current_version) = call.get_versioned(name).await?;
         if pinned_version.is_some_and(|version| version != current_version) {
             return Err(call.storage_error(
                 StorageError::Conflict {

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::api::{ApiError, ResourceInfo, meta};
 use crate::server::http::{self, Body, Query};
 use crate::server::route::ResourcePath;
-use crate::storage::{ListOptions, Preconditions, StorageError, object};
+use crate::storage::{ListOptions, Preconditions, StorageError};
 
 use super::Call;
 use super::read::predicate;
@@ -100,10 +100,7 @@ pub async fn delete(
 ) -> Result<(u16, Value), ApiError> {
     let key = call.key(name)?;
     loop {
-        let current = call.get_object(name).await?;
-        let version = object::resource_version(&current)
-            .map_err(|error| ApiError::internal(error.to_string()))?
-            .unwrap_or(0);
+        let (current, version) = call.get_versioned(name).await?;
         let preconditions = Preconditions {
             uid: options.uid.clone(),
             resource_version: options.resource_version.clone(),

@@ -14,7 +14,7 @@ use super::route::ResourcePath;
 use super::subresource;
 use super::table;
 use crate::api::{ApiError, ResourceInfo, Subresource, Target};
-use crate::storage::{KeyPrefix, Resource, ResourceKey, StorageError};
+use crate::storage::{KeyPrefix, Resource, ResourceKey, StorageError, object};
 
 mod change;
 mod delete;
@@ -82,6 +82,16 @@ impl Call<'_> {
             .get(&key)
             .await
             .map_err(|error| self.storage_error(error, name))
+    }
+
+    /// The stored object and its resourceVersion, read from etcd (the base of a
+    /// read-modify-write).
+    pub async fn get_versioned(&self, name: &str) -> Result<(Value, i64), ApiError> {
+        let current = self.get_object(name).await?;
+        let version = object::resource_version(&current)
+            .map_err(|error| ApiError::internal(error.to_string()))?
+            .unwrap_or(0);
+        Ok((current, version))
     }
 }
 
