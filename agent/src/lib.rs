@@ -9,6 +9,7 @@
 pub mod cgroups;
 pub mod dataplane;
 pub mod quantity;
+pub mod runtime;
 pub mod sandbox;
 pub mod services;
 pub mod sys;
