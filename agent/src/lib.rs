@@ -5,4 +5,5 @@
 //! build on it.
 
 pub mod dataplane;
+pub mod image;
 pub mod services;
