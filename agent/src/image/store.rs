@@ -100,6 +100,17 @@ impl ImageStore {
     ) -> Result<Image, ImageError> {
         self.pull_inner(reference, credentials)
             .await
+            .map_err(|error| match error {
+                ImageError::Unauthorized { registry, reason }
+                    if *credentials == RegistryCredentials::Anonymous =>
+                {
+                    ImageError::Unauthorized {
+                        registry,
+                        reason: format!("{reason} (pulled without credentials)"),
+                    }
+                }
+                other => other,
+            })
             .map_err(|error| error.in_pull(reference))
     }
 
@@ -148,9 +159,16 @@ impl ImageStore {
             });
         }
         let chain = chain_ids(&diff_ids);
-        futures::stream::iter(manifest.layers.iter().zip(&diff_ids).zip(&chain))
-            .map(|((layer, diff_id), chain_id)| {
-                self.ensure_snapshot(&client, layer, diff_id, chain_id)
+        // Indexes, not borrowed tuples, go through the stream: closures taking references
+        // would make the pull future not `Send`, and callers spawn it.
+        futures::stream::iter(0..chain.len())
+            .map(|layer| {
+                self.ensure_snapshot(
+                    &client,
+                    &manifest.layers[layer],
+                    &diff_ids[layer],
+                    &chain[layer],
+                )
             })
             .buffer_unordered(PARALLEL_LAYERS)
             .try_collect::<Vec<()>>()
