@@ -311,6 +311,14 @@ async fn index_pulls_pick_this_hosts_platform() {
         pulled.digest, image.digest,
         "the platform manifest, not the index"
     );
+    let host = registry.host();
+    for digest in [&image.digest, &pulled.digest] {
+        let by_digest = format!("{host}/multi@{digest}");
+        let found = store.get(&by_digest).unwrap().expect("found by digest");
+        assert_eq!(found.digest, pulled.digest);
+    }
+    let other = format!("{host}/multi@sha256:{}", "0".repeat(64));
+    assert_eq!(store.get(&other).unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,6 +357,19 @@ async fn missing_images_and_unreachable_registries_read_clearly() {
     assert_eq!(
         error.to_string(),
         format!("pull {host}/nope:1: manifest unknown")
+    );
+
+    // Registries not named insecure are spoken to over TLS only.
+    let strict = ImageStore::open(root.path(), vec![]).unwrap();
+    let error = strict
+        .pull(&format!("{host}/exists:v1"), &anonymous)
+        .await
+        .unwrap_err();
+    assert!(error.is_unreachable(), "{error:?}");
+    assert!(
+        error.to_string().contains("tls handshake failed")
+            && error.to_string().ends_with("must be listed as insecure"),
+        "{error}"
     );
 
     let error = store.pull("127.0.0.1:1/x:1", &anonymous).await.unwrap_err();

@@ -44,6 +44,8 @@ impl std::fmt::Debug for RegistryClient {
 #[derive(Debug)]
 pub struct ResolvedManifest {
     pub digest: String,
+    /// The index's digest when the reference named an index.
+    pub index_digest: Option<String>,
     pub bytes: Vec<u8>,
     pub manifest: OciImageManifest,
 }
@@ -77,10 +79,12 @@ impl RegistryClient {
         match parse_manifest(&bytes)? {
             OciManifest::Image(manifest) => Ok(ResolvedManifest {
                 digest,
+                index_digest: None,
                 bytes,
                 manifest,
             }),
             OciManifest::ImageIndex(index) => {
+                let index_digest = digest;
                 let entry = select_platform(&index.manifests).ok_or_else(|| {
                     ImageError::NoMatchingPlatform {
                         platform: format!("linux/{}", host_architecture()),
@@ -91,6 +95,7 @@ impl RegistryClient {
                 match parse_manifest(&bytes)? {
                     OciManifest::Image(manifest) => Ok(ResolvedManifest {
                         digest,
+                        index_digest: Some(index_digest),
                         bytes,
                         manifest,
                     }),
@@ -221,6 +226,19 @@ fn registry_error(reference: &Reference, error: OciDistributionError) -> ImageEr
         OciDistributionError::ImageManifestNotFoundError(reason) => ImageError::NotFound {
             what: reason.to_lowercase(),
         },
+        OciDistributionError::RequestError(error) if tls_error(&error).is_some() => {
+            let tls = tls_error(&error)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            ImageError::Unreachable {
+                reason: format!(
+                    "tls handshake failed ({}); a registry that serves plain http must be \
+                     listed as insecure",
+                    tls.to_lowercase()
+                ),
+                registry,
+            }
+        }
         OciDistributionError::RequestError(error) if error.is_connect() || error.is_timeout() => {
             ImageError::Unreachable {
                 registry,
@@ -238,23 +256,35 @@ fn registry_error(reference: &Reference, error: OciDistributionError) -> ImageEr
     }
 }
 
+/// `error` and its causes. io::Error's `source()` skips the error it wraps, so for those
+/// the wrapped error is the next cause.
+fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |error| {
+        match error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        }
+    })
+}
+
+/// The rustls error somewhere in `error`'s chain, if any.
+fn tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    causes(error).find_map(|cause| cause.downcast_ref::<rustls::Error>())
+}
+
 /// The innermost cause, briefly: an I/O error's kind (`connection refused`), else the message.
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = error;
-    let mut io_error = current.downcast_ref::<std::io::Error>();
-    while let Some(next) = current.source() {
-        current = next;
-        if let Some(found) = current.downcast_ref::<std::io::Error>() {
-            io_error = Some(found);
-        }
-    }
+    let innermost = causes(error).last().unwrap_or(error);
+    let io_error = causes(error)
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .find(|io| io.raw_os_error().is_some());
     match io_error {
-        Some(io_error)
-            if !matches!(io_error.kind(), std::io::ErrorKind::Other)
-                && io_error.raw_os_error().is_some() =>
-        {
-            io_error.kind().to_string()
-        }
-        _ => current.to_string().to_lowercase(),
+        Some(io_error) => io_error.kind().to_string(),
+        None => innermost.to_string().to_lowercase(),
     }
 }

@@ -77,9 +77,21 @@ impl ImageStore {
 
     /// The image `reference` names if it was pulled and all its layers are unpacked; no
     /// network.
+    /// A reference with a digest also finds an image pulled by tag whose manifest or index
+    /// has that digest.
     pub fn get(&self, reference: &str) -> Result<Option<Image>, ImageError> {
-        let normalized = parse_reference(reference)?.whole();
-        let path = self.ref_path(&normalized);
+        let parsed = parse_reference(reference)?;
+        if let Some(image) = self.get_recorded(&parsed.whole())? {
+            return Ok(Some(image));
+        }
+        match parsed.digest() {
+            Some(digest) => self.get_recorded(&by_digest(&parsed, digest)),
+            None => Ok(None),
+        }
+    }
+
+    fn get_recorded(&self, normalized: &str) -> Result<Option<Image>, ImageError> {
+        let path = self.ref_path(normalized);
         let record = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -88,7 +100,7 @@ impl ImageStore {
         let record: RefRecord = serde_json::from_slice(&record).map_err(|error| {
             ImageError::io("parse", &path)(std::io::Error::other(error.to_string()))
         })?;
-        self.load(&normalized, &record.digest)
+        self.load(normalized, &record.digest)
     }
 
     /// Pulls `reference`: manifest, config and the layers not unpacked yet, then records the
@@ -173,7 +185,11 @@ impl ImageStore {
             .buffer_unordered(PARALLEL_LAYERS)
             .try_collect::<Vec<()>>()
             .await?;
+        log::info!("image: pulled {normalized} ({})", resolved.digest);
         self.write_ref(&normalized, &resolved.digest)?;
+        for digest in std::iter::once(&resolved.digest).chain(&resolved.index_digest) {
+            self.write_ref(&by_digest(&parsed, digest), &resolved.digest)?;
+        }
         self.load(&normalized, &resolved.digest)?
             .ok_or_else(|| ImageError::BadManifest {
                 reason: "the pulled image vanished from the store".to_owned(),
@@ -222,6 +238,10 @@ impl ImageStore {
         })?;
         let writer = self.inner.blobs.writer(&descriptor.digest, size).await?;
         self.inner.blob_downloads.fetch_add(1, Ordering::Relaxed);
+        log::debug!(
+            "image: downloading blob {} ({size} bytes)",
+            descriptor.digest
+        );
         client.fetch_blob(descriptor, writer).await
     }
 
@@ -325,5 +345,30 @@ impl ImageStore {
             chain_ids,
             size,
         }))
+    }
+}
+
+/// `registry/repository@digest`: the record key that finds an image by digest.
+fn by_digest(reference: &oci_client::Reference, digest: &str) -> String {
+    format!(
+        "{}/{}@{digest}",
+        reference.registry(),
+        reference.repository()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_and_its_pulls_can_be_shared_and_spawned() {
+        fn shared<T: Clone + Send + Sync + 'static>() {}
+        fn spawnable<T: Send>(_: &T) {}
+        shared::<ImageStore>();
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path(), vec![]).unwrap();
+        let pull = store.pull("busybox", &RegistryCredentials::Anonymous);
+        spawnable(&pull);
     }
 }

@@ -108,6 +108,16 @@ fn unpack_entry<R: Read>(
     };
     let relative = sanitize_entry_path(&raw_path).map_err(unsafe_path)?;
     let io_error = |source| unpack_error(digest, &shown, source);
+    if let Some(extensions) = entry.pax_extensions().map_err(io_error)? {
+        for extension in extensions {
+            let key = extension.map_err(io_error)?.key().unwrap_or_default();
+            // Overlay keeps its own metadata (whiteouts, redirects) in trusted.overlay.*;
+            // an image must not set it.
+            if key.starts_with("SCHILY.xattr.trusted.") {
+                return Err(unsafe_path("sets a trusted.* xattr"));
+            }
+        }
+    }
     let kind = entry.header().entry_type();
 
     let Some(name) = relative
@@ -480,6 +490,26 @@ mod tests {
             );
             assert!(!snapshot.path().join("hard").exists(), "case {index}");
         }
+    }
+
+    #[test]
+    fn overlay_xattrs_from_the_image_are_refused() {
+        let body = "SCHILY.xattr.trusted.overlay.redirect=/etc\n";
+        // A PAX record's length counts its own digits and the space after them.
+        let record = format!("{} {body}", body.len() + 3);
+        let tar = layer(&[
+            (
+                "PaxHeader/x",
+                tar::EntryType::XHeader,
+                None,
+                0o644,
+                record.as_bytes(),
+            ),
+            ("x", Directory, None, 0o755, b""),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let error = unpack_layer(&tar[..], dir.path(), "sha256:layer").unwrap_err();
+        assert!(error.to_string().contains("trusted.* xattr"), "{error}");
     }
 
     #[test]
