@@ -3,11 +3,14 @@
 //! - [`dataplane`]: the eBPF programs, loaded from the embedded object, attached to interfaces
 //!   and cgroups, and their maps; [`services`]: Services and EndpointSlices to the dataplane's
 //!   desired state.
-//! - Pods: [`cgroups`] (upstream's cgroup layout and values), [`sandbox`] (network namespace,
-//!   veth, IPAM), [`sys`] (the raw namespace and mount calls).
+//! - Pods: [`image`] (pulls, content-addressed blobs, chain-ID snapshots, overlay rootfs),
+//!   [`cgroups`] (upstream's cgroup layout and values), [`sandbox`] (network namespace, veth,
+//!   IPAM), [`runtime`] (OCI bundles, runc, the keeper, logs), [`sys`] (the raw namespace and
+//!   mount calls).
 
 pub mod cgroups;
 pub mod dataplane;
+pub mod image;
 pub mod quantity;
 pub mod runtime;
 pub mod sandbox;

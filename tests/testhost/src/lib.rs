@@ -24,6 +24,7 @@
 pub mod cgroup;
 pub mod net;
 pub mod process;
+pub mod registry;
 pub mod run;
 
 pub use cgroup::{CgroupError, TestCgroup};
