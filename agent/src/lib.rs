@@ -11,6 +11,7 @@
 pub mod cgroups;
 pub mod dataplane;
 pub mod image;
+pub mod pods;
 pub mod quantity;
 pub mod runtime;
 pub mod sandbox;

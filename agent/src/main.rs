@@ -8,7 +8,12 @@
 //!   good state kept): at the socket level for every process under `--cgroup-root`, and at TC
 //!   ingress of the `--devices` for traffic routed through the node.
 //!
-//! It runs until SIGINT or SIGTERM and detaches everything it attached.
+//! - `--pod-manifest-path`: static pods, run with runc in their own network namespaces and
+//!   cgroups, images pulled from OCI registries (see `keel_agent::pods`).
+//!
+//! It runs until SIGINT or SIGTERM and detaches everything it attached; pods keep running and
+//! the next agent adopts them. `keel-agent keeper <dir>` is the per-node keeper process the
+//! agent starts itself (see `keel_agent::runtime::keeper`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +25,7 @@ use keel_agent::services::{Node, ServicesFile, desired_state};
 
 #[derive(Debug, Parser)]
 #[command(name = "keel-agent", version, about = "Keel's node agent")]
-#[command(group(ArgGroup::new("work").required(true).multiple(true).args(["devices", "services_file"])))]
+#[command(group(ArgGroup::new("work").required(true).multiple(true).args(["devices", "services_file", "pod_manifest_path"])))]
 struct Args {
     /// Interfaces that get the XDP and TC programs (counters; with --services-file also
     /// Service load-balancing of traffic routed through the node), comma-separated.
@@ -39,7 +44,31 @@ struct Args {
     /// The cgroup2 group whose processes get socket-level load-balancing (default: the
     /// cgroup2 root, i.e. every process on the node).
     #[arg(long)]
-    cgroup_root: Option<PathBuf>,
+    socket_lb_cgroup: Option<PathBuf>,
+    /// A directory of static pod manifests (one Pod per file, YAML or JSON), watched.
+    #[arg(long)]
+    pod_manifest_path: Option<PathBuf>,
+    /// Where the agent keeps its state: pods, network namespaces, images, runc's state.
+    #[arg(long, default_value = "/var/lib/keel")]
+    root_dir: PathBuf,
+    /// Where container logs go (`<dir>/<namespace>_<pod>_<uid>/<container>/<n>.log`).
+    #[arg(long, default_value = "/var/log/pods")]
+    pod_logs_dir: PathBuf,
+    /// This node's pod CIDR (IPv4), where pod addresses come from.
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// The cgroup the `kubepods` tree goes under.
+    #[arg(long, default_value = "/")]
+    cgroup_root: String,
+    /// The pids limit of each pod's cgroup (-1: none).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pod_max_pids: i64,
+    /// A registry (HOST:PORT) spoken to over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// The OCI runtime binary.
+    #[arg(long, default_value = "runc")]
+    runc: PathBuf,
     /// This node's name, for `internalTrafficPolicy` / `externalTrafficPolicy: Local`
     /// (default: the host name).
     #[arg(long)]
@@ -70,8 +99,21 @@ const CONNTRACK_GC: Duration = Duration::from_secs(10);
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_some_and(|first| first == "keeper") {
+        let Some(dir) = argv.next() else {
+            bail!("usage: keel-agent keeper <state dir>");
+        };
+        keel_agent::runtime::keeper::run(std::path::Path::new(&dir))
+            .with_context(|| format!("keeper in {}", dir.display()))?;
+        return Ok(());
+    }
     let args = Args::parse();
     let stop = signals::block_termination()?;
+    let pods = match &args.pod_manifest_path {
+        Some(dir) => Some(pods::start(&args, dir)?),
+        None => None,
+    };
 
     let devices = resolve_devices(&args.devices)?;
     let mut stats = None;
@@ -126,6 +168,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
     log::info!("stopping: detaching everything");
+    if let Some(pods) = pods {
+        pods.stop();
+    }
     Ok(())
 }
 
@@ -144,19 +189,19 @@ impl ServicesFromFile {
         args: &Args,
         devices: &[(String, u32)],
     ) -> anyhow::Result<ServicesFromFile> {
-        let cgroup = match &args.cgroup_root {
+        let cgroup = match &args.socket_lb_cgroup {
             Some(cgroup) => cgroup.clone(),
             None => {
                 let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
                     .context("cannot read /proc/self/mountinfo")?;
                 ServiceDataplane::cgroup2_root(&mountinfo)
-                    .context("no cgroup2 hierarchy is mounted: give --cgroup-root")?
+                    .context("no cgroup2 hierarchy is mounted: give --socket-lb-cgroup")?
             }
         };
         let mut dataplane = ServiceDataplane::load().context("cannot load the eBPF dataplane")?;
         dataplane.attach_cgroup(&cgroup).with_context(|| {
             format!(
-                "cannot attach socket load-balancing to --cgroup-root {}",
+                "cannot attach socket load-balancing to --socket-lb-cgroup {}",
                 cgroup.display()
             )
         })?;
@@ -258,6 +303,121 @@ fn resolve_devices(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
         devices.push((name.clone(), ifindex));
     }
     Ok(devices)
+}
+
+mod pods {
+    //! Static pods: the node context, the pod manager on a Tokio runtime of its own, and the
+    //! manifest directory it follows.
+
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use anyhow::Context as _;
+    use keel_agent::cgroups::CgroupManager;
+    use keel_agent::image::ImageStore;
+    use keel_agent::pods::source::ManifestDir;
+    use keel_agent::pods::{NodeContext, PodManager, node};
+    use keel_agent::runtime::keeper::Keeper;
+    use keel_agent::runtime::logs::Rotation;
+    use keel_agent::runtime::runc::Runc;
+    use keel_agent::sandbox::{Ipam, Ipv4Cidr, network};
+    use tokio::sync::oneshot;
+
+    use super::{Args, host_name};
+
+    /// How often the manifest directory is read.
+    const MANIFEST_POLL: Duration = Duration::from_secs(1);
+
+    #[derive(Debug)]
+    pub struct Pods {
+        runtime: tokio::runtime::Runtime,
+        stop: oneshot::Sender<()>,
+        done: std::sync::mpsc::Receiver<()>,
+    }
+
+    pub fn start(args: &Args, manifests: &Path) -> anyhow::Result<Pods> {
+        let node_name = args
+            .node_name
+            .clone()
+            .or_else(host_name)
+            .context("cannot tell this node's name: give --node-name")?;
+        let Some(cidr) = &args.pod_cidr else {
+            anyhow::bail!(
+                "--pod-cidr is required with --pod-manifest-path (no control plane assigns one)"
+            );
+        };
+        let cidr = Ipv4Cidr::parse(cidr).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
+        let root = &args.root_dir;
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("--root-dir: cannot create {}", root.display()))?;
+        let cgroups = CgroupManager::detect(&args.cgroup_root)?;
+        let ipam = Ipam::open(cidr, &root.join("ipam"))?;
+        let images = ImageStore::open(&root.join("images"), args.insecure_registries.clone())?;
+        let exe = std::env::current_exe().context("cannot find this program's path")?;
+        let keeper = Keeper::ensure(&root.join("keeper"), &exe)?;
+        let meminfo =
+            std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
+        network::enable_forwarding().context("cannot enable IPv4 forwarding for pods")?;
+        let ctx = Arc::new(NodeContext {
+            root_dir: root.clone(),
+            node_name: node_name.clone(),
+            host_ip: args.node_ip.first().copied(),
+            pod_logs_dir: args.pod_logs_dir.clone(),
+            cgroups,
+            ipam,
+            images,
+            keeper,
+            runc: Runc::new(&args.runc, &root.join("runc")),
+            memory_capacity: node::memory_capacity(&meminfo).unwrap_or(i64::MAX),
+            pod_max_pids: (args.pod_max_pids >= 0).then_some(args.pod_max_pids),
+            log_rotation: Rotation::default(),
+        });
+        log::info!(
+            "running static pods from {} as node {node_name} (pod CIDR {cidr}, cgroups {:?})",
+            manifests.display(),
+            ctx.cgroups.mode()
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("cannot start the Tokio runtime")?;
+        let (stop, mut stopped) = oneshot::channel();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let manifests = manifests.to_owned();
+        runtime.spawn(async move {
+            let mut manager = PodManager::new(ctx);
+            let mut source = ManifestDir::new(&manifests, &node_name);
+            loop {
+                let (desired, errors) = source.scan();
+                for error in errors {
+                    log::error!("static pod manifest {error}");
+                }
+                manager.sync(&desired).await;
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    () = tokio::time::sleep(MANIFEST_POLL) => {}
+                }
+            }
+            manager.detach();
+            let _ = done_tx.send(());
+        });
+        Ok(Pods {
+            runtime,
+            stop,
+            done,
+        })
+    }
+
+    impl Pods {
+        /// Stops the pod workers; pods keep running for the next agent to adopt.
+        pub fn stop(self) {
+            let _ = self.stop.send(());
+            let _ = self.done.recv_timeout(Duration::from_secs(5));
+            self.runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
 }
 
 mod signals {

@@ -93,7 +93,7 @@ fn the_agent_load_balances_a_services_file_and_follows_its_edits() {
         .args([
             "--services-file",
             file.to_str().unwrap(),
-            "--cgroup-root",
+            "--socket-lb-cgroup",
             cgroup.path().to_str().unwrap(),
         ])
         .stdout(Stdio::null())

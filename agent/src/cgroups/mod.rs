@@ -160,6 +160,22 @@ impl CgroupManager {
         Ok(())
     }
 
+    /// How many times the kernel's OOM killer killed a process in cgroup `path` (v1:
+    /// `memory.oom_control`, v2: `memory.events`); 0 when unknown.
+    pub fn oom_kills(&self, path: &str) -> u64 {
+        let file = match self.hierarchies.mode {
+            CgroupMode::Unified => "memory.events",
+            _ => "memory.oom_control",
+        };
+        self.dir("memory", path)
+            .and_then(|dir| std::fs::read_to_string(dir.join(file)).ok())
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// Whether the pod's cgroup exists in any hierarchy.
     pub fn pod_exists(&self, path: &str) -> bool {
         self.hierarchies

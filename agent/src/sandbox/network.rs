@@ -51,7 +51,7 @@ pub fn host_interface(pod_uid: &str) -> String {
 /// already wired (an agent restart), it changes nothing.
 pub fn attach(netns_path: &Path, pod_uid: &str, addr: Ipv4Addr) -> Result<(), NetworkError> {
     let host_if = host_interface(pod_uid);
-    if !link_exists(&host_if) {
+    if link_mac(&host_if)?.is_none() {
         ip_batch(
             &format!("create the veth pair {host_if} for pod {pod_uid}"),
             &format!(
@@ -61,10 +61,9 @@ pub fn attach(netns_path: &Path, pod_uid: &str, addr: Ipv4Addr) -> Result<(), Ne
             ),
         )?;
     }
-    let mac_path = PathBuf::from(format!("/sys/class/net/{host_if}/address"));
-    let host_mac = std::fs::read_to_string(&mac_path).map_err(|source| NetworkError::Read {
-        path: mac_path,
-        source,
+    let host_mac = link_mac(&host_if)?.ok_or_else(|| NetworkError::Ip {
+        what: format!("find the veth {host_if} just made"),
+        stderr: "it is gone".to_owned(),
     })?;
     let what = format!("configure eth0 of pod {pod_uid}");
     let script = format!(
@@ -86,7 +85,7 @@ pub fn attach(netns_path: &Path, pod_uid: &str, addr: Ipv4Addr) -> Result<(), Ne
 /// Removes the pod's veth pair (and with it the route). Idempotent.
 pub fn detach(pod_uid: &str) -> Result<(), NetworkError> {
     let host_if = host_interface(pod_uid);
-    if link_exists(&host_if) {
+    if link_mac(&host_if)?.is_some() {
         ip_batch(
             &format!("delete the veth pair {host_if}"),
             &format!("link del {host_if}\n"),
@@ -95,9 +94,35 @@ pub fn detach(pod_uid: &str) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// Whether an interface of this name exists in the agent's namespace.
-pub fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+/// The MAC address of interface `name` in the calling thread's network namespace; `None` when
+/// there is no such interface. (Not through `/sys/class/net`: sysfs shows the namespace it was
+/// mounted in, which need not be the agent's.)
+pub fn link_mac(name: &str) -> Result<Option<String>, NetworkError> {
+    let what = format!("look up interface {name}");
+    let output = Command::new("ip")
+        .args(["-o", "link", "show", "dev", name])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| NetworkError::Spawn {
+            what: what.clone(),
+            source,
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if stderr.contains("does not exist") {
+            return Ok(None);
+        }
+        return Err(NetworkError::Ip {
+            what,
+            stderr: stderr.trim().to_owned(),
+        });
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text
+        .split_whitespace()
+        .skip_while(|word| *word != "link/ether")
+        .nth(1)
+        .map(str::to_owned))
 }
 
 /// Turns on IPv4 forwarding in the agent's namespace: pods on this node reach each other

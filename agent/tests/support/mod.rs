@@ -4,5 +4,6 @@
     reason = "each test binary uses a different part of the support code"
 )]
 
+pub mod node;
 pub mod packet;
 pub mod servers;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::net::Host;
 use crate::process::{HostProcess, ProcessError, run_checked};
 
 const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
@@ -60,26 +61,57 @@ pub struct TestRegistry {
     _process: HostProcess,
     addr: SocketAddr,
     basic_auth: bool,
+    /// The network namespace it serves in (`None`: the test's own).
+    netns: Option<String>,
     dir: tempfile::TempDir,
 }
 
 impl TestRegistry {
     /// An anonymous registry.
     pub fn start() -> Result<TestRegistry, RegistryError> {
-        TestRegistry::start_inner(false)
+        TestRegistry::start_inner(false, None)
     }
 
     /// A registry that wants [`BASIC_USER`] / [`BASIC_PASSWORD`] for everything.
     pub fn start_with_basic_auth() -> Result<TestRegistry, RegistryError> {
-        TestRegistry::start_inner(true)
+        TestRegistry::start_inner(true, None)
     }
 
-    fn start_inner(basic_auth: bool) -> Result<TestRegistry, RegistryError> {
+    /// An anonymous registry on the loopback of test host `host` (for an agent that runs
+    /// there); pushes go there too.
+    pub fn start_on(host: &Host) -> Result<TestRegistry, RegistryError> {
+        TestRegistry::start_inner(false, Some(host))
+    }
+
+    /// `program`, run in the registry's network namespace.
+    fn command(netns: Option<&str>, program: &str) -> Command {
+        match netns {
+            None => Command::new(program),
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net=/run/netns/{netns}"))
+                    .arg(program);
+                command
+            }
+        }
+    }
+
+    fn start_inner(basic_auth: bool, host: Option<&Host>) -> Result<TestRegistry, RegistryError> {
+        let in_host = |f: &(dyn Fn() -> io::Result<SocketAddr> + Sync)| -> io::Result<SocketAddr> {
+            match host {
+                None => f(),
+                Some(host) => host.enter(f).map_err(io::Error::other)?,
+            }
+        };
         let dir = tempfile::Builder::new()
             .prefix("kt-registry-")
             .tempdir()
             .map_err(io_error("create a temp dir in", &std::env::temp_dir()))?;
-        let addr = free_loopback_port()?;
+        let addr = in_host(&|| free_loopback_port().map_err(io::Error::other)).map_err(
+            io_error("bind a loopback port for", Path::new(REGISTRY_BINARY)),
+        )?;
+        let netns = host.map(|h| h.netns().to_owned());
         let storage = dir.path().join("storage");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
@@ -103,17 +135,26 @@ impl TestRegistry {
         let log = fs::File::create(&log_path).map_err(io_error("create", &log_path))?;
         let log_err = log.try_clone().map_err(io_error("open", &log_path))?;
         let mut process = HostProcess::spawn(
-            Command::new(REGISTRY_BINARY)
+            TestRegistry::command(netns.as_deref(), REGISTRY_BINARY)
                 .arg("serve")
                 .arg(&config_path)
                 .stdout(Stdio::from(log))
                 .stderr(Stdio::from(log_err)),
         )?;
-        wait_ready(&mut process, addr, &log_path)?;
+        match host {
+            None => wait_ready(&mut process, addr, &log_path)?,
+            Some(host) => host
+                .enter(|| wait_ready(&mut process, addr, &log_path))
+                .map_err(|error| RegistryError::NotReady {
+                    addr,
+                    reason: error.to_string(),
+                })??,
+        }
         Ok(TestRegistry {
             _process: process,
             addr,
             basic_auth,
+            netns,
             dir,
         })
     }
@@ -131,7 +172,7 @@ impl TestRegistry {
     /// Pushes `image` as `<host>/<name>:<tag>` and returns that reference.
     pub fn push(&self, image: &TestImage, name: &str, tag: &str) -> Result<String, RegistryError> {
         let reference = format!("{}/{name}:{tag}", self.host());
-        let mut command = Command::new("skopeo");
+        let mut command = TestRegistry::command(self.netns.as_deref(), "skopeo");
         command
             .args([
                 "--insecure-policy",

@@ -1,0 +1,744 @@
+//! One pod's worker: a task that brings the pod's sandbox and containers to what its spec asks,
+//! once a second and whenever the spec changes (kubelet's pod worker and PLEG relist in one),
+//! and tears everything down when the pod goes. It never assumes it saw every event: each sync
+//! reads the state of every container afresh.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cgroups::{QosClass, resources};
+use crate::image::{Image, RegistryCredentials};
+use crate::runtime::keeper::ExitRecord;
+use crate::runtime::logs::{self, LogFile, Stream};
+use crate::sandbox::network;
+use crate::sys::netns;
+
+use super::container::{self, Launch};
+use super::env::container_env;
+use super::node::NodeContext;
+use super::record::{ContainerRecord, Instance, PodDir, Termination};
+use super::status::{StatusInput, Waiting, pod_status};
+use super::volumes;
+
+/// How often a worker looks at its containers when nothing wakes it.
+pub const RESYNC: Duration = Duration::from_secs(1);
+const BACKOFF_INITIAL: u64 = 10;
+const BACKOFF_MAX: u64 = 300;
+/// A container that ran this long has its crash-loop back-off reset.
+const BACKOFF_RESET: i64 = 600;
+
+/// What the manager tells a worker.
+#[derive(Debug)]
+pub enum Command {
+    Update(Box<Pod>),
+    Delete,
+}
+
+/// The latest status of every pod, by UID, for the node API and the status files.
+pub type Statuses = Arc<Mutex<BTreeMap<String, Pod>>>;
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    ctx: &Arc<NodeContext>,
+    f: impl FnOnce(&NodeContext) -> T + Send + 'static,
+) -> T {
+    let ctx = Arc::clone(ctx);
+    tokio::task::spawn_blocking(move || f(&ctx))
+        .await
+        .expect("blocking pod task panicked")
+}
+
+#[derive(Debug)]
+pub struct PodWorker {
+    ctx: Arc<NodeContext>,
+    pod: Pod,
+    uid: String,
+    dir: PodDir,
+    qos: QosClass,
+    records: BTreeMap<String, ContainerRecord>,
+    waiting: BTreeMap<String, Waiting>,
+    /// Log copiers of live instances, by container ID.
+    copiers: HashMap<String, Vec<JoinHandle<std::io::Result<()>>>>,
+    /// Image pull back-off per container: delay and earliest next try.
+    pull_backoff: HashMap<String, (u64, i64)>,
+    /// Syncs in a row an instance's process was gone without an exit record.
+    missing: HashMap<String, u32>,
+    pod_ip: Option<Ipv4Addr>,
+    volumes: Option<BTreeMap<String, std::path::PathBuf>>,
+    sandbox_ready: bool,
+    start_time: i64,
+    status: Option<PodStatus>,
+    statuses: Statuses,
+}
+
+impl PodWorker {
+    pub fn new(ctx: Arc<NodeContext>, pod: Pod, statuses: Statuses) -> PodWorker {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let dir = PodDir::new(&ctx.root_dir, &uid);
+        let qos = resources::qos_class(&pod).unwrap_or(QosClass::BestEffort);
+        PodWorker {
+            ctx,
+            pod,
+            uid,
+            dir,
+            qos,
+            records: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            copiers: HashMap::new(),
+            pull_backoff: HashMap::new(),
+            missing: HashMap::new(),
+            pod_ip: None,
+            volumes: None,
+            sandbox_ready: false,
+            start_time: now(),
+            status: None,
+            statuses,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}/{}",
+            self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+            self.pod.metadata.name.as_deref().unwrap_or("")
+        )
+    }
+
+    /// The worker's loop: sync, publish, wait for a command or the next resync.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            if let Err(error) = self.sync().await {
+                log::warn!("pod {}: {error}", self.describe());
+            }
+            self.publish();
+            let command = tokio::select! {
+                command = commands.recv() => command,
+                () = tokio::time::sleep(RESYNC) => continue,
+            };
+            match command {
+                Some(Command::Update(pod)) => self.pod = *pod,
+                Some(Command::Delete) | None => break,
+            }
+        }
+        self.terminate().await;
+    }
+
+    fn publish(&mut self) {
+        let records = &self.records;
+        let ready: BTreeMap<String, bool> = records
+            .iter()
+            .map(|(name, r)| {
+                let running = r.current.as_ref().is_some_and(|i| i.terminated.is_none());
+                (name.clone(), running)
+            })
+            .collect();
+        let status = pod_status(&StatusInput {
+            pod: &self.pod,
+            records,
+            waiting: &self.waiting,
+            ready: &ready,
+            pod_ip: self.pod_ip.map(|ip| ip.to_string()),
+            host_ip: self.ctx.host_ip.map(|ip| ip.to_string()),
+            sandbox_ready: self.sandbox_ready,
+            start_time: Some(self.start_time),
+            qos_class: self.qos.as_str(),
+            previous: self.status.as_ref(),
+            now: now(),
+        });
+        let mut pod = self.pod.clone();
+        pod.status = Some(status.clone());
+        self.status = Some(status);
+        self.statuses
+            .lock()
+            .expect("statuses lock")
+            .insert(self.uid.clone(), pod);
+    }
+
+    async fn sync(&mut self) -> Result<(), String> {
+        if !self.sandbox_ready {
+            self.ensure_sandbox().await?;
+        }
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        for container in spec.init_containers.iter().flatten() {
+            if !self.sync_container(container, true).await {
+                return Ok(());
+            }
+        }
+        for container in &spec.containers {
+            self.sync_container(container, false).await;
+        }
+        Ok(())
+    }
+
+    /// Network namespace, address, wiring, cgroup, volumes. Idempotent, so an adopted pod
+    /// goes through it again unchanged.
+    async fn ensure_sandbox(&mut self) -> Result<(), String> {
+        let uid = self.uid.clone();
+        let pod = self.pod.clone();
+        let qos = self.qos;
+        let dir = self.dir.clone();
+        let host_ip = self.ctx.host_ip.map(|ip| ip.to_string());
+        let (ip, volumes) = blocking(&self.ctx, move |ctx| -> Result<_, String> {
+            dir.create().map_err(|e| e.to_string())?;
+            dir.save_pod(&pod).map_err(|e| e.to_string())?;
+            let netns_path = ctx.netns_path(&uid);
+            netns::create(&netns_path).map_err(|e| e.to_string())?;
+            let ip = ctx.ipam.allocate(&uid).map_err(|e| e.to_string())?;
+            network::attach(&netns_path, &uid, ip).map_err(|e| e.to_string())?;
+            let values =
+                resources::pod_cgroup(&pod, ctx.pod_max_pids).map_err(|e| e.to_string())?;
+            ctx.cgroups
+                .ensure_pod(&ctx.cgroups.pod_path(qos, &uid), &values)
+                .map_err(|e| e.to_string())?;
+            let ip_text = ip.to_string();
+            let volumes =
+                volumes::prepare(&pod, &dir.volumes_dir(), Some(&ip_text), host_ip.as_deref())
+                    .map_err(|e| e.to_string())?;
+            Ok((ip, volumes))
+        })
+        .await?;
+        self.pod_ip = Some(ip);
+        self.volumes = Some(volumes);
+        self.sandbox_ready = true;
+        for container in self.all_containers() {
+            let record = self
+                .dir
+                .load_record(&container.name)
+                .map_err(|e| e.to_string())?;
+            self.adopt(&record).await;
+            self.records.insert(container.name.clone(), record);
+        }
+        Ok(())
+    }
+
+    fn all_containers(&self) -> Vec<Container> {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        spec.init_containers
+            .into_iter()
+            .flatten()
+            .chain(spec.containers)
+            .collect()
+    }
+
+    /// Re-attaches log copiers to an instance a previous agent started.
+    async fn adopt(&mut self, record: &ContainerRecord) {
+        let Some(instance) = &record.current else {
+            return;
+        };
+        if instance.terminated.is_some() || self.copiers.contains_key(&instance.id) {
+            return;
+        }
+        if !container::alive(instance.pid) {
+            return;
+        }
+        let dir = self.dir.container_dir(&instance.id);
+        let log_path = self.log_path(&record.name, record.restart_count);
+        match self.start_copiers(&dir.join("stdout"), &dir.join("stderr"), &log_path) {
+            Ok(copiers) => {
+                self.copiers.insert(instance.id.clone(), copiers);
+            }
+            Err(error) => log::warn!(
+                "pod {}: cannot re-attach the logs of {}: {error}",
+                self.describe(),
+                record.name
+            ),
+        }
+    }
+
+    fn log_path(&self, container: &str, restart_count: u32) -> std::path::PathBuf {
+        let meta = &self.pod.metadata;
+        self.ctx
+            .pod_log_dir(
+                meta.namespace.as_deref().unwrap_or("default"),
+                meta.name.as_deref().unwrap_or(""),
+                &self.uid,
+            )
+            .join(container)
+            .join(format!("{restart_count}.log"))
+    }
+
+    fn start_copiers(
+        &self,
+        stdout: &std::path::Path,
+        stderr: &std::path::Path,
+        log_path: &std::path::Path,
+    ) -> std::io::Result<Vec<JoinHandle<std::io::Result<()>>>> {
+        let log = LogFile::open(log_path, self.ctx.log_rotation)?;
+        let out = logs::open_fifo(stdout)?;
+        let err = logs::open_fifo(stderr)?;
+        Ok(vec![
+            tokio::spawn(logs::copy(out, Stream::Stdout, Arc::clone(&log))),
+            tokio::spawn(logs::copy(err, Stream::Stderr, log)),
+        ])
+    }
+
+    /// Brings one container along; true once it is done with (an init container that
+    /// succeeded, or any container that runs or has ended for good).
+    async fn sync_container(&mut self, container: &Container, init: bool) -> bool {
+        let name = container.name.clone();
+        let mut record = self
+            .records
+            .remove(&name)
+            .unwrap_or_else(|| ContainerRecord {
+                name: name.clone(),
+                ..ContainerRecord::default()
+            });
+        let done = self.step(container, init, &mut record).await;
+        if let Err(error) = self.dir.save_record(&record) {
+            log::warn!("pod {}: {error}", self.describe());
+        }
+        self.records.insert(name, record);
+        done
+    }
+
+    async fn step(
+        &mut self,
+        container: &Container,
+        init: bool,
+        record: &mut ContainerRecord,
+    ) -> bool {
+        if let Some(instance) = record.current.clone()
+            && instance.terminated.is_none()
+        {
+            match self.check_exit(&instance).await {
+                None => return !init,
+                Some(exit) => self.finish(record, exit).await,
+            }
+        }
+        let policy = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".to_owned());
+        if let Some(ended) = record.current.as_ref().and_then(|i| i.terminated.as_ref()) {
+            let failed = ended.exit_code != 0;
+            let restart = match policy.as_str() {
+                "Never" => false,
+                "OnFailure" => failed,
+                // Init containers that succeeded are done, whatever the policy.
+                _ => failed || !init,
+            };
+            if !restart {
+                return !failed || !init;
+            }
+            if now() < record.next_start_at {
+                let message = format!(
+                    "back-off {}s restarting failed container={} pod={}_{}({})",
+                    record.backoff_seconds,
+                    container.name,
+                    self.pod.metadata.name.as_deref().unwrap_or(""),
+                    self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+                    self.uid
+                );
+                self.waiting.insert(
+                    container.name.clone(),
+                    Waiting {
+                        reason: "CrashLoopBackOff".to_owned(),
+                        message: Some(message),
+                    },
+                );
+                return false;
+            }
+        }
+        self.start(container, record).await;
+        false
+    }
+
+    /// The instance's exit, if it has ended.
+    async fn check_exit(&mut self, instance: &Instance) -> Option<ExitRecord> {
+        if let Some(exit) = self.ctx.keeper.exit_of(&instance.id) {
+            return Some(exit);
+        }
+        if container::alive(instance.pid) {
+            self.missing.remove(&instance.id);
+            return None;
+        }
+        // Gone without a record: the keeper may be writing it this instant; after a few syncs
+        // it is lost (the container ended while no keeper watched it).
+        let misses = self.missing.entry(instance.id.clone()).or_insert(0);
+        *misses += 1;
+        (*misses > 3).then(|| ExitRecord {
+            exit_code: 137,
+            signal: None,
+            finished_at: now(),
+        })
+    }
+
+    /// Records how an instance ended and removes it (its log stays).
+    async fn finish(&mut self, record: &mut ContainerRecord, exit: ExitRecord) {
+        let Some(instance) = record.current.as_mut() else {
+            return;
+        };
+        let id = instance.id.clone();
+        let cgroup = container::cgroup_path(&self.ctx.cgroups.pod_path(self.qos, &self.uid), &id);
+        let oom = self.ctx.cgroups.oom_kills(&cgroup) > 0;
+        let lost = self.missing.remove(&id).is_some_and(|misses| misses > 3);
+        let reason = if lost {
+            "ContainerStatusUnknown"
+        } else if oom {
+            "OOMKilled"
+        } else if exit.exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        };
+        instance.terminated = Some(Termination {
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            reason: reason.to_owned(),
+            message: lost
+                .then(|| "The container could not be located when the pod was running".to_owned()),
+            started_at: instance.started_at,
+            finished_at: exit.finished_at,
+            container_id: id.clone(),
+        });
+        let ran = exit.finished_at - instance.started_at;
+        if ran >= BACKOFF_RESET {
+            record.backoff_seconds = 0;
+        }
+        record.next_start_at =
+            exit.finished_at + i64::try_from(record.backoff_seconds).unwrap_or(0);
+        self.drain_copiers(&id).await;
+        let dir = self.dir.container_dir(&id);
+        if let Err(error) = blocking(&self.ctx, move |ctx| container::remove(ctx, &id, &dir)).await
+        {
+            log::warn!("pod {}: {error}", self.describe());
+        }
+    }
+
+    async fn drain_copiers(&mut self, id: &str) {
+        for copier in self.copiers.remove(id).unwrap_or_default() {
+            let abort = copier.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), copier)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+
+    /// The image for `container`, pulled as its `imagePullPolicy` says.
+    async fn image_for(&mut self, container: &Container) -> Option<Image> {
+        let reference = container.image.clone().unwrap_or_default();
+        let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
+            let tag_latest = !reference.contains('@')
+                && reference
+                    .rsplit('/')
+                    .next()
+                    .is_none_or(|last| !last.contains(':') || last.ends_with(":latest"));
+            if tag_latest { "Always" } else { "IfNotPresent" }.to_owned()
+        });
+        let local = self.ctx.images.get(&reference).ok().flatten();
+        match (policy.as_str(), local) {
+            ("IfNotPresent", Some(image)) | ("Never", Some(image)) => return Some(image),
+            ("Never", None) => {
+                self.waiting.insert(
+                    container.name.clone(),
+                    Waiting {
+                        reason: "ErrImageNeverPull".to_owned(),
+                        message: Some(format!(
+                            "Container image \"{reference}\" is not present with pull policy of Never"
+                        )),
+                    },
+                );
+                return None;
+            }
+            _ => {}
+        }
+        if let Some((delay, next)) = self.pull_backoff.get(&container.name)
+            && now() < *next
+        {
+            self.waiting.insert(
+                container.name.clone(),
+                Waiting {
+                    reason: "ImagePullBackOff".to_owned(),
+                    message: Some(format!("Back-off pulling image \"{reference}\" ({delay}s)")),
+                },
+            );
+            return None;
+        }
+        match self
+            .ctx
+            .images
+            .pull(&reference, &RegistryCredentials::Anonymous)
+            .await
+        {
+            Ok(image) => {
+                self.pull_backoff.remove(&container.name);
+                Some(image)
+            }
+            Err(error) => {
+                let delay = self
+                    .pull_backoff
+                    .get(&container.name)
+                    .map_or(BACKOFF_INITIAL, |(d, _)| (d * 2).min(BACKOFF_MAX));
+                self.pull_backoff.insert(
+                    container.name.clone(),
+                    (delay, now() + i64::try_from(delay).unwrap_or(0)),
+                );
+                log::warn!("pod {}: {error}", self.describe());
+                self.waiting.insert(
+                    container.name.clone(),
+                    Waiting {
+                        reason: "ErrImagePull".to_owned(),
+                        message: Some(error.to_string()),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// Starts a new instance of `container`.
+    async fn start(&mut self, container: &Container, record: &mut ContainerRecord) {
+        let Some(image) = self.image_for(container).await else {
+            return;
+        };
+        let pod_ip = self.pod_ip.map(|ip| ip.to_string());
+        let host_ip = self.ctx.host_ip.map(|ip| ip.to_string());
+        let prepared_input =
+            container_env(&self.pod, container, pod_ip.as_deref(), host_ip.as_deref())
+                .map_err(|e| e.to_string())
+                .and_then(|env| {
+                    let mounts = volumes::mounts_for(
+                        container,
+                        self.volumes.as_ref().unwrap_or(&BTreeMap::new()),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    Ok((env, mounts))
+                });
+        let (env, mounts) = match prepared_input {
+            Ok(input) => input,
+            Err(message) => {
+                self.waiting.insert(
+                    container.name.clone(),
+                    Waiting {
+                        reason: "CreateContainerConfigError".to_owned(),
+                        message: Some(message),
+                    },
+                );
+                return;
+            }
+        };
+        let restarted = record.current.is_some();
+        let restart_count = record.restart_count + u32::from(restarted);
+        let log_path = self.log_path(&container.name, restart_count);
+        let pod = self.pod.clone();
+        let owned_container = container.clone();
+        let pod_dir = self.dir.clone();
+        let netns = self.ctx.netns_path(&self.uid);
+        let pod_cgroup = self.ctx.cgroups.pod_path(self.qos, &self.uid);
+        let qos = self.qos;
+        let image_for_launch = image.clone();
+        let prepared = blocking(&self.ctx, move |ctx| {
+            container::prepare(
+                ctx,
+                &Launch {
+                    pod: &pod,
+                    container: &owned_container,
+                    image: &image_for_launch,
+                    pod_dir: &pod_dir,
+                    netns,
+                    pod_cgroup,
+                    qos,
+                    env,
+                    mounts,
+                },
+            )
+        })
+        .await;
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                self.waiting.insert(
+                    container.name.clone(),
+                    Waiting {
+                        reason: "CreateContainerError".to_owned(),
+                        message: Some(error.to_string()),
+                    },
+                );
+                return;
+            }
+        };
+        // The FIFOs' read ends open before the container holds the write ends.
+        let copiers = match self.start_copiers(&prepared.stdout, &prepared.stderr, &log_path) {
+            Ok(copiers) => copiers,
+            Err(error) => {
+                let (id, dir) = (prepared.id.clone(), prepared.dir.clone());
+                let _ = blocking(&self.ctx, move |ctx| container::remove(ctx, &id, &dir)).await;
+                self.waiting.insert(
+                    container.name.clone(),
+                    Waiting {
+                        reason: "CreateContainerError".to_owned(),
+                        message: Some(format!(
+                            "cannot open the log {}: {error}",
+                            log_path.display()
+                        )),
+                    },
+                );
+                return;
+            }
+        };
+        let id = prepared.id.clone();
+        let started = blocking(
+            &self.ctx,
+            move |ctx| -> Result<i32, container::ContainerError> {
+                let pid = container::create(ctx, &prepared)?;
+                ctx.runc.start(&prepared.id)?;
+                Ok(pid)
+            },
+        )
+        .await;
+        match started {
+            Ok(pid) => {
+                self.copiers.insert(id.clone(), copiers);
+                self.waiting.remove(&container.name);
+                if restarted {
+                    record.last_termination = record.current.take().and_then(|i| i.terminated);
+                    record.restart_count = restart_count;
+                    record.backoff_seconds = if record.backoff_seconds == 0 {
+                        BACKOFF_INITIAL
+                    } else {
+                        (record.backoff_seconds * 2).min(BACKOFF_MAX)
+                    };
+                }
+                record.current = Some(Instance {
+                    id,
+                    pid,
+                    started_at: now(),
+                    image_id: image.digest.clone(),
+                    image_ref: image.reference.clone(),
+                    terminated: None,
+                });
+                log::info!(
+                    "pod {}: started container {} ({pid})",
+                    self.describe(),
+                    container.name
+                );
+            }
+            Err(error) => {
+                for copier in copiers {
+                    copier.abort();
+                }
+                let dir = self.dir.container_dir(&id);
+                let _ = blocking(&self.ctx, move |ctx| container::remove(ctx, &id, &dir)).await;
+                log::warn!("pod {}: {error}", self.describe());
+                self.waiting.insert(
+                    container.name.clone(),
+                    Waiting {
+                        reason: "RunContainerError".to_owned(),
+                        message: Some(error.to_string()),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Stops every container (SIGTERM, the grace period, SIGKILL) and removes everything the
+    /// pod had: instances, rootfs mounts, volumes, cgroup, network, address, state, logs.
+    async fn terminate(mut self) {
+        let grace = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0);
+        let running: Vec<Instance> = self
+            .records
+            .values()
+            .filter_map(|r| r.current.clone())
+            .filter(|i| i.terminated.is_none())
+            .collect();
+        log::info!(
+            "pod {}: stopping {} containers (grace {grace}s)",
+            self.describe(),
+            running.len()
+        );
+        let ids: Vec<String> = running.iter().map(|i| i.id.clone()).collect();
+        let signal_all = |signal: &'static str| {
+            let ids = ids.clone();
+            blocking(&self.ctx, move |ctx| {
+                for id in &ids {
+                    if let Err(error) = ctx.runc.kill(id, signal) {
+                        log::warn!("{error}");
+                    }
+                }
+            })
+        };
+        signal_all("TERM").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace.unsigned_abs());
+        let all_gone = |ctx: &NodeContext| {
+            running
+                .iter()
+                .all(|i| ctx.keeper.exit_of(&i.id).is_some() || !container::alive(i.pid))
+        };
+        while !all_gone(&self.ctx) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !all_gone(&self.ctx) {
+            signal_all("KILL").await;
+        }
+        for id in &ids {
+            self.drain_copiers(id).await;
+        }
+        let uid = self.uid.clone();
+        let qos = self.qos;
+        let dir = self.dir.clone();
+        let meta = self.pod.metadata.clone();
+        let result = blocking(&self.ctx, move |ctx| -> Result<(), String> {
+            for id in &ids {
+                container::remove(ctx, id, &dir.container_dir(id)).map_err(|e| e.to_string())?;
+            }
+            // Instances that ended earlier left their directories already; sweep any rest.
+            if let Ok(entries) = std::fs::read_dir(dir.path.join("containers")) {
+                for entry in entries.flatten() {
+                    let id = entry.file_name().to_string_lossy().into_owned();
+                    container::remove(ctx, &id, &entry.path()).map_err(|e| e.to_string())?;
+                }
+            }
+            volumes::teardown(&dir.volumes_dir()).map_err(|e| e.to_string())?;
+            let pod_cgroup = ctx.cgroups.pod_path(qos, &uid);
+            let mut removed = ctx.cgroups.remove_pod(&pod_cgroup);
+            for _ in 0..50 {
+                if removed.is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                removed = ctx.cgroups.remove_pod(&pod_cgroup);
+            }
+            removed.map_err(|e| e.to_string())?;
+            network::detach(&uid).map_err(|e| e.to_string())?;
+            netns::remove(&ctx.netns_path(&uid)).map_err(|e| e.to_string())?;
+            ctx.ipam.release(&uid).map_err(|e| e.to_string())?;
+            let log_dir = ctx.pod_log_dir(
+                meta.namespace.as_deref().unwrap_or("default"),
+                meta.name.as_deref().unwrap_or(""),
+                &uid,
+            );
+            let _ = std::fs::remove_dir_all(log_dir);
+            dir.remove().map_err(|e| e.to_string())
+        })
+        .await;
+        match result {
+            Ok(()) => log::info!("pod {}: removed", self.describe()),
+            Err(error) => log::error!("pod {}: cleanup incomplete: {error}", self.describe()),
+        }
+        self.statuses
+            .lock()
+            .expect("statuses lock")
+            .remove(&self.uid);
+    }
+}

@@ -1,0 +1,348 @@
+//! A test node for pod tests: a network namespace that plays the node, a registry on its
+//! loopback holding a busybox image, and `keel-agent` running there (joined to the node's
+//! network namespace only, so its mounts are visible to the test) with static pods from a
+//! manifest directory. Everything is under temp directories and a `kt-` cgroup of its own, and
+//! dropping the node removes it all: pods, keeper, runc state, mounts, cgroups.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keel_testhost::registry::{ImageSpec, TestImage, TestRegistry};
+use keel_testhost::{Host, HostProcess, TestNet, require_root, require_tool};
+
+pub const POD_CIDR: &str = "198.18.64.0/24";
+/// The node's own address (on its loopback: the test node has no uplink).
+pub const NODE_IP: &str = "198.18.63.1";
+
+#[derive(Debug)]
+pub struct TestNode {
+    // Field order: the agent goes before the registry and the namespace.
+    agent: Option<HostProcess>,
+    pub registry: TestRegistry,
+    pub image: String,
+    pub root: tempfile::TempDir,
+    pub manifests: tempfile::TempDir,
+    pub logs: tempfile::TempDir,
+    pub cgroup_root: String,
+    pub log_path: PathBuf,
+    pub host: Host,
+    _net: TestNet,
+}
+
+fn kt_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("kt-{tag}-"))
+        .tempdir()
+        .expect("temp dir")
+}
+
+impl TestNode {
+    pub fn start(tag: &str) -> TestNode {
+        require_root();
+        for (tool, package) in [
+            ("runc", "runc"),
+            ("docker-registry", "docker-registry"),
+            ("skopeo", "skopeo"),
+            ("busybox", "busybox-static"),
+            ("nsenter", "util-linux"),
+            ("curl", "curl"),
+        ] {
+            require_tool(tool, package);
+        }
+        let mut net = TestNet::new(tag).expect("test net");
+        let host = net.add_host("node").expect("node host");
+        host.run(&["ip", "link", "set", "lo", "up"]).expect("lo up");
+        host.run(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"])
+            .expect("node address");
+        let registry = TestRegistry::start_on(&host).expect("registry");
+        let built = TestImage::busybox(&ImageSpec {
+            cmd: vec!["sh".into()],
+            ..ImageSpec::default()
+        })
+        .expect("busybox image");
+        let image = registry.push(&built, "busybox", "1").expect("push");
+        let run = keel_testhost::run::run_id().expect("run id");
+        let root = kt_dir(tag);
+        let log_path = root.path().join("agent.log");
+        let mut node = TestNode {
+            agent: None,
+            registry,
+            image,
+            manifests: kt_dir(tag),
+            logs: kt_dir(tag),
+            root,
+            cgroup_root: format!("kt-{run}-{tag}"),
+            log_path,
+            host,
+            _net: net,
+        };
+        node.start_agent();
+        node
+    }
+
+    /// Starts (or restarts) the agent.
+    pub fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.host.netns()))
+            .arg(env!("CARGO_BIN_EXE_keel-agent"))
+            .arg("--pod-manifest-path")
+            .arg(self.manifests.path())
+            .arg("--root-dir")
+            .arg(self.root.path().join("state"))
+            .arg("--pod-logs-dir")
+            .arg(self.logs.path())
+            .args([
+                "--pod-cidr",
+                POD_CIDR,
+                "--node-name",
+                "node1",
+                "--node-ip",
+                NODE_IP,
+            ])
+            .args(["--cgroup-root", &self.cgroup_root])
+            .args(["--insecure-registry", &self.registry.host()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.agent = Some(HostProcess::spawn(&mut command).expect("agent"));
+    }
+
+    /// `kill -9` of the agent (the keeper and the containers stay).
+    pub fn kill_agent(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGKILL) };
+            let _ = agent.child().wait();
+        }
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    pub fn write_manifest(&self, file: &str, text: &str) {
+        let temporary = self.manifests.path().join(format!(".{file}.tmp"));
+        std::fs::write(&temporary, text).unwrap();
+        std::fs::rename(&temporary, self.manifests.path().join(file)).unwrap();
+    }
+
+    pub fn remove_manifest(&self, file: &str) {
+        let _ = std::fs::remove_file(self.manifests.path().join(file));
+    }
+
+    /// UIDs of the pods the agent keeps state for.
+    pub fn pod_uids(&self) -> Vec<String> {
+        std::fs::read_dir(self.state_dir().join("pods"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The cgroup directory `path` (relative to the node's cgroup root) in hierarchy `controller`.
+    pub fn cgroup_dir(&self, controller: &str, path: &str) -> PathBuf {
+        Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(&self.cgroup_root)
+            .join(path)
+    }
+
+    /// Polls `check` until it gives `Some` or `timeout` passes; the panic message carries
+    /// `what` and the agent's log.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; agent log:\n{}\n{}",
+                self.agent_log(),
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The node's and each pod's addresses and routes, runc's containers and the container
+    /// logs: what a failing test prints.
+    pub fn diagnostics(&self) -> String {
+        let run = |command: &mut Command| {
+            command
+                .output()
+                .map(|o| {
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )
+                })
+                .unwrap_or_else(|e| e.to_string())
+        };
+        let mut text = String::from("--- node:\n");
+        text += &run(self.host.command("ip").args(["-o", "addr"]));
+        text += &run(self.host.command("ip").args(["route"]));
+        for uid in self.pod_uids() {
+            let netns = self.state_dir().join("netns").join(&uid);
+            text += &format!("--- pod {uid}:\n");
+            text += &run(Command::new("nsenter")
+                .arg(format!("--net={}", netns.display()))
+                .args(["ip", "-o", "addr"]));
+            text += &run(Command::new("nsenter")
+                .arg(format!("--net={}", netns.display()))
+                .args(["ip", "route"]));
+            text += &run(Command::new("nsenter")
+                .arg(format!("--net={}", netns.display()))
+                .args(["ip", "neigh"]));
+        }
+        text += "--- runc:\n";
+        text += &run(Command::new("runc")
+            .arg("--root")
+            .arg(self.state_dir().join("runc"))
+            .arg("list"));
+        text += &run(Command::new("find")
+            .arg(self.logs.path())
+            .args(["-name", "*.log", "-exec", "tail", "-n", "20", "{}", ";"]));
+        text
+    }
+
+    /// `curl` from the node to `url`; the body on success.
+    pub fn curl(&self, url: &str) -> Option<String> {
+        let output = self
+            .host
+            .command("curl")
+            .args(["-sS", "--max-time", "2", url])
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Removes every pod through the agent (manifests gone), then what may be left.
+    fn clean_up(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(self.manifests.path()) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        if self.agent.is_some() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !self.pod_uids().is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        if let Some(mut agent) = self.agent.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGTERM) };
+            let _ = agent.child().wait();
+        }
+        let state = self.state_dir();
+        // Whatever the agent left: containers, the keeper, mounts, cgroups.
+        let runc_root = state.join("runc");
+        if let Ok(entries) = std::fs::read_dir(&runc_root) {
+            for entry in entries.flatten() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force"])
+                    .arg(entry.file_name())
+                    .output();
+            }
+        }
+        kill_keeper(&state.join("keeper"));
+        unmount_under(self.root.path());
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            remove_cgroup_tree(&hierarchy.path().join(&self.cgroup_root));
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.clean_up();
+    }
+}
+
+fn kill_keeper(keeper_dir: &Path) {
+    let wanted = keeper_dir.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.len() >= 3
+            && args[1] == "keeper"
+            && args[2] == wanted
+            && let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>()
+        {
+            // SAFETY: kill takes plain integers.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Unmounts every mount under `dir`, deepest first.
+pub fn unmount_under(dir: &Path) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        let _ = Command::new("umount").args(["-l", point]).output();
+    }
+}
+
+/// Mounts under `dir` (for leak checks).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
