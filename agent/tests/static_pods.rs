@@ -184,3 +184,274 @@ fn a_two_container_pod_serves_http_has_its_limits_and_logs_and_leaves_nothing() 
         "runc knows no container"
     );
 }
+
+fn pod(name: &str, image: &str, extra_spec: &str, containers: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\nspec:\n{extra_spec}  containers:\n{}",
+        containers.replace("IMAGE", image)
+    )
+}
+
+/// The first-line timestamps of each `<n>.log` of a container, in restart order.
+fn instance_starts(dir: &std::path::Path) -> Vec<jiff::Timestamp> {
+    let mut files: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    Some((name.strip_suffix(".log")?.parse().ok()?, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .filter_map(|(_, path)| {
+            let text = std::fs::read_to_string(path).ok()?;
+            text.lines().next()?.split(' ').next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_crashing_container_restarts_with_back_off_and_every_instance_keeps_its_log() {
+    let node = TestNode::start("backoff");
+    node.write_manifest(
+        "crash.yaml",
+        &pod(
+            "crash",
+            &node.image,
+            "  terminationGracePeriodSeconds: 1\n",
+            "  - {name: c, image: IMAGE, command: [sh, -c, 'echo run; exit 1']}\n",
+        ),
+    );
+    let uid = node.wait_for("the pod", Duration::from_secs(30), || node.pod_uids().pop());
+    let dir = node
+        .logs
+        .path()
+        .join(format!("default_crash-node1_{uid}/c"));
+    // Instances 0 and 1 at once, then back-off 10 s, then 20 s.
+    let starts = node.wait_for("four instances", Duration::from_secs(90), || {
+        let starts = instance_starts(&dir);
+        (starts.len() >= 4).then_some(starts)
+    });
+    let gaps: Vec<f64> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]).total(jiff::Unit::Second).unwrap())
+        .collect();
+    assert!(
+        gaps[0] < 5.0,
+        "the first restart is immediate: gaps {gaps:?}"
+    );
+    assert!(
+        (10.0..15.0).contains(&gaps[1]),
+        "then 10 s of back-off: gaps {gaps:?}"
+    );
+    assert!((20.0..25.0).contains(&gaps[2]), "then 20 s: gaps {gaps:?}");
+    for n in 0..4 {
+        let text = std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap();
+        assert!(text.ends_with(" stdout F run\n"), "{n}.log: {text}");
+    }
+}
+
+#[test]
+fn volumes_and_downward_env_are_visible_inside_the_container() {
+    let node = TestNode::start("volumes");
+    node.write_manifest(
+        "vol.yaml",
+        &pod(
+            "vol",
+            &node.image,
+            "  volumes:\n  - {name: scratch, emptyDir: {}}\n  - {name: mem, emptyDir: {medium: Memory, sizeLimit: 8Mi}}\n  - name: info\n    downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: \"metadata.labels['app']\"}}, {path: ns, fieldRef: {fieldPath: metadata.namespace}}]}\n",
+            "  - name: writer\n    image: IMAGE\n    command: [sh, -c, 'echo shared > /scratch/file; echo $(MY_IP) $MY_NODE; cat /etc/info/labels; echo; cat /etc/info/ns; echo; grep -c \" /mem tmpfs \" /proc/mounts; sleep 3600']\n    env:\n    - {name: MY_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n    - {name: MY_NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}\n    volumeMounts: [{name: scratch, mountPath: /scratch}, {name: mem, mountPath: /mem}, {name: info, mountPath: /etc/info, readOnly: true}]\n  - name: reader\n    image: IMAGE\n    command: [sh, -c, 'until [ -f /data/file ]; do sleep 0.2; done; cat /data/file; sleep 3600']\n    volumeMounts: [{name: scratch, mountPath: /data}]\n",
+        ),
+    );
+    let uid = node.wait_for("the pod", Duration::from_secs(30), || node.pod_uids().pop());
+    let logs = node.logs.path().join(format!("default_vol-node1_{uid}"));
+    let lines = |container: &str| {
+        std::fs::read_to_string(logs.join(container).join("0.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    let writer = node.wait_for("the writer's output", Duration::from_secs(30), || {
+        let lines = lines("writer");
+        (lines.len() >= 4).then_some(lines)
+    });
+    assert_eq!(
+        writer,
+        ["198.18.64.1 node1", "vol", "default", "1"],
+        "env, downwardAPI, tmpfs"
+    );
+    let reader = node.wait_for("the reader's output", Duration::from_secs(30), || {
+        let lines = lines("reader");
+        (!lines.is_empty()).then_some(lines)
+    });
+    assert_eq!(reader, ["shared"], "emptyDir shared between containers");
+}
+
+#[test]
+fn kill_9_of_the_agent_leaves_ten_pods_running_and_the_new_agent_adopts_them() {
+    let mut node = TestNode::start("adopt");
+    for n in 0..10 {
+        node.write_manifest(
+            &format!("p{n}.yaml"),
+            &pod(
+                &format!("p{n}"),
+                &node.image,
+                "  terminationGracePeriodSeconds: 1\n",
+                "  - {name: c, image: IMAGE, command: [sh, -c, 'echo up; exec sleep 3600']}\n",
+            ),
+        );
+    }
+    let running = |node: &TestNode| -> Vec<String> {
+        let output = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(node.state_dir().join("runc"))
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        let mut ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = node.wait_for("ten running containers", Duration::from_secs(120), || {
+        let ids = running(&node);
+        (ids.len() == 10).then_some(ids)
+    });
+    node.kill_agent();
+    node.start_agent();
+    // Give the new agent time to look at everything (several resyncs), then compare.
+    node.wait_for("the new agent to start", Duration::from_secs(30), || {
+        (node.agent_log().matches("running static pods").count() == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        running(&node),
+        before,
+        "same containers, none restarted or added"
+    );
+    for uid in node.pod_uids() {
+        let logs: Vec<_> = std::fs::read_dir(node.logs.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(&uid))
+            .flat_map(|e| std::fs::read_dir(e.path().join("c")).unwrap().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(logs, ["0.log"], "pod {uid}: no restart");
+    }
+    // The new agent still runs them: removing one manifest stops exactly that pod.
+    node.remove_manifest("p3.yaml");
+    node.wait_for("p3 to go", Duration::from_secs(30), || {
+        (running(&node).len() == 9).then_some(())
+    });
+}
+
+#[test]
+fn bad_manifests_and_bad_images_are_reported_and_other_pods_keep_running() {
+    let node = TestNode::start("errors");
+    node.write_manifest("web.yaml", &web_pod(&node.image));
+    node.wait_for("web to answer", Duration::from_secs(60), || {
+        node.curl("http://198.18.64.1/")
+    });
+    node.write_manifest(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: b}\nspec: {containers: [{name: c}]}\n",
+    );
+    let missing = format!("{}/nope:1", node.registry.host());
+    node.write_manifest(
+        "missing.yaml",
+        &pod(
+            "missing",
+            &node.image,
+            "",
+            &format!("  - {{name: c, image: {missing}}}\n"),
+        ),
+    );
+    node.write_manifest(
+        "unreachable.yaml",
+        &pod(
+            "unreachable",
+            &node.image,
+            "",
+            "  - {name: c, image: '127.0.0.1:1/x:1'}\n",
+        ),
+    );
+    let broken_path = node.manifests.path().join("broken.yaml");
+    node.wait_for(
+        "the errors in the agent's log",
+        Duration::from_secs(30),
+        || {
+            let log = node.agent_log();
+            (log.contains(&format!(
+                "{}: spec.containers[0].image: Required value",
+                broken_path.display()
+            )) && log.contains(&format!("pull {missing}: manifest unknown"))
+                && log.contains("pull 127.0.0.1:1/x:1: cannot reach registry 127.0.0.1:1"))
+            .then_some(())
+        },
+    );
+    assert_eq!(
+        node.curl("http://198.18.64.1/").as_deref().map(str::trim),
+        Some("hello from web-node1")
+    );
+}
+
+#[test]
+fn deletion_sends_term_waits_the_grace_period_then_kills() {
+    let node = TestNode::start("grace");
+    let marks = node.root.path().join("marks");
+    node.write_manifest(
+        "grace.yaml",
+        &pod(
+            "grace",
+            &node.image,
+            &format!(
+                "  terminationGracePeriodSeconds: 4\n  volumes: [{{name: marks, hostPath: {{path: {}, type: DirectoryOrCreate}}}}]\n",
+                marks.display()
+            ),
+            "  - name: polite\n    image: IMAGE\n    command: [sh, -c, 'trap \"echo term > /marks/polite; exit 0\" TERM; echo up > /marks/up; while true; do sleep 0.1; done']\n    volumeMounts: [{name: marks, mountPath: /marks}]\n  - name: stubborn\n    image: IMAGE\n    command: [sh, -c, 'trap \"echo term > /marks/stubborn\" TERM; while true; do sleep 0.1; done']\n    volumeMounts: [{name: marks, mountPath: /marks}]\n",
+        ),
+    );
+    node.wait_for("the pod to run", Duration::from_secs(60), || {
+        marks.join("up").exists().then_some(())
+    });
+    let running = || {
+        let output = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(node.state_dir().join("runc"))
+            .args(["list", "--format", "json"])
+            .output()
+            .unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        list.as_array()
+            .map_or(0, |l| l.iter().filter(|c| c["status"] == "running").count())
+    };
+    node.wait_for("both containers", Duration::from_secs(30), || {
+        (running() == 2).then_some(())
+    });
+    node.remove_manifest("grace.yaml");
+    node.wait_for("SIGTERM to both", Duration::from_secs(30), || {
+        (marks.join("polite").exists() && marks.join("stubborn").exists()).then_some(())
+    });
+    // The polite one exits on TERM; the stubborn one lives on until the grace period ends.
+    node.wait_for(
+        "the polite container to exit",
+        Duration::from_secs(3),
+        || (running() == 1).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(running(), 1, "not killed before the grace period");
+    node.wait_for(
+        "SIGKILL after the grace period, and cleanup",
+        Duration::from_secs(30),
+        || node.pod_uids().is_empty().then_some(()),
+    );
+    assert_eq!(running(), 0);
+}
