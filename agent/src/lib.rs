@@ -8,6 +8,7 @@
 //!   IPAM), [`runtime`] (OCI bundles, runc, the keeper, logs), [`sys`] (the raw namespace and
 //!   mount calls).
 
+pub mod api;
 pub mod cgroups;
 pub mod dataplane;
 pub mod image;

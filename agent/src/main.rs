@@ -25,7 +25,7 @@ use keel_agent::services::{Node, ServicesFile, desired_state};
 
 #[derive(Debug, Parser)]
 #[command(name = "keel-agent", version, about = "Keel's node agent")]
-#[command(group(ArgGroup::new("work").required(true).multiple(true).args(["devices", "services_file", "pod_manifest_path"])))]
+#[command(group(ArgGroup::new("work").required(true).multiple(true).args(["devices", "services_file", "pod_manifest_path", "kubeconfig"])))]
 struct Args {
     /// Interfaces that get the XDP and TC programs (counters; with --services-file also
     /// Service load-balancing of traffic routed through the node), comma-separated.
@@ -48,6 +48,10 @@ struct Args {
     /// A directory of static pod manifests (one Pod per file, YAML or JSON), watched.
     #[arg(long)]
     pod_manifest_path: Option<PathBuf>,
+    /// The API server's kubeconfig: register this node, run the pods bound to it, report
+    /// their status. Absent: static pods only.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// Where the agent keeps its state: pods, network namespaces, images, runc's state.
     #[arg(long, default_value = "/var/lib/keel")]
     root_dir: PathBuf,
@@ -110,9 +114,10 @@ fn main() -> anyhow::Result<()> {
     }
     let args = Args::parse();
     let stop = signals::block_termination()?;
-    let pods = match &args.pod_manifest_path {
-        Some(dir) => Some(pods::start(&args, dir)?),
-        None => None,
+    let pods = if args.pod_manifest_path.is_some() || args.kubeconfig.is_some() {
+        Some(pods::start(&args)?)
+    } else {
+        None
     };
 
     let devices = resolve_devices(&args.devices)?;
@@ -309,11 +314,15 @@ mod pods {
     //! Static pods: the node context, the pod manager on a Tokio runtime of its own, and the
     //! manifest directory it follows.
 
+    use std::collections::{BTreeMap, HashMap};
     use std::path::Path;
     use std::sync::Arc;
     use std::time::Duration;
 
     use anyhow::Context as _;
+    use k8s_openapi::api::core::v1::PodStatus;
+    use keel_agent::api::node as api_node;
+    use keel_agent::api::pods;
     use keel_agent::cgroups::CgroupManager;
     use keel_agent::image::ImageStore;
     use keel_agent::pods::source::ManifestDir;
@@ -322,7 +331,7 @@ mod pods {
     use keel_agent::runtime::logs::Rotation;
     use keel_agent::runtime::runc::Runc;
     use keel_agent::sandbox::{Ipam, Ipv4Cidr, network};
-    use tokio::sync::oneshot;
+    use tokio::sync::{Notify, oneshot};
 
     use super::{Args, host_name};
 
@@ -336,21 +345,51 @@ mod pods {
         done: std::sync::mpsc::Receiver<()>,
     }
 
-    pub fn start(args: &Args, manifests: &Path) -> anyhow::Result<Pods> {
+    pub fn start(args: &Args) -> anyhow::Result<Pods> {
+        rustls::crypto::ring::default_provider()
+            .install_default()
+            .map_err(|_| anyhow::anyhow!("cannot install rustls' crypto provider"))?;
         let node_name = args
             .node_name
             .clone()
             .or_else(host_name)
             .context("cannot tell this node's name: give --node-name")?;
-        let Some(cidr) = &args.pod_cidr else {
-            anyhow::bail!(
-                "--pod-cidr is required with --pod-manifest-path (no control plane assigns one)"
-            );
-        };
-        let cidr = Ipv4Cidr::parse(cidr).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("cannot start the Tokio runtime")?;
         let root = &args.root_dir;
         std::fs::create_dir_all(root)
             .with_context(|| format!("--root-dir: cannot create {}", root.display()))?;
+        // With an API server: register first, it may hold the pod CIDR.
+        let api = match &args.kubeconfig {
+            Some(path) => Some(runtime.block_on(async {
+                // As kubelet: keep trying until the API server takes the node.
+                loop {
+                    match connect(path, args, &node_name).await {
+                        Ok(connected) => break Ok::<_, anyhow::Error>(connected),
+                        Err(error) if error.chain().any(|e| e.is::<kube::Error>()) => {
+                            log::warn!("{error:#}; retrying in 2 s");
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                        Err(error) => break Err(error),
+                    }
+                }
+            })?),
+            None => None,
+        };
+        let cidr_text = args
+            .pod_cidr
+            .clone()
+            .or_else(|| {
+                api.as_ref()
+                    .and_then(|(_, node, _)| node.spec.as_ref()?.pod_cidr.clone())
+            })
+            .context(
+                "no pod CIDR: give --pod-cidr (or let the control plane assign the node one)",
+            )?;
+        let cidr = Ipv4Cidr::parse(&cidr_text).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
         let cgroups = CgroupManager::detect(&args.cgroup_root)?;
         let ipam = Ipam::open(cidr, &root.join("ipam"))?;
         let images = ImageStore::open(&root.join("images"), args.insecure_registries.clone())?;
@@ -374,29 +413,68 @@ mod pods {
             log_rotation: Rotation::default(),
         });
         log::info!(
-            "running static pods from {} as node {node_name} (pod CIDR {cidr}, cgroups {:?})",
-            manifests.display(),
-            ctx.cgroups.mode()
+            "running pods as node {node_name} (pod CIDR {cidr}, cgroups {:?}){}{}",
+            ctx.cgroups.mode(),
+            args.pod_manifest_path
+                .as_ref()
+                .map_or(String::new(), |dir| format!(
+                    ", static pods from {}",
+                    dir.display()
+                )),
+            if api.is_some() {
+                ", pods from the API server"
+            } else {
+                ""
+            }
         );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("cannot start the Tokio runtime")?;
         let (stop, mut stopped) = oneshot::channel();
         let (done_tx, done) = std::sync::mpsc::channel();
-        let manifests = manifests.to_owned();
+        let manifests = args.pod_manifest_path.clone();
         runtime.spawn(async move {
             let mut manager = PodManager::new(ctx);
-            let mut source = ManifestDir::new(&manifests, &node_name);
+            let mut source = manifests.map(|dir| ManifestDir::new(&dir, &node_name));
+            let changed = Arc::new(Notify::new());
+            let api = api.map(|(client, node, facts)| {
+                tokio::spawn(heartbeat(client.clone(), node, facts));
+                let (store, _watch) = pods::watch_pods(&client, &node_name, Arc::clone(&changed));
+                (client, store)
+            });
+            let mut written: HashMap<String, PodStatus> = HashMap::new();
             loop {
-                let (desired, errors) = source.scan();
-                for error in errors {
-                    log::error!("static pod manifest {error}");
+                let mut desired = BTreeMap::new();
+                if let Some(source) = &mut source {
+                    let (pods, errors) = source.scan();
+                    for error in errors {
+                        log::error!("static pod manifest {error}");
+                    }
+                    desired.extend(pods);
+                }
+                if let Some((client, store)) = &api {
+                    let from_api = pods::desired(store);
+                    let running = manager.statuses().lock().expect("statuses lock").clone();
+                    for pod in pods::finished_deletions(store, &running) {
+                        if let Err(error) = pods::delete_finished(client, &pod).await {
+                            log::warn!("cannot delete finished pod: {error}");
+                        }
+                    }
+                    for (uid, pod) in &running {
+                        let Some(status) = &pod.status else { continue };
+                        if from_api.contains_key(uid) && written.get(uid) != Some(status) {
+                            match pods::write_status(client, pod, status).await {
+                                Ok(()) => {
+                                    written.insert(uid.clone(), status.clone());
+                                }
+                                Err(error) => log::warn!("cannot write pod status: {error}"),
+                            }
+                        }
+                    }
+                    written.retain(|uid, _| running.contains_key(uid));
+                    desired.extend(from_api);
                 }
                 manager.sync(&desired).await;
                 tokio::select! {
                     _ = &mut stopped => break,
+                    () = changed.notified() => {}
                     () = tokio::time::sleep(MANIFEST_POLL) => {}
                 }
             }
@@ -408,6 +486,60 @@ mod pods {
             stop,
             done,
         })
+    }
+
+    /// Connects to the API server and registers this node.
+    async fn connect(
+        kubeconfig: &Path,
+        args: &Args,
+        node_name: &str,
+    ) -> anyhow::Result<(
+        kube::Client,
+        k8s_openapi::api::core::v1::Node,
+        api_node::NodeFacts,
+    )> {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(kubeconfig)
+                .with_context(|| format!("--kubeconfig {}", kubeconfig.display()))?,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .with_context(|| format!("--kubeconfig {}", kubeconfig.display()))?;
+        let client = kube::Client::try_from(config).context("cannot build the API client")?;
+        let facts = api_node::NodeFacts::read(
+            node_name,
+            args.node_ip.first().copied(),
+            args.pod_cidr.clone(),
+            &args.root_dir,
+        );
+        let node = api_node::register(&client, &facts)
+            .await
+            .with_context(|| format!("cannot register node {node_name}"))?;
+        api_node::renew_lease(&client, &node)
+            .await
+            .with_context(|| format!("cannot take the lease of node {node_name}"))?;
+        log::info!("registered node {node_name}");
+        Ok((client, node, facts))
+    }
+
+    /// Node status and lease, renewed until the agent stops.
+    async fn heartbeat(
+        client: kube::Client,
+        mut node: k8s_openapi::api::core::v1::Node,
+        facts: api_node::NodeFacts,
+    ) {
+        let mut ticker = tokio::time::interval(api_node::LEASE_RENEW);
+        loop {
+            ticker.tick().await;
+            if let Err(error) = api_node::renew_lease(&client, &node).await {
+                log::warn!("cannot renew the node lease: {error}");
+            }
+            match api_node::update_status(&client, &facts, &api_node::transition_times(&node)).await
+            {
+                Ok(updated) => node = updated,
+                Err(error) => log::warn!("cannot update the node status: {error}"),
+            }
+        }
     }
 
     impl Pods {

@@ -9,3 +9,21 @@ use std::time::Duration;
 pub fn per_second(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
 }
+
+/// The value at `fraction` (0.5: p50, 0.99: p99) of `samples`, which it sorts.
+pub fn percentile(samples: &mut [Duration], fraction: f64) -> Duration {
+    samples.sort();
+    let index = ((samples.len() as f64 * fraction) as usize).min(samples.len().saturating_sub(1));
+    samples.get(index).copied().unwrap_or_default()
+}
+
+/// Resident set size of a process, in KiB.
+pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no VmRSS"))
+}

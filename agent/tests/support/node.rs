@@ -26,6 +26,8 @@ pub struct TestNode {
     pub logs: tempfile::TempDir,
     pub cgroup_root: String,
     pub log_path: PathBuf,
+    /// More agent flags (e.g. `--kubeconfig`), kept for restarts.
+    pub extra_args: Vec<String>,
     pub host: Host,
     _net: TestNet,
 }
@@ -38,7 +40,15 @@ fn kt_dir(tag: &str) -> tempfile::TempDir {
 }
 
 impl TestNode {
+    /// A node with its agent running static pods.
     pub fn start(tag: &str) -> TestNode {
+        let mut node = TestNode::new(tag);
+        node.start_agent();
+        node
+    }
+
+    /// A node, its registry and directories; no agent yet.
+    pub fn new(tag: &str) -> TestNode {
         require_root();
         for (tool, package) in [
             ("runc", "runc"),
@@ -65,7 +75,7 @@ impl TestNode {
         let run = keel_testhost::run::run_id().expect("run id");
         let root = kt_dir(tag);
         let log_path = root.path().join("agent.log");
-        let mut node = TestNode {
+        TestNode {
             agent: None,
             registry,
             image,
@@ -74,11 +84,10 @@ impl TestNode {
             root,
             cgroup_root: format!("kt-{run}-{tag}"),
             log_path,
+            extra_args: Vec::new(),
             host,
             _net: net,
-        };
-        node.start_agent();
-        node
+        }
     }
 
     /// Starts (or restarts) the agent.
@@ -108,6 +117,7 @@ impl TestNode {
             ])
             .args(["--cgroup-root", &self.cgroup_root])
             .args(["--insecure-registry", &self.registry.host()])
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

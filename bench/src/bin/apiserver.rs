@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use keel_bench::per_second;
+use keel_bench::{per_second, rss_kib};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
@@ -369,15 +369,4 @@ fn report(label: &str, latencies: &[Duration], elapsed: Duration) {
             .last()
             .map_or(0.0, |duration| duration.as_secs_f64() * 1000.0)
     );
-}
-
-/// Resident set size of a process, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next())
-        .and_then(|value| value.parse().ok())
-        .context("no VmRSS")
 }

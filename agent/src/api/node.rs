@@ -1,0 +1,294 @@
+//! This node in the API, as kubelet keeps it: the `Node` object registered at start (capacity,
+//! allocatable, addresses, nodeInfo, the four conditions), its status refreshed every
+//! [`STATUS_PERIOD`], and its `Lease` in `kube-node-lease` renewed every [`LEASE_RENEW`] (what
+//! the node lifecycle controller watches).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+/// kubelet's `nodeStatusUpdateFrequency`.
+pub const STATUS_PERIOD: Duration = Duration::from_secs(10);
+/// kubelet renews its lease every quarter of its duration.
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// kubelet's default `maxPods`.
+pub const MAX_PODS: u32 = 110;
+/// What `nodeInfo.kubeletVersion` reports: the API version Keel serves.
+pub const KUBELET_VERSION: &str = "v1.33.0-keel";
+
+/// What the node is made of.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    pub name: String,
+    pub internal_ip: Option<Ipv4Addr>,
+    pub pod_cidr: Option<String>,
+    pub cpus: u32,
+    pub memory_bytes: i64,
+    pub ephemeral_storage_bytes: u64,
+    pub kernel_version: String,
+    pub os_image: String,
+    pub machine_id: String,
+    pub boot_id: String,
+    pub runtime_version: String,
+}
+
+impl NodeFacts {
+    /// Reads the host's facts (`/proc`, `/etc/os-release`, `statvfs` of `root_dir`).
+    pub fn read(
+        name: &str,
+        internal_ip: Option<Ipv4Addr>,
+        pod_cidr: Option<String>,
+        root_dir: &std::path::Path,
+    ) -> NodeFacts {
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let os_image = read("/etc/os-release")
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|v| v.trim_matches('"').to_owned())
+            .unwrap_or_else(|| "Linux".to_owned());
+        let meminfo = read("/proc/meminfo");
+        NodeFacts {
+            name: name.to_owned(),
+            internal_ip,
+            pod_cidr,
+            cpus: std::thread::available_parallelism()
+                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1)),
+            memory_bytes: crate::pods::node::memory_capacity(&meminfo).unwrap_or(0),
+            ephemeral_storage_bytes: disk_bytes(root_dir),
+            kernel_version: read("/proc/sys/kernel/osrelease"),
+            os_image,
+            machine_id: read("/etc/machine-id"),
+            boot_id: read("/proc/sys/kernel/random/boot_id"),
+            runtime_version: "runc://1".to_owned(),
+        }
+    }
+}
+
+fn disk_bytes(path: &std::path::Path) -> u64 {
+    let Ok(c_path) =
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+    else {
+        return 0;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is NUL-terminated; statvfs writes `stat` only on success.
+    if unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return 0;
+    }
+    // SAFETY: statvfs returned 0, so `stat` is initialised.
+    let stat = unsafe { stat.assume_init() };
+    stat.f_blocks * stat.f_frsize
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+/// The four conditions kubelet reports, healthy, with its reasons and messages.
+pub fn conditions(since: &BTreeMap<String, Time>) -> Vec<NodeCondition> {
+    let heartbeat = now();
+    [
+        (
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        (
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        (
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
+        (
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status",
+        ),
+    ]
+    .into_iter()
+    .map(|(type_, status, reason, message)| NodeCondition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: Some(reason.to_owned()),
+        message: Some(message.to_owned()),
+        last_heartbeat_time: Some(heartbeat.clone()),
+        last_transition_time: Some(since.get(type_).cloned().unwrap_or_else(now)),
+    })
+    .collect()
+}
+
+/// The node's status (capacity = allocatable: no reservations yet).
+pub fn status(facts: &NodeFacts, since: &BTreeMap<String, Time>) -> NodeStatus {
+    let resources = BTreeMap::from([
+        ("cpu".to_owned(), Quantity(facts.cpus.to_string())),
+        (
+            "memory".to_owned(),
+            Quantity(format!("{}Ki", facts.memory_bytes / 1024)),
+        ),
+        ("pods".to_owned(), Quantity(MAX_PODS.to_string())),
+        (
+            "ephemeral-storage".to_owned(),
+            Quantity(format!("{}Ki", facts.ephemeral_storage_bytes / 1024)),
+        ),
+    ]);
+    let mut addresses = Vec::new();
+    if let Some(ip) = facts.internal_ip {
+        addresses.push(NodeAddress {
+            type_: "InternalIP".to_owned(),
+            address: ip.to_string(),
+        });
+    }
+    addresses.push(NodeAddress {
+        type_: "Hostname".to_owned(),
+        address: facts.name.clone(),
+    });
+    NodeStatus {
+        capacity: Some(resources.clone()),
+        allocatable: Some(resources),
+        addresses: Some(addresses),
+        conditions: Some(conditions(since)),
+        node_info: Some(NodeSystemInfo {
+            architecture: match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                other => other,
+            }
+            .to_owned(),
+            operating_system: "linux".to_owned(),
+            kernel_version: facts.kernel_version.clone(),
+            os_image: facts.os_image.clone(),
+            machine_id: facts.machine_id.clone(),
+            system_uuid: facts.machine_id.clone(),
+            boot_id: facts.boot_id.clone(),
+            container_runtime_version: facts.runtime_version.clone(),
+            kubelet_version: KUBELET_VERSION.to_owned(),
+            kube_proxy_version: String::new(),
+            ..NodeSystemInfo::default()
+        }),
+        ..NodeStatus::default()
+    }
+}
+
+/// Registers the node (creating it, or taking over an existing one of the same name) and
+/// writes its status. Returns the node as stored.
+pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<Node, kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(facts.name.clone()),
+            labels: Some(BTreeMap::from([
+                ("kubernetes.io/hostname".to_owned(), facts.name.clone()),
+                ("kubernetes.io/os".to_owned(), "linux".to_owned()),
+                (
+                    "kubernetes.io/arch".to_owned(),
+                    status(facts, &BTreeMap::new())
+                        .node_info
+                        .map(|i| i.architecture)
+                        .unwrap_or_default(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidr: facts.pod_cidr.clone(),
+            pod_cidrs: facts.pod_cidr.clone().map(|c| vec![c]),
+            ..NodeSpec::default()
+        }),
+        status: None,
+    };
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(error),
+    }
+    update_status(client, facts, &BTreeMap::new()).await
+}
+
+/// Writes the node's status (heartbeat).
+pub async fn update_status(
+    client: &kube::Client,
+    facts: &NodeFacts,
+    since: &BTreeMap<String, Time>,
+) -> Result<Node, kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let patch = json!({"status": status(facts, since)});
+    nodes
+        .patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+}
+
+/// Creates or renews the node's Lease.
+pub async fn renew_lease(client: &kube::Client, node: &Node) -> Result<(), kube::Error> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let renew = MicroTime(jiff::Timestamp::now());
+    match leases.get_opt(&name).await? {
+        Some(_) => {
+            let patch = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": renew}});
+            leases
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(LEASE_NAMESPACE.to_owned()),
+                    owner_references: node.metadata.uid.clone().map(|uid| {
+                        vec![OwnerReference {
+                            api_version: "v1".to_owned(),
+                            kind: "Node".to_owned(),
+                            name: name.clone(),
+                            uid,
+                            ..OwnerReference::default()
+                        }]
+                    }),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(name.clone()),
+                    lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                    renew_time: Some(renew),
+                    ..LeaseSpec::default()
+                }),
+            };
+            leases.create(&PostParams::default(), &lease).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The conditions' transition times as stored, to keep them across heartbeats.
+pub fn transition_times(node: &Node) -> BTreeMap<String, Time> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c.type_.clone(), c.last_transition_time.clone()?)))
+        .collect()
+}
