@@ -397,6 +397,15 @@ mod pods {
         let keeper = Keeper::ensure(&root.join("keeper"), &exe)?;
         let meminfo =
             std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
+        let events = api.as_ref().map(|(client, _, _)| {
+            let (sink, receiver) = tokio::sync::mpsc::unbounded_channel();
+            runtime.spawn(keel_agent::api::events::record(
+                client.clone(),
+                node_name.clone(),
+                receiver,
+            ));
+            sink
+        });
         network::enable_forwarding().context("cannot enable IPv4 forwarding for pods")?;
         let ctx = Arc::new(NodeContext {
             root_dir: root.clone(),
@@ -411,6 +420,7 @@ mod pods {
             memory_capacity: node::memory_capacity(&meminfo).unwrap_or(i64::MAX),
             pod_max_pids: (args.pod_max_pids >= 0).then_some(args.pod_max_pids),
             log_rotation: Rotation::default(),
+            events,
         });
         log::info!(
             "running pods as node {node_name} (pod CIDR {cidr}, cgroups {:?}){}{}",

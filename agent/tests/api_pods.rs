@@ -80,3 +80,89 @@ fn the_agent_registers_its_node_runs_a_bound_pod_and_reports_its_status() {
     });
     assert!(node.curl("http://198.18.64.1/").is_none());
 }
+
+#[test]
+fn oom_kills_crash_loops_and_events_show_in_the_api_as_upstream() {
+    let mut node = TestNode::new("apioom");
+    let control_plane = TestControlPlane::start(&node);
+    node.extra_args = vec![
+        "--kubeconfig".into(),
+        control_plane.kubeconfig().display().to_string(),
+    ];
+    node.start_agent();
+    node.wait_for("node1 registered", Duration::from_secs(60), || {
+        control_plane
+            .kubectl(&["get", "node", "node1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let pods = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: hog}}\nspec:\n  nodeName: node1\n  restartPolicy: Never\n  \
+         containers:\n  - name: hog\n    image: {image}\n    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]\n    \
+         resources: {{limits: {{memory: 16Mi}}}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: crash}}\nspec:\n  nodeName: node1\n  terminationGracePeriodSeconds: 1\n  \
+         containers:\n  - name: c\n    image: {image}\n    command: [sh, -c, 'exit 3']\n",
+        image = node.image
+    );
+    control_plane.kubectl_ok(&["apply", "-f", "-"], Some(&pods));
+
+    let hog = node.wait_for("hog to be OOM-killed", Duration::from_secs(60), || {
+        let output = control_plane.kubectl(&[
+            "get", "pod", "hog", "-o",
+            "jsonpath={.status.phase} {.status.containerStatuses[0].state.terminated.reason} {.status.containerStatuses[0].state.terminated.exitCode}",
+        ]);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.starts_with("Failed").then_some(text)
+    });
+    assert_eq!(hog, "Failed OOMKilled 137");
+
+    let crash = node.wait_for("crash in CrashLoopBackOff", Duration::from_secs(60), || {
+        let output = control_plane.kubectl(&[
+            "get", "pod", "crash", "-o",
+            "jsonpath={.status.phase} {.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].lastState.terminated.reason} {.status.containerStatuses[0].lastState.terminated.exitCode}",
+        ]);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.contains("CrashLoopBackOff").then_some(text)
+    });
+    assert_eq!(crash, "Running CrashLoopBackOff Error 3");
+
+    // kubectl describe shows kubelet's events.
+    let described = node.wait_for("the BackOff event", Duration::from_secs(30), || {
+        let text = control_plane.kubectl_ok(&["describe", "pod", "crash"], None);
+        text.contains("Back-off restarting failed container c in pod crash_default")
+            .then_some(text)
+    });
+    for expected in [
+        "Container image \"",
+        "Created container: c",
+        "Started container c",
+    ] {
+        assert!(
+            described.contains(expected),
+            "missing {expected:?} in:\n{described}\nagent log:\n{}\nevents:\n{}\n{}",
+            node.agent_log(),
+            control_plane.kubectl_ok(&["get", "events", "-o", "yaml"], None),
+            control_plane.log()
+        );
+    }
+    let events = control_plane.kubectl_ok(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=hog",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}:{.source.component} {end}",
+        ],
+        None,
+    );
+    assert!(events.contains("Started:kubelet"), "{events}");
+
+    control_plane.kubectl_ok(&["delete", "pod", "hog", "crash", "--timeout=60s"], None);
+    node.wait_for(
+        "both pods gone from the node",
+        Duration::from_secs(30),
+        || node.pod_uids().is_empty().then_some(()),
+    );
+}

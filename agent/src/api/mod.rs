@@ -2,5 +2,6 @@
 //! ([`node`]), and the pods bound to it with their status ([`pods`]). The same calls work
 //! against upstream kube-apiserver.
 
+pub mod events;
 pub mod node;
 pub mod pods;

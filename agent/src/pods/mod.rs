@@ -4,6 +4,7 @@
 
 pub mod container;
 pub mod env;
+pub mod events;
 pub mod manager;
 pub mod node;
 pub mod record;

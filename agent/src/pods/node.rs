@@ -29,6 +29,8 @@ pub struct NodeContext {
     /// `--pod-max-pids`: the pids limit of each pod cgroup.
     pub pod_max_pids: Option<i64>,
     pub log_rotation: Rotation,
+    /// Where pod events go (the API server's Events); `None`: they are logged.
+    pub events: Option<super::events::EventSink>,
 }
 
 impl NodeContext {

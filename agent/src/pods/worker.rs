@@ -21,6 +21,7 @@ use crate::sys::netns;
 
 use super::container::{self, Launch};
 use super::env::container_env;
+use super::events::PodEvents;
 use super::node::NodeContext;
 use super::record::{ContainerRecord, Instance, PodDir, Termination};
 use super::status::{StatusInput, Waiting, pod_status};
@@ -32,6 +33,9 @@ const BACKOFF_INITIAL: u64 = 10;
 const BACKOFF_MAX: u64 = 300;
 /// A container that ran this long has its crash-loop back-off reset.
 const BACKOFF_RESET: i64 = 600;
+
+/// Marks a sandbox error that is a volume's, for the `FailedMount` event.
+const FAILED_MOUNT: &str = "volume setup: ";
 
 /// What the manager tells a worker.
 #[derive(Debug)]
@@ -79,6 +83,9 @@ pub struct PodWorker {
     start_time: i64,
     status: Option<PodStatus>,
     statuses: Statuses,
+    events: PodEvents,
+    /// Back-offs already announced (container, restart time), so a wait is reported once.
+    announced: std::collections::HashSet<(String, i64)>,
 }
 
 impl PodWorker {
@@ -86,7 +93,10 @@ impl PodWorker {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let dir = PodDir::new(&ctx.root_dir, &uid);
         let qos = resources::qos_class(&pod).unwrap_or(QosClass::BestEffort);
+        let events = PodEvents::new(ctx.events.clone(), &pod);
         PodWorker {
+            events,
+            announced: std::collections::HashSet::new(),
             ctx,
             pod,
             uid,
@@ -206,7 +216,14 @@ impl PodWorker {
                     .map_err(|e| e.to_string())?;
             Ok((ip, volumes))
         })
-        .await?;
+        .await
+        .inspect_err(|error| {
+            if let Some(message) = error.strip_prefix(FAILED_MOUNT)
+                && self.announced.insert((message.to_owned(), 0))
+            {
+                self.events.pod_warning("FailedMount", message.to_owned());
+            }
+        })?;
         self.pod_ip = Some(ip);
         self.volumes = Some(volumes);
         self.sandbox_ready = true;
@@ -341,6 +358,23 @@ impl PodWorker {
                     self.pod.metadata.namespace.as_deref().unwrap_or("default"),
                     self.uid
                 );
+                if self
+                    .announced
+                    .insert((container.name.clone(), record.next_start_at))
+                {
+                    self.events.warning(
+                        &container.name,
+                        init,
+                        "BackOff",
+                        format!(
+                            "Back-off restarting failed container {} in pod {}_{}({})",
+                            container.name,
+                            self.pod.metadata.name.as_deref().unwrap_or(""),
+                            self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+                            self.uid
+                        ),
+                    );
+                }
                 self.waiting.insert(
                     container.name.clone(),
                     Waiting {
@@ -351,7 +385,7 @@ impl PodWorker {
                 return false;
             }
         }
-        self.start(container, record).await;
+        self.start(container, init, record).await;
         false
     }
 
@@ -430,7 +464,7 @@ impl PodWorker {
     }
 
     /// The image for `container`, pulled as its `imagePullPolicy` says.
-    async fn image_for(&mut self, container: &Container) -> Option<Image> {
+    async fn image_for(&mut self, container: &Container, init: bool) -> Option<Image> {
         let reference = container.image.clone().unwrap_or_default();
         let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
             let tag_latest = !reference.contains('@')
@@ -442,7 +476,15 @@ impl PodWorker {
         });
         let local = self.ctx.images.get(&reference).ok().flatten();
         match (policy.as_str(), local) {
-            ("IfNotPresent", Some(image)) | ("Never", Some(image)) => return Some(image),
+            ("IfNotPresent", Some(image)) | ("Never", Some(image)) => {
+                self.events.normal(
+                    &container.name,
+                    init,
+                    "Pulled",
+                    format!("Container image \"{reference}\" already present on machine"),
+                );
+                return Some(image);
+            }
             ("Never", None) => {
                 self.waiting.insert(
                     container.name.clone(),
@@ -460,6 +502,23 @@ impl PodWorker {
         if let Some((delay, next)) = self.pull_backoff.get(&container.name)
             && now() < *next
         {
+            if self
+                .announced
+                .insert((format!("pull {}", container.name), *next))
+            {
+                self.events.normal(
+                    &container.name,
+                    init,
+                    "BackOff",
+                    format!("Back-off pulling image \"{reference}\""),
+                );
+                self.events.warning(
+                    &container.name,
+                    init,
+                    "Failed",
+                    "Error: ImagePullBackOff".to_owned(),
+                );
+            }
             self.waiting.insert(
                 container.name.clone(),
                 Waiting {
@@ -469,6 +528,13 @@ impl PodWorker {
             );
             return None;
         }
+        self.events.normal(
+            &container.name,
+            init,
+            "Pulling",
+            format!("Pulling image \"{reference}\""),
+        );
+        let pull_started = std::time::Instant::now();
         match self
             .ctx
             .images
@@ -477,6 +543,16 @@ impl PodWorker {
         {
             Ok(image) => {
                 self.pull_backoff.remove(&container.name);
+                let took = pull_started.elapsed().as_secs_f64();
+                self.events.normal(
+                    &container.name,
+                    init,
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image \"{reference}\" in {took:.3}s ({took:.3}s including waiting). Image size: {} bytes.",
+                        image.size
+                    ),
+                );
                 Some(image)
             }
             Err(error) => {
@@ -489,6 +565,18 @@ impl PodWorker {
                     (delay, now() + i64::try_from(delay).unwrap_or(0)),
                 );
                 log::warn!("pod {}: {error}", self.describe());
+                self.events.warning(
+                    &container.name,
+                    init,
+                    "Failed",
+                    format!("Failed to pull image \"{reference}\": {error}"),
+                );
+                self.events.warning(
+                    &container.name,
+                    init,
+                    "Failed",
+                    "Error: ErrImagePull".to_owned(),
+                );
                 self.waiting.insert(
                     container.name.clone(),
                     Waiting {
@@ -502,8 +590,8 @@ impl PodWorker {
     }
 
     /// Starts a new instance of `container`.
-    async fn start(&mut self, container: &Container, record: &mut ContainerRecord) {
-        let Some(image) = self.image_for(container).await else {
+    async fn start(&mut self, container: &Container, init: bool, record: &mut ContainerRecord) {
+        let Some(image) = self.image_for(container, init).await else {
             return;
         };
         let pod_ip = self.pod_ip.map(|ip| ip.to_string());
@@ -522,6 +610,8 @@ impl PodWorker {
         let (env, mounts) = match prepared_input {
             Ok(input) => input,
             Err(message) => {
+                self.events
+                    .warning(&container.name, init, "Failed", format!("Error: {message}"));
                 self.waiting.insert(
                     container.name.clone(),
                     Waiting {
@@ -592,15 +682,26 @@ impl PodWorker {
             }
         };
         let id = prepared.id.clone();
-        let started = blocking(
-            &self.ctx,
-            move |ctx| -> Result<i32, container::ContainerError> {
-                let pid = container::create(ctx, &prepared)?;
-                ctx.runc.start(&prepared.id)?;
-                Ok(pid)
-            },
-        )
+        let created = blocking(&self.ctx, move |ctx| {
+            container::create(ctx, &prepared).map(|pid| (pid, prepared))
+        })
         .await;
+        let started = match created {
+            Ok((pid, prepared)) => {
+                self.events.normal(
+                    &container.name,
+                    init,
+                    "Created",
+                    format!("Created container: {}", container.name),
+                );
+                blocking(&self.ctx, move |ctx| {
+                    ctx.runc.start(&prepared.id).map(|()| pid)
+                })
+                .await
+                .map_err(container::ContainerError::from)
+            }
+            Err(error) => Err(error),
+        };
         match started {
             Ok(pid) => {
                 self.copiers.insert(id.clone(), copiers);
@@ -622,6 +723,12 @@ impl PodWorker {
                     image_ref: image.reference.clone(),
                     terminated: None,
                 });
+                self.events.normal(
+                    &container.name,
+                    init,
+                    "Started",
+                    format!("Started container {}", container.name),
+                );
                 log::info!(
                     "pod {}: started container {} ({pid})",
                     self.describe(),
@@ -635,6 +742,8 @@ impl PodWorker {
                 let dir = self.dir.container_dir(&id);
                 let _ = blocking(&self.ctx, move |ctx| container::remove(ctx, &id, &dir)).await;
                 log::warn!("pod {}: {error}", self.describe());
+                self.events
+                    .warning(&container.name, init, "Failed", format!("Error: {error}"));
                 self.waiting.insert(
                     container.name.clone(),
                     Waiting {
@@ -662,6 +771,20 @@ impl PodWorker {
             .filter_map(|r| r.current.clone())
             .filter(|i| i.terminated.is_none())
             .collect();
+        for record in self.records.values() {
+            if record
+                .current
+                .as_ref()
+                .is_some_and(|i| i.terminated.is_none())
+            {
+                self.events.normal(
+                    &record.name,
+                    false,
+                    "Killing",
+                    format!("Stopping container {}", record.name),
+                );
+            }
+        }
         log::info!(
             "pod {}: stopping {} containers (grace {grace}s)",
             self.describe(),
