@@ -421,6 +421,7 @@ mod pods {
             pod_max_pids: (args.pod_max_pids >= 0).then_some(args.pod_max_pids),
             log_rotation: Rotation::default(),
             events,
+            client: api.as_ref().map(|(client, _, _)| client.clone()),
         });
         log::info!(
             "running pods as node {node_name} (pod CIDR {cidr}, cgroups {:?}){}{}",

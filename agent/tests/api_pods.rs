@@ -6,12 +6,13 @@ mod support;
 
 use std::time::Duration;
 
+use keel_testhost::node::TestNode;
+use support::agent_binary;
 use support::cluster::TestControlPlane;
-use support::node::TestNode;
 
 #[test]
 fn the_agent_registers_its_node_runs_a_bound_pod_and_reports_its_status() {
-    let mut node = TestNode::new("api");
+    let mut node = TestNode::new("api", agent_binary());
     let control_plane = TestControlPlane::start(&node);
     node.extra_args = vec![
         "--kubeconfig".into(),
@@ -83,7 +84,7 @@ fn the_agent_registers_its_node_runs_a_bound_pod_and_reports_its_status() {
 
 #[test]
 fn oom_kills_crash_loops_and_events_show_in_the_api_as_upstream() {
-    let mut node = TestNode::new("apioom");
+    let mut node = TestNode::new("apioom", agent_binary());
     let control_plane = TestControlPlane::start(&node);
     node.extra_args = vec![
         "--kubeconfig".into(),
@@ -162,6 +163,117 @@ fn oom_kills_crash_loops_and_events_show_in_the_api_as_upstream() {
     control_plane.kubectl_ok(&["delete", "pod", "hog", "crash", "--timeout=60s"], None);
     node.wait_for(
         "both pods gone from the node",
+        Duration::from_secs(30),
+        || node.pod_uids().is_empty().then_some(()),
+    );
+}
+
+#[test]
+fn config_maps_secrets_and_image_pull_secrets_reach_the_container() {
+    use keel_testhost::registry::{BASIC_PASSWORD, BASIC_USER, ImageSpec, TestImage, TestRegistry};
+
+    let mut node = TestNode::new("apirefs", agent_binary());
+    let control_plane = TestControlPlane::start(&node);
+    let private = TestRegistry::start_on_with_basic_auth(&node.host).unwrap();
+    let built = TestImage::busybox(&ImageSpec {
+        cmd: vec!["sh".into()],
+        ..ImageSpec::default()
+    })
+    .unwrap();
+    let image = private.push(&built, "private/busybox", "1").unwrap();
+    node.extra_args = vec![
+        "--kubeconfig".into(),
+        control_plane.kubeconfig().display().to_string(),
+        "--insecure-registry".into(),
+        private.host(),
+    ];
+    node.start_agent();
+    node.wait_for("node1 registered", Duration::from_secs(60), || {
+        control_plane
+            .kubectl(&["get", "node", "node1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    control_plane.kubectl_ok(
+        &[
+            "create",
+            "configmap",
+            "settings",
+            "--from-literal=mode=fast",
+            "--from-literal=level=3",
+        ],
+        None,
+    );
+    control_plane.kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "--from-literal=token=s3cret",
+        ],
+        None,
+    );
+    control_plane.kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "docker-registry",
+            "pull",
+            &format!("--docker-server={}", private.host()),
+            &format!("--docker-username={BASIC_USER}"),
+            &format!("--docker-password={BASIC_PASSWORD}"),
+        ],
+        None,
+    );
+    // `Always`: a pod without the pull secret must not start from the image another pod's
+    // credentials brought onto the node (with IfNotPresent it would, as upstream).
+    let pod = |name: &str, pull_secrets: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: node1\n  terminationGracePeriodSeconds: 1\n{pull_secrets}  \
+             volumes:\n  - {{name: cfg, configMap: {{name: settings, items: [{{key: mode, path: conf/mode}}]}}}}\n  - {{name: sec, secret: {{secretName: creds, defaultMode: 0400}}}}\n  \
+             containers:\n  - name: c\n    image: {image}\n    imagePullPolicy: Always\n    \
+             command: [sh, -c, 'echo $MODE $TOKEN $CFG_level; cat /cfg/conf/mode; echo; cat /sec/token; echo; stat -c %a /sec/token; grep -c \" /sec tmpfs \" /proc/mounts; sleep 3600']\n    \
+             env:\n    - {{name: MODE, valueFrom: {{configMapKeyRef: {{name: settings, key: mode}}}}}}\n    - {{name: TOKEN, valueFrom: {{secretKeyRef: {{name: creds, key: token}}}}}}\n    \
+             envFrom: [{{configMapRef: {{name: settings}}, prefix: CFG_}}]\n    \
+             volumeMounts: [{{name: cfg, mountPath: /cfg}}, {{name: sec, mountPath: /sec}}]\n"
+        )
+    };
+    control_plane.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&pod("refs", "  imagePullSecrets: [{name: pull}]\n")),
+    );
+    control_plane.kubectl_ok(&["apply", "-f", "-"], Some(&pod("nocreds", "")));
+
+    let uid = control_plane.kubectl_ok(
+        &["get", "pod", "refs", "-o", "jsonpath={.metadata.uid}"],
+        None,
+    );
+    let log = node.logs.path().join(format!("default_refs_{uid}/c/0.log"));
+    let lines = node.wait_for("the container's output", Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_owned())
+            .collect();
+        (lines.len() >= 5).then_some(lines)
+    });
+    assert_eq!(lines, ["fast s3cret 3", "fast", "s3cret", "400", "1"]);
+
+    let waiting = node.wait_for("nocreds to fail its pull", Duration::from_secs(60), || {
+        let output = control_plane.kubectl(&["get", "pod", "nocreds", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}"]);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        (text.starts_with("ErrImagePull") || text.starts_with("ImagePullBackOff")).then_some(text)
+    });
+    assert!(
+        waiting.contains("unauthorized") || waiting.contains("Back-off pulling image"),
+        "{waiting}"
+    );
+
+    control_plane.kubectl_ok(&["delete", "pod", "refs", "nocreds", "--timeout=60s"], None);
+    node.wait_for(
+        "the pods gone from the node",
         Duration::from_secs(30),
         || node.pod_uids().is_empty().then_some(()),
     );

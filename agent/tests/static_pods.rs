@@ -6,7 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::node::{TestNode, mounts_under};
+use keel_testhost::node::{TestNode, mounts_under};
+use support::agent_binary;
 
 fn web_pod(image: &str) -> String {
     format!(
@@ -36,7 +37,7 @@ spec:
 
 #[test]
 fn a_two_container_pod_serves_http_has_its_limits_and_logs_and_leaves_nothing() {
-    let node = TestNode::start("pods");
+    let node = TestNode::start("pods", agent_binary());
     node.write_manifest("web.yaml", &web_pod(&node.image));
 
     // The pod gets the first address of the node's pod CIDR; httpd answers there.
@@ -216,7 +217,7 @@ fn instance_starts(dir: &std::path::Path) -> Vec<jiff::Timestamp> {
 
 #[test]
 fn a_crashing_container_restarts_with_back_off_and_every_instance_keeps_its_log() {
-    let node = TestNode::start("backoff");
+    let node = TestNode::start("backoff", agent_binary());
     node.write_manifest(
         "crash.yaml",
         &pod(
@@ -257,7 +258,7 @@ fn a_crashing_container_restarts_with_back_off_and_every_instance_keeps_its_log(
 
 #[test]
 fn volumes_and_downward_env_are_visible_inside_the_container() {
-    let node = TestNode::start("volumes");
+    let node = TestNode::start("volumes", agent_binary());
     node.write_manifest(
         "vol.yaml",
         &pod(
@@ -294,7 +295,7 @@ fn volumes_and_downward_env_are_visible_inside_the_container() {
 
 #[test]
 fn kill_9_of_the_agent_leaves_ten_pods_running_and_the_new_agent_adopts_them() {
-    let mut node = TestNode::start("adopt");
+    let mut node = TestNode::start("adopt", agent_binary());
     for n in 0..10 {
         node.write_manifest(
             &format!("p{n}.yaml"),
@@ -328,7 +329,7 @@ fn kill_9_of_the_agent_leaves_ten_pods_running_and_the_new_agent_adopts_them() {
     node.start_agent();
     // Give the new agent time to look at everything (several resyncs), then compare.
     node.wait_for("the new agent to start", Duration::from_secs(30), || {
-        (node.agent_log().matches("running static pods").count() == 2).then_some(())
+        (node.agent_log().matches("running pods as node").count() == 2).then_some(())
     });
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(
@@ -355,7 +356,7 @@ fn kill_9_of_the_agent_leaves_ten_pods_running_and_the_new_agent_adopts_them() {
 
 #[test]
 fn bad_manifests_and_bad_images_are_reported_and_other_pods_keep_running() {
-    let node = TestNode::start("errors");
+    let node = TestNode::start("errors", agent_binary());
     node.write_manifest("web.yaml", &web_pod(&node.image));
     node.wait_for("web to answer", Duration::from_secs(60), || {
         node.curl("http://198.18.64.1/")
@@ -405,7 +406,7 @@ fn bad_manifests_and_bad_images_are_reported_and_other_pods_keep_running() {
 
 #[test]
 fn deletion_sends_term_waits_the_grace_period_then_kills() {
-    let node = TestNode::start("grace");
+    let node = TestNode::start("grace", agent_binary());
     let marks = node.root.path().join("marks");
     node.write_manifest(
         "grace.yaml",

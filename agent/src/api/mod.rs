@@ -5,3 +5,4 @@
 pub mod events;
 pub mod node;
 pub mod pods;
+pub mod refs;

@@ -1,13 +1,15 @@
-//! A container's environment from its pod: `env` entries in order, each `$(VAR)`-expanded
-//! against those before it, with `valueFrom.fieldRef` resolved from the pod (the downward API's
-//! fields). `configMapKeyRef` / `secretKeyRef` need the API and are reported as unsupported
-//! until the agent has a client.
+//! A container's environment from its pod: `envFrom` sources first, then `env` entries in
+//! order, each `$(VAR)`-expanded against those before it, with `valueFrom` resolved from the
+//! pod (`fieldRef`, the downward API's fields) and from the ConfigMaps and Secrets it refers to
+//! (`configMapKeyRef`, `secretKeyRef`; see [`super::refs`]).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::runtime::bundle::expand;
+
+use super::refs::PodRefs;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvError {
@@ -17,14 +19,10 @@ pub enum EnvError {
         name: String,
         path: String,
     },
-    #[error(
-        "container {container}: env {name}: {what} needs the API server, which this agent has no connection to"
-    )]
-    NeedsApi {
-        container: String,
-        name: String,
-        what: &'static str,
-    },
+    #[error("container {container}: env {name}: resourceFieldRef is not supported yet")]
+    ResourceField { container: String, name: String },
+    #[error("{message}")]
+    Ref { message: String },
 }
 
 /// The value of a downward-API field path of `pod` (`metadata.name`, `status.podIP`,
@@ -66,15 +64,71 @@ pub fn field_value(
     }
 }
 
+/// One key of a ConfigMap's or Secret's data; `None` when it may be missing (`optional`).
+fn key_value(
+    data: Result<BTreeMap<String, Vec<u8>>, String>,
+    key: &str,
+    optional: Option<bool>,
+    kind: &str,
+    pod: &Pod,
+    name: &str,
+) -> Result<Option<String>, EnvError> {
+    let optional = optional == Some(true);
+    match data {
+        Ok(data) => match data.get(key) {
+            Some(value) => Ok(Some(String::from_utf8_lossy(value).into_owned())),
+            None if optional => Ok(None),
+            None => Err(EnvError::Ref {
+                message: format!(
+                    "couldn't find key {key} in {kind} {}/{name}",
+                    pod.metadata.namespace.as_deref().unwrap_or("default")
+                ),
+            }),
+        },
+        Err(_) if optional => Ok(None),
+        Err(message) => Err(EnvError::Ref { message }),
+    }
+}
+
 /// The container's `env`, resolved.
 pub fn container_env(
     pod: &Pod,
     container: &Container,
     pod_ip: Option<&str>,
     host_ip: Option<&str>,
+    refs: &PodRefs,
 ) -> Result<Vec<(String, String)>, EnvError> {
     let mut resolved: Vec<(String, String)> = Vec::new();
     let mut known: BTreeMap<String, String> = BTreeMap::new();
+    let set = |resolved: &mut Vec<(String, String)>, name: &str, value: String| match resolved
+        .iter_mut()
+        .find(|(n, _)| n == name)
+    {
+        Some(entry) => entry.1 = value,
+        None => resolved.push((name.to_owned(), value)),
+    };
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.as_deref().unwrap_or("");
+        let (data, optional) = if let Some(cm) = &from.config_map_ref {
+            (refs.config_map(&cm.name), cm.optional == Some(true))
+        } else if let Some(secret) = &from.secret_ref {
+            (refs.secret(&secret.name), secret.optional == Some(true))
+        } else {
+            continue;
+        };
+        match data {
+            Ok(data) => {
+                for (key, value) in data {
+                    let name = format!("{prefix}{key}");
+                    let value = String::from_utf8_lossy(&value).into_owned();
+                    known.insert(name.clone(), value.clone());
+                    set(&mut resolved, &name, value);
+                }
+            }
+            Err(_) if optional => {}
+            Err(message) => return Err(EnvError::Ref { message }),
+        }
+    }
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (_, Some(from)) => {
@@ -86,18 +140,22 @@ pub fn container_env(
                             path: field.field_path.clone(),
                         }
                     })?
+                } else if let Some(key) = &from.config_map_key_ref {
+                    let data = refs.config_map(&key.name);
+                    match key_value(data, &key.key, key.optional, "ConfigMap", pod, &key.name)? {
+                        Some(value) => value,
+                        None => continue,
+                    }
+                } else if let Some(key) = &from.secret_key_ref {
+                    let data = refs.secret(&key.name);
+                    match key_value(data, &key.key, key.optional, "Secret", pod, &key.name)? {
+                        Some(value) => value,
+                        None => continue,
+                    }
                 } else {
-                    let what = if from.config_map_key_ref.is_some() {
-                        "configMapKeyRef"
-                    } else if from.secret_key_ref.is_some() {
-                        "secretKeyRef"
-                    } else {
-                        "resourceFieldRef"
-                    };
-                    return Err(EnvError::NeedsApi {
+                    return Err(EnvError::ResourceField {
                         container: container.name.clone(),
                         name: var.name.clone(),
-                        what,
                     });
                 }
             }
@@ -105,10 +163,7 @@ pub fn container_env(
             (None, None) => String::new(),
         };
         known.insert(var.name.clone(), value.clone());
-        match resolved.iter_mut().find(|(name, _)| *name == var.name) {
-            Some(entry) => entry.1 = value,
-            None => resolved.push((var.name.clone(), value)),
-        }
+        set(&mut resolved, &var.name, value);
     }
     Ok(resolved)
 }
@@ -130,7 +185,14 @@ mod tests {
         )
         .unwrap();
         let container = &pod.spec.as_ref().unwrap().containers[0];
-        let env = container_env(&pod, container, Some("198.18.0.9"), None).unwrap();
+        let env = container_env(
+            &pod,
+            container,
+            Some("198.18.0.9"),
+            None,
+            &PodRefs::default(),
+        )
+        .unwrap();
         let pairs: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         assert_eq!(
             pairs,
@@ -141,6 +203,51 @@ mod tests {
                 ("IP", "198.18.0.9"),
                 ("APP", "web")
             ]
+        );
+    }
+}
+
+#[cfg(test)]
+mod ref_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    #[test]
+    fn config_map_keys_env_from_and_upstream_errors() {
+        let pod: Pod = serde_yaml_ng::from_str(
+            "metadata: {name: p, namespace: ns}\n\
+             spec:\n  containers:\n  - name: c\n    envFrom: [{configMapRef: {name: cfg}, prefix: CFG_}]\n    env:\n\
+             \x20   - {name: MODE, valueFrom: {configMapKeyRef: {name: cfg, key: mode}}}\n\
+             \x20   - {name: OPT, valueFrom: {configMapKeyRef: {name: nope, key: x, optional: true}}}\n",
+        )
+        .unwrap();
+        let cm: ConfigMap =
+            serde_yaml_ng::from_str("metadata: {name: cfg}\ndata: {mode: fast}").unwrap();
+        let refs = PodRefs {
+            fetched: true,
+            config_maps: BTreeMap::from([("cfg".to_owned(), Some(cm)), ("nope".to_owned(), None)]),
+            ..PodRefs::default()
+        };
+        let container = &pod.spec.as_ref().unwrap().containers[0];
+        let env = container_env(&pod, container, None, None, &refs).unwrap();
+        assert_eq!(
+            env,
+            [
+                ("CFG_mode".to_owned(), "fast".to_owned()),
+                ("MODE".to_owned(), "fast".to_owned())
+            ]
+        );
+
+        let missing = PodRefs {
+            fetched: true,
+            ..PodRefs::default()
+        };
+        let error = container_env(&pod, container, None, None, &missing).unwrap_err();
+        assert_eq!(error.to_string(), "configmap \"cfg\" not found");
+        let error = container_env(&pod, container, None, None, &PodRefs::default()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "configmap \"cfg\": static pods cannot refer to API objects"
         );
     }
 }

@@ -8,6 +8,7 @@ pub mod events;
 pub mod manager;
 pub mod node;
 pub mod record;
+pub mod refs;
 pub mod source;
 pub mod status;
 pub mod volumes;

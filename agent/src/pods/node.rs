@@ -11,7 +11,6 @@ use crate::runtime::logs::Rotation;
 use crate::runtime::runc::Runc;
 use crate::sandbox::Ipam;
 
-#[derive(Debug)]
 pub struct NodeContext {
     /// `--root-dir`: pods, netns, images, runc state.
     pub root_dir: PathBuf,
@@ -31,6 +30,21 @@ pub struct NodeContext {
     pub log_rotation: Rotation,
     /// Where pod events go (the API server's Events); `None`: they are logged.
     pub events: Option<super::events::EventSink>,
+    /// The API server, when the agent has one.
+    pub client: Option<kube::Client>,
+}
+
+impl std::fmt::Debug for NodeContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeContext")
+            .field("root_dir", &self.root_dir)
+            .field("node_name", &self.node_name)
+            .field("host_ip", &self.host_ip)
+            .field("cgroups", &self.cgroups)
+            .field("ipam", &self.ipam)
+            .field("api", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeContext {

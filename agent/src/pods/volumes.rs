@@ -1,7 +1,9 @@
-//! Pod volumes the agent can make without the API: `emptyDir` (on disk, or tmpfs for
-//! `medium: Memory` with `sizeLimit`), `hostPath`, and `downwardAPI` files. Each lives under
-//! `<pod dir>/volumes/<name>` (hostPath: the host path itself) and is bind-mounted into the
-//! containers that list it in `volumeMounts`.
+//! Pod volumes: `emptyDir` (on disk, or tmpfs for `medium: Memory` with `sizeLimit`),
+//! `hostPath`, `downwardAPI`, `configMap`, `secret` (on tmpfs, never on disk) and `projected`
+//! (configMap, secret and downwardAPI sources). Each lives under `<pod dir>/volumes/<name>`
+//! (hostPath: the host path itself) and is bind-mounted into the containers that list it in
+//! `volumeMounts`. Files are written when the pod starts; later ConfigMap / Secret changes are
+//! not propagated yet.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use crate::runtime::bundle::BindMount;
 use crate::sys::mount;
 
 use super::env::field_value;
+use super::refs::PodRefs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -25,6 +28,8 @@ pub enum VolumeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("MountVolume.SetUp failed for volume \"{volume}\" : {message}")]
+    SetUp { volume: String, message: String },
     #[error("container {container}: volumeMount {name}: no volume of that name in the pod")]
     NoVolume { container: String, name: String },
 }
@@ -35,6 +40,7 @@ pub fn prepare(
     volumes_dir: &Path,
     pod_ip: Option<&str>,
     host_ip: Option<&str>,
+    refs: &PodRefs,
 ) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
     let mut made = BTreeMap::new();
     for volume in pod
@@ -129,16 +135,161 @@ pub fn prepare(
                 std::fs::write(&file, value).map_err(io(&file))?;
             }
             made.insert(name.clone(), dir);
+        } else if let Some(config_map) = &volume.config_map {
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            let data = source_data(name, refs.config_map(&config_map.name), config_map.optional)?;
+            write_items(
+                name,
+                &dir,
+                &data,
+                config_map.items.as_deref(),
+                config_map.default_mode,
+            )?;
+            made.insert(name.clone(), dir);
+        } else if let Some(secret) = &volume.secret {
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            if !mount::is_mount_point(&dir).map_err(io(&dir))? {
+                mount::tmpfs(&dir, 0).map_err(io(&dir))?;
+            }
+            let secret_name = secret.secret_name.clone().unwrap_or_default();
+            let data = source_data(name, refs.secret(&secret_name), secret.optional)?;
+            write_items(
+                name,
+                &dir,
+                &data,
+                secret.items.as_deref(),
+                secret.default_mode,
+            )?;
+            made.insert(name.clone(), dir);
+        } else if let Some(projected) = &volume.projected {
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            if !mount::is_mount_point(&dir).map_err(io(&dir))? {
+                mount::tmpfs(&dir, 0).map_err(io(&dir))?;
+            }
+            for source in projected.sources.iter().flatten() {
+                if let Some(cm) = &source.config_map {
+                    let data = source_data(name, refs.config_map(&cm.name), cm.optional)?;
+                    write_items(
+                        name,
+                        &dir,
+                        &data,
+                        cm.items.as_deref(),
+                        projected.default_mode,
+                    )?;
+                } else if let Some(secret) = &source.secret {
+                    let data = source_data(name, refs.secret(&secret.name), secret.optional)?;
+                    write_items(
+                        name,
+                        &dir,
+                        &data,
+                        secret.items.as_deref(),
+                        projected.default_mode,
+                    )?;
+                } else if let Some(downward) = &source.downward_api {
+                    let mut data = BTreeMap::new();
+                    let mut items = Vec::new();
+                    for item in downward.items.iter().flatten() {
+                        let value = item
+                            .field_ref
+                            .as_ref()
+                            .and_then(|f| field_value(pod, pod_ip, host_ip, &f.field_path))
+                            .ok_or_else(|| VolumeError::SetUp {
+                                volume: name.clone(),
+                                message: format!("unsupported downwardAPI item {}", item.path),
+                            })?;
+                        data.insert(item.path.clone(), value.into_bytes());
+                        items.push(k8s_openapi::api::core::v1::KeyToPath {
+                            key: item.path.clone(),
+                            path: item.path.clone(),
+                            mode: item.mode,
+                        });
+                    }
+                    write_items(name, &dir, &data, Some(&items), projected.default_mode)?;
+                } else {
+                    return Err(VolumeError::SetUp {
+                        volume: name.clone(),
+                        message: "serviceAccountToken and clusterTrustBundle projections are not supported yet".to_owned(),
+                    });
+                }
+            }
+            made.insert(name.clone(), dir);
         } else {
             return Err(VolumeError::Invalid {
                 volume: name.clone(),
-                message: "this volume type needs the API server (configMap, secret, projected, \
-                          persistentVolumeClaim) or is not supported by Keel yet"
-                    .to_owned(),
+                message:
+                    "this volume type (persistentVolumeClaim, csi, nfs, ...) is not supported by \
+                          Keel yet"
+                        .to_owned(),
             });
         }
     }
     Ok(made)
+}
+
+/// A ConfigMap's or Secret's data for a volume; an optional one that is missing gives nothing.
+fn source_data(
+    volume: &str,
+    data: Result<BTreeMap<String, Vec<u8>>, String>,
+    optional: Option<bool>,
+) -> Result<BTreeMap<String, Vec<u8>>, VolumeError> {
+    match data {
+        Ok(data) => Ok(data),
+        Err(_) if optional == Some(true) => Ok(BTreeMap::new()),
+        Err(message) => Err(VolumeError::SetUp {
+            volume: volume.to_owned(),
+            message,
+        }),
+    }
+}
+
+/// Writes `data` into `dir`: every key as a file of its name, or only `items` (key -> path).
+fn write_items(
+    volume: &str,
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+    default_mode: Option<i32>,
+) -> Result<(), VolumeError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let wanted: Vec<(String, String, Option<i32>)> = match items {
+        Some(items) => items
+            .iter()
+            .map(|item| (item.key.clone(), item.path.clone(), item.mode))
+            .collect(),
+        None => data
+            .keys()
+            .map(|key| (key.clone(), key.clone(), None))
+            .collect(),
+    };
+    for (key, path, mode) in wanted {
+        let Some(value) = data.get(&key) else {
+            return Err(VolumeError::SetUp {
+                volume: volume.to_owned(),
+                message: format!("configmap references non-existent config key: {key}"),
+            });
+        };
+        if path.starts_with('/') || path.split('/').any(|part| part == "..") {
+            return Err(VolumeError::SetUp {
+                volume: volume.to_owned(),
+                message: format!(
+                    "invalid path {path:?}: must be relative and must not contain '..'"
+                ),
+            });
+        }
+        let file = dir.join(&path);
+        let io = |source| VolumeError::Io {
+            volume: volume.to_owned(),
+            path: file.clone(),
+            source,
+        };
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::write(&file, value).map_err(io)?;
+        let mode = u32::try_from(mode.or(default_mode).unwrap_or(0o644)).unwrap_or(0o644);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// The bind mounts of `container`'s `volumeMounts`.
@@ -195,7 +346,7 @@ mod tests {
              \x20 - name: info\n    downwardAPI: {items: [{path: labels/app, fieldRef: {fieldPath: \"metadata.labels['app']\"}}, {path: name, fieldRef: {fieldPath: metadata.name}}]}\n",
         )
         .unwrap();
-        let volumes = prepare(&pod, dir.path(), None, None).unwrap();
+        let volumes = prepare(&pod, dir.path(), None, None, &PodRefs::default()).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("info/labels/app")).unwrap(),
             "web"

@@ -24,6 +24,7 @@ use super::env::container_env;
 use super::events::PodEvents;
 use super::node::NodeContext;
 use super::record::{ContainerRecord, Instance, PodDir, Termination};
+use super::refs::PodRefs;
 use super::status::{StatusInput, Waiting, pod_status};
 use super::volumes;
 
@@ -198,6 +199,7 @@ impl PodWorker {
         let qos = self.qos;
         let dir = self.dir.clone();
         let host_ip = self.ctx.host_ip.map(|ip| ip.to_string());
+        let refs = self.fetch_refs().await?;
         let (ip, volumes) = blocking(&self.ctx, move |ctx| -> Result<_, String> {
             dir.create().map_err(|e| e.to_string())?;
             dir.save_pod(&pod).map_err(|e| e.to_string())?;
@@ -211,18 +213,25 @@ impl PodWorker {
                 .ensure_pod(&ctx.cgroups.pod_path(qos, &uid), &values)
                 .map_err(|e| e.to_string())?;
             let ip_text = ip.to_string();
-            let volumes =
-                volumes::prepare(&pod, &dir.volumes_dir(), Some(&ip_text), host_ip.as_deref())
-                    .map_err(|e| e.to_string())?;
+            let volumes = volumes::prepare(
+                &pod,
+                &dir.volumes_dir(),
+                Some(&ip_text),
+                host_ip.as_deref(),
+                &refs,
+            )
+            .map_err(|e| format!("{FAILED_MOUNT}{e}"))?;
             Ok((ip, volumes))
         })
         .await
-        .inspect_err(|error| {
-            if let Some(message) = error.strip_prefix(FAILED_MOUNT)
-                && self.announced.insert((message.to_owned(), 0))
-            {
-                self.events.pod_warning("FailedMount", message.to_owned());
+        .map_err(|error| match error.strip_prefix(FAILED_MOUNT) {
+            Some(message) => {
+                if self.announced.insert((message.to_owned(), 0)) {
+                    self.events.pod_warning("FailedMount", message.to_owned());
+                }
+                message.to_owned()
             }
+            None => error,
         })?;
         self.pod_ip = Some(ip);
         self.volumes = Some(volumes);
@@ -464,7 +473,12 @@ impl PodWorker {
     }
 
     /// The image for `container`, pulled as its `imagePullPolicy` says.
-    async fn image_for(&mut self, container: &Container, init: bool) -> Option<Image> {
+    async fn image_for(
+        &mut self,
+        container: &Container,
+        init: bool,
+        refs: &PodRefs,
+    ) -> Option<Image> {
         let reference = container.image.clone().unwrap_or_default();
         let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
             let tag_latest = !reference.contains('@')
@@ -538,7 +552,7 @@ impl PodWorker {
         match self
             .ctx
             .images
-            .pull(&reference, &RegistryCredentials::Anonymous)
+            .pull(&reference, &self.credentials(&reference, refs))
             .await
         {
             Ok(image) => {
@@ -589,24 +603,71 @@ impl PodWorker {
         }
     }
 
+    /// The ConfigMaps and Secrets the pod refers to, from the API server (none for static
+    /// pods).
+    async fn fetch_refs(&self) -> Result<PodRefs, String> {
+        match &self.ctx.client {
+            Some(client) => crate::api::refs::fetch(client, &self.pod)
+                .await
+                .map_err(|e| format!("cannot read the pod's ConfigMaps and Secrets: {e}")),
+            None => Ok(PodRefs::default()),
+        }
+    }
+
+    /// Credentials for `reference` from the pod's `imagePullSecrets` (the first that has an
+    /// entry for its registry), else anonymous.
+    fn credentials(&self, reference: &str, refs: &PodRefs) -> RegistryCredentials {
+        let host = crate::image::registry_host(reference);
+        let secrets = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_ref());
+        for secret in secrets.into_iter().flatten() {
+            let Ok(data) = refs.secret(&secret.name) else {
+                continue;
+            };
+            let json = data
+                .get(".dockerconfigjson")
+                .or_else(|| data.get(".dockercfg"));
+            if let Some(json) = json
+                && let Ok(Some(credentials)) =
+                    crate::image::credentials_from_docker_config(json, &host)
+            {
+                return credentials;
+            }
+        }
+        RegistryCredentials::Anonymous
+    }
+
     /// Starts a new instance of `container`.
     async fn start(&mut self, container: &Container, init: bool, record: &mut ContainerRecord) {
-        let Some(image) = self.image_for(container, init).await else {
+        let refs = match self.fetch_refs().await {
+            Ok(refs) => refs,
+            Err(message) => {
+                log::warn!("pod {}: {message}", self.describe());
+                return;
+            }
+        };
+        let Some(image) = self.image_for(container, init, &refs).await else {
             return;
         };
         let pod_ip = self.pod_ip.map(|ip| ip.to_string());
         let host_ip = self.ctx.host_ip.map(|ip| ip.to_string());
-        let prepared_input =
-            container_env(&self.pod, container, pod_ip.as_deref(), host_ip.as_deref())
-                .map_err(|e| e.to_string())
-                .and_then(|env| {
-                    let mounts = volumes::mounts_for(
-                        container,
-                        self.volumes.as_ref().unwrap_or(&BTreeMap::new()),
-                    )
+        let prepared_input = container_env(
+            &self.pod,
+            container,
+            pod_ip.as_deref(),
+            host_ip.as_deref(),
+            &refs,
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|env| {
+            let mounts =
+                volumes::mounts_for(container, self.volumes.as_ref().unwrap_or(&BTreeMap::new()))
                     .map_err(|e| e.to_string())?;
-                    Ok((env, mounts))
-                });
+            Ok((env, mounts))
+        });
         let (env, mounts) = match prepared_input {
             Ok(input) => input,
             Err(message) => {

@@ -117,10 +117,17 @@ impl Keeper {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(spawn_error)?)
             .stderr(log);
-        // SAFETY: setsid is async-signal-safe and touches only the child.
+        // SAFETY: setsid, sigemptyset and sigprocmask are async-signal-safe and touch only the
+        // child. The agent blocks SIGTERM and SIGINT to wait for them; the mask survives exec,
+        // and the keeper must stay killable.
         unsafe {
             command.pre_exec(|| {
                 if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+                libc::sigemptyset(none.as_mut_ptr());
+                if libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut()) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())

@@ -115,7 +115,12 @@ impl Ipam {
             else {
                 continue;
             };
-            let owner = std::fs::read_to_string(entry.path()).map_err(store)?;
+            // Another pod may release its address between the listing and this read.
+            let owner = match std::fs::read_to_string(entry.path()) {
+                Ok(owner) => owner,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(store(error)),
+            };
             found.push((addr, owner.trim().to_owned()));
         }
         Ok(found)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use keel_testhost::HostProcess;
 
-use super::node::TestNode;
+use keel_testhost::node::TestNode;
 
 #[derive(Debug)]
 pub struct TestControlPlane {

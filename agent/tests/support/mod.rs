@@ -5,6 +5,10 @@
 )]
 
 pub mod cluster;
-pub mod node;
 pub mod packet;
 pub mod servers;
+
+/// The `keel-agent` binary cargo built for these tests.
+pub fn agent_binary() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_keel-agent"))
+}

@@ -83,6 +83,12 @@ impl TestRegistry {
         TestRegistry::start_inner(false, Some(host))
     }
 
+    /// A registry on the loopback of test host `host` that wants [`BASIC_USER`] /
+    /// [`BASIC_PASSWORD`].
+    pub fn start_on_with_basic_auth(host: &Host) -> Result<TestRegistry, RegistryError> {
+        TestRegistry::start_inner(true, Some(host))
+    }
+
     /// `program`, run in the registry's network namespace.
     fn command(netns: Option<&str>, program: &str) -> Command {
         match netns {

@@ -1,15 +1,15 @@
-//! A test node for pod tests: a network namespace that plays the node, a registry on its
-//! loopback holding a busybox image, and `keel-agent` running there (joined to the node's
-//! network namespace only, so its mounts are visible to the test) with static pods from a
-//! manifest directory. Everything is under temp directories and a `kt-` cgroup of its own, and
-//! dropping the node removes it all: pods, keeper, runc state, mounts, cgroups.
+//! A test node for pod tests and benchmarks: a network namespace that plays the node, a
+//! registry on its loopback holding a busybox image, and `keel-agent` running there (joined to
+//! the node's network namespace only, so its mounts are visible to the test) with static pods
+//! from a manifest directory. Everything is under temp directories and a `kt-` cgroup of its
+//! own, and dropping the node removes it all: pods, keeper, runc state, mounts, cgroups.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_testhost::registry::{ImageSpec, TestImage, TestRegistry};
-use keel_testhost::{Host, HostProcess, TestNet, require_root, require_tool};
+use crate::registry::{ImageSpec, TestImage, TestRegistry};
+use crate::{Host, HostProcess, TestNet, require_root, require_tool};
 
 pub const POD_CIDR: &str = "198.18.64.0/24";
 /// The node's own address (on its loopback: the test node has no uplink).
@@ -19,6 +19,7 @@ pub const NODE_IP: &str = "198.18.63.1";
 pub struct TestNode {
     // Field order: the agent goes before the registry and the namespace.
     agent: Option<HostProcess>,
+    agent_binary: PathBuf,
     pub registry: TestRegistry,
     pub image: String,
     pub root: tempfile::TempDir,
@@ -40,15 +41,15 @@ fn kt_dir(tag: &str) -> tempfile::TempDir {
 }
 
 impl TestNode {
-    /// A node with its agent running static pods.
-    pub fn start(tag: &str) -> TestNode {
-        let mut node = TestNode::new(tag);
+    /// A node with its agent (`agent_binary`) running static pods.
+    pub fn start(tag: &str, agent_binary: &Path) -> TestNode {
+        let mut node = TestNode::new(tag, agent_binary);
         node.start_agent();
         node
     }
 
     /// A node, its registry and directories; no agent yet.
-    pub fn new(tag: &str) -> TestNode {
+    pub fn new(tag: &str, agent_binary: &Path) -> TestNode {
         require_root();
         for (tool, package) in [
             ("runc", "runc"),
@@ -72,11 +73,12 @@ impl TestNode {
         })
         .expect("busybox image");
         let image = registry.push(&built, "busybox", "1").expect("push");
-        let run = keel_testhost::run::run_id().expect("run id");
+        let run = crate::run::run_id().expect("run id");
         let root = kt_dir(tag);
         let log_path = root.path().join("agent.log");
         TestNode {
             agent: None,
+            agent_binary: agent_binary.to_owned(),
             registry,
             image,
             manifests: kt_dir(tag),
@@ -100,7 +102,7 @@ impl TestNode {
         let mut command = Command::new("nsenter");
         command
             .arg(format!("--net=/run/netns/{}", self.host.netns()))
-            .arg(env!("CARGO_BIN_EXE_keel-agent"))
+            .arg(&self.agent_binary)
             .arg("--pod-manifest-path")
             .arg(self.manifests.path())
             .arg("--root-dir")
@@ -123,6 +125,11 @@ impl TestNode {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.agent = Some(HostProcess::spawn(&mut command).expect("agent"));
+    }
+
+    /// The running agent's pid.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(HostProcess::pid)
     }
 
     /// `kill -9` of the agent (the keeper and the containers stay).
@@ -300,24 +307,25 @@ impl Drop for TestNode {
     }
 }
 
-fn kill_keeper(keeper_dir: &Path) {
+/// The pid of the keeper serving `keeper_dir`.
+pub fn keeper_pid(keeper_dir: &Path) -> Option<u32> {
     let wanted = keeper_dir.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.len() >= 3
-            && args[1] == "keeper"
-            && args[2] == wanted
-            && let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>()
-        {
-            // SAFETY: kill takes plain integers.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            (args.len() >= 3 && args[1] == b"keeper" && args[2] == wanted.as_bytes())
+                .then(|| entry.file_name().to_string_lossy().parse().ok())
+                .flatten()
+        })
+}
+
+fn kill_keeper(keeper_dir: &Path) {
+    if let Some(pid) = keeper_pid(keeper_dir) {
+        // SAFETY: kill takes plain integers.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
 }
 
