@@ -453,12 +453,14 @@ mod pods {
             let mut written: HashMap<String, PodStatus> = HashMap::new();
             loop {
                 let mut desired = BTreeMap::new();
+                let mut static_pods = BTreeMap::new();
                 if let Some(source) = &mut source {
                     let (pods, errors) = source.scan();
                     for error in errors {
                         log::error!("static pod manifest {error}");
                     }
-                    desired.extend(pods);
+                    static_pods = pods;
+                    desired.extend(static_pods.clone());
                 }
                 if let Some((client, store)) = &api {
                     let from_api = pods::desired(store);
@@ -470,16 +472,19 @@ mod pods {
                     }
                     for (uid, pod) in &running {
                         let Some(status) = &pod.status else { continue };
-                        if from_api.contains_key(uid) && written.get(uid) != Some(status) {
+                        let reported = from_api.contains_key(uid) || static_pods.contains_key(uid);
+                        if reported && written.get(uid) != Some(status) {
                             match pods::write_status(client, pod, status).await {
-                                Ok(()) => {
+                                Ok(true) => {
                                     written.insert(uid.clone(), status.clone());
                                 }
+                                Ok(false) => {}
                                 Err(error) => log::warn!("cannot write pod status: {error}"),
                             }
                         }
                     }
                     written.retain(|uid, _| running.contains_key(uid));
+                    pods::sync_mirrors(client, store, &static_pods).await;
                     desired.extend(from_api);
                 }
                 manager.sync(&desired).await;

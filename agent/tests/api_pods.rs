@@ -14,6 +14,14 @@ use support::cluster::TestControlPlane;
 fn the_agent_registers_its_node_runs_a_bound_pod_and_reports_its_status() {
     let mut node = TestNode::new("api", agent_binary());
     let control_plane = TestControlPlane::start(&node);
+    node.write_manifest(
+        "static.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: static, namespace: kube-system}}\nspec:\n  \
+             terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: {}, command: [sleep, '3600']}}\n",
+            node.image
+        ),
+    );
     node.extra_args = vec![
         "--kubeconfig".into(),
         control_plane.kubeconfig().display().to_string(),
@@ -57,7 +65,11 @@ fn the_agent_registers_its_node_runs_a_bound_pod_and_reports_its_status() {
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         text.starts_with("Running").then_some(text)
     });
-    assert_eq!(status, "Running 198.18.64.1 True true 0");
+    assert!(
+        status.starts_with("Running 198.18.64.") && status.ends_with(" True true 0"),
+        "{status}"
+    );
+    let url = format!("http://{}/", status.split(' ').nth(1).unwrap());
     let id = control_plane.kubectl_ok(
         &[
             "get",
@@ -69,17 +81,35 @@ fn the_agent_registers_its_node_runs_a_bound_pod_and_reports_its_status() {
         None,
     );
     assert!(id.starts_with("runc://"), "{id}");
-    assert_eq!(
-        node.curl("http://198.18.64.1/").as_deref().map(str::trim),
-        Some("api pod")
-    );
+    assert_eq!(node.curl(&url).as_deref().map(str::trim), Some("api pod"));
+
+    // The static pod shows in the API as a mirror pod, with its status.
+    let mirror =
+        node.wait_for(
+            "the static pod's mirror Running",
+            Duration::from_secs(60),
+            || {
+                let output = control_plane.kubectl(&[
+            "get", "pod", "-n", "kube-system", "static-node1", "-o",
+            "jsonpath={.status.phase} {.metadata.annotations.kubernetes\\.io/config\\.source}",
+        ]);
+                let text = String::from_utf8_lossy(&output.stdout).into_owned();
+                text.starts_with("Running").then_some(text)
+            },
+        );
+    assert_eq!(mirror, "Running file");
 
     // kubectl delete waits until the agent has stopped the pod and deleted it for good.
     control_plane.kubectl_ok(&["delete", "pod", "web", "--timeout=60s"], None);
     node.wait_for("the pod's state to go", Duration::from_secs(30), || {
-        node.pod_uids().is_empty().then_some(())
+        (node.pod_uids().len() == 1).then_some(())
     });
-    assert!(node.curl("http://198.18.64.1/").is_none());
+    assert!(node.curl(&url).is_none());
+    node.remove_manifest("static.yaml");
+    node.wait_for("the mirror pod to go", Duration::from_secs(30), || {
+        let output = control_plane.kubectl(&["get", "pod", "-n", "kube-system", "static-node1"]);
+        (!output.status.success()).then_some(())
+    });
 }
 
 #[test]

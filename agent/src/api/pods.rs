@@ -1,6 +1,8 @@
 //! Pods from the API: the pods bound to this node (a watch with `spec.nodeName=<node>`), their
 //! status written back through `pods/status` when it changes, and the final `DELETE` with grace
-//! period 0 once a pod marked for deletion has stopped, as kubelet does.
+//! period 0 once a pod marked for deletion has stopped, as kubelet does. Static pods get a
+//! mirror pod in the API (annotation `kubernetes.io/config.mirror`), so `kubectl get pods`
+//! shows them; the agent never runs a mirror pod itself.
 
 use std::collections::BTreeMap;
 
@@ -36,12 +38,23 @@ pub fn watch_pods(
     (reader, task)
 }
 
-/// The API pods this node should run now, by UID: those not marked for deletion.
+/// The annotation that marks a mirror pod; its value is the static pod's config hash.
+pub const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
+
+fn is_mirror(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(CONFIG_MIRROR))
+}
+
+/// The API pods this node should run now, by UID: those not marked for deletion, mirror pods
+/// aside.
 pub fn desired(store: &Store<Pod>) -> BTreeMap<String, Pod> {
     store
         .state()
         .iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none() && !is_mirror(pod))
         .filter_map(|pod| Some((pod.metadata.uid.clone()?, (**pod).clone())))
         .collect()
 }
@@ -52,7 +65,7 @@ pub fn finished_deletions(store: &Store<Pod>, running: &BTreeMap<String, Pod>) -
     store
         .state()
         .iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_some())
+        .filter(|pod| pod.metadata.deletion_timestamp.is_some() && !is_mirror(pod))
         .filter(|pod| {
             pod.metadata
                 .uid
@@ -86,27 +99,83 @@ pub async fn delete_finished(client: &kube::Client, pod: &Pod) -> Result<(), kub
     }
 }
 
-/// Writes `status` to the pod's `status` subresource.
+/// Writes `status` to the pod's `status` subresource; false when the pod is not (or no
+/// longer) in the API.
 pub async fn write_status(
     client: &kube::Client,
     pod: &Pod,
     status: &PodStatus,
-) -> Result<(), kube::Error> {
+) -> Result<bool, kube::Error> {
     let api: Api<Pod> = Api::namespaced(
         client.clone(),
         pod.metadata.namespace.as_deref().unwrap_or("default"),
     );
     let patch = json!({"status": status});
+    let name = pod.metadata.name.as_deref().unwrap_or("");
     match api
-        .patch_status(
-            pod.metadata.name.as_deref().unwrap_or(""),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
         Err(error) => Err(error),
+    }
+}
+
+/// Makes the mirror pods match the static pods (by name): creates missing ones, replaces those
+/// of an older manifest (another config hash), deletes those whose static pod is gone.
+pub async fn sync_mirrors(
+    client: &kube::Client,
+    store: &Store<Pod>,
+    static_pods: &BTreeMap<String, Pod>,
+) {
+    let mirrors: Vec<Pod> = store
+        .state()
+        .iter()
+        .filter(|p| is_mirror(p))
+        .map(|p| (**p).clone())
+        .collect();
+    for (uid, pod) in static_pods {
+        let existing = mirrors.iter().find(|m| {
+            m.metadata.name == pod.metadata.name && m.metadata.namespace == pod.metadata.namespace
+        });
+        let current =
+            existing.and_then(|m| m.metadata.annotations.as_ref()?.get(CONFIG_MIRROR).cloned());
+        if current.as_deref() == Some(uid.as_str()) {
+            continue;
+        }
+        if let Some(stale) = existing {
+            let _ = delete_finished(client, stale).await;
+        }
+        let mut mirror = pod.clone();
+        mirror.metadata.uid = None;
+        mirror.metadata.resource_version = None;
+        mirror.status = None;
+        mirror
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(CONFIG_MIRROR.to_owned(), uid.clone());
+        let api: Api<Pod> = Api::namespaced(
+            client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        match api.create(&kube::api::PostParams::default(), &mirror).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => log::warn!(
+                "cannot create the mirror pod of static pod {}: {error}",
+                pod.metadata.name.as_deref().unwrap_or("")
+            ),
+        }
+    }
+    for mirror in &mirrors {
+        let wanted = static_pods.values().any(|p| {
+            p.metadata.name == mirror.metadata.name
+                && p.metadata.namespace == mirror.metadata.namespace
+        });
+        if !wanted && mirror.metadata.deletion_timestamp.is_none() {
+            let _ = delete_finished(client, mirror).await;
+        }
     }
 }
