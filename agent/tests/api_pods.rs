@@ -308,3 +308,83 @@ fn config_maps_secrets_and_image_pull_secrets_reach_the_container() {
         || node.pod_uids().is_empty().then_some(()),
     );
 }
+
+#[test]
+fn a_failing_readiness_probe_clears_ready_and_a_failing_liveness_probe_restarts() {
+    let mut node = TestNode::new("probes", agent_binary());
+    let control_plane = TestControlPlane::start(&node);
+    node.extra_args = vec![
+        "--kubeconfig".into(),
+        control_plane.kubeconfig().display().to_string(),
+    ];
+    node.start_agent();
+    node.wait_for("node1 registered", Duration::from_secs(60), || {
+        control_plane
+            .kubectl(&["get", "node", "node1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: probed}}\nspec:\n  nodeName: node1\n  terminationGracePeriodSeconds: 1\n  \
+         containers:\n  - name: web\n    image: {}\n    \
+         command: [sh, -c, 'touch /tmp/alive; mkdir -p /www; echo ok > /www/ready; exec httpd -f -p 80 -h /www']\n    \
+         ports: [{{name: http, containerPort: 80}}]\n    \
+         readinessProbe: {{httpGet: {{path: /ready, port: http}}, periodSeconds: 1, failureThreshold: 1}}\n    \
+         livenessProbe: {{exec: {{command: [test, -f, /tmp/alive]}}, periodSeconds: 1, failureThreshold: 2}}\n",
+        node.image
+    );
+    control_plane.kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    let ready = |want: &str| {
+        let output = control_plane.kubectl(&[
+            "get", "pod", "probed", "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].containerID}",
+        ]);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.starts_with(want).then_some(text)
+    };
+    let first = node.wait_for("Ready True", Duration::from_secs(60), || {
+        ready("True 0 runc://")
+    });
+    let id = first.rsplit("runc://").next().unwrap().to_owned();
+    let runc_exec = |id: &str, args: &[&str]| {
+        let status = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(node.state_dir().join("runc"))
+            .arg("exec")
+            .arg(id)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "runc exec {args:?}");
+    };
+
+    // Readiness fails: Ready goes False, the container keeps running (no restart).
+    runc_exec(&id, &["rm", "/www/ready"]);
+    node.wait_for("Ready False", Duration::from_secs(30), || {
+        ready("False 0 runc://")
+    });
+    runc_exec(&id, &["sh", "-c", "echo ok > /www/ready"]);
+    node.wait_for("Ready True again", Duration::from_secs(30), || {
+        ready("True 0 runc://")
+    });
+
+    // Liveness fails twice: the container is restarted.
+    runc_exec(&id, &["rm", "/tmp/alive"]);
+    let restarted = node.wait_for("a restart", Duration::from_secs(60), || {
+        ready("True 1 runc://")
+    });
+    assert!(!restarted.ends_with(&id), "a new container: {restarted}");
+    let events = control_plane.kubectl_ok(&["describe", "pod", "probed"], None);
+    for expected in [
+        "Readiness probe failed: HTTP probe failed with statuscode: 404",
+        "Liveness probe failed: command [\"test\", \"-f\", \"/tmp/alive\"] exited with 1",
+        "Container web failed liveness probe, will be restarted",
+    ] {
+        assert!(
+            events.contains(expected),
+            "missing {expected:?} in\n{events}"
+        );
+    }
+    control_plane.kubectl_ok(&["delete", "pod", "probed", "--timeout=60s"], None);
+}

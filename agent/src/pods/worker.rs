@@ -23,6 +23,7 @@ use super::container::{self, Launch};
 use super::env::container_env;
 use super::events::PodEvents;
 use super::node::NodeContext;
+use super::probe::{self, ContainerProbes, ProbeAction, ProbeTarget};
 use super::record::{ContainerRecord, Instance, PodDir, Termination};
 use super::refs::PodRefs;
 use super::status::{StatusInput, Waiting, pod_status};
@@ -85,6 +86,8 @@ pub struct PodWorker {
     status: Option<PodStatus>,
     statuses: Statuses,
     events: PodEvents,
+    /// Probes of each container's current instance (by container name: instance id, state).
+    probes: HashMap<String, (String, ContainerProbes)>,
     /// Back-offs already announced (container, restart time), so a wait is reported once.
     announced: std::collections::HashSet<(String, i64)>,
 }
@@ -97,6 +100,7 @@ impl PodWorker {
         let events = PodEvents::new(ctx.events.clone(), &pod);
         PodWorker {
             events,
+            probes: HashMap::new(),
             announced: std::collections::HashSet::new(),
             ctx,
             pod,
@@ -150,7 +154,8 @@ impl PodWorker {
             .iter()
             .map(|(name, r)| {
                 let running = r.current.as_ref().is_some_and(|i| i.terminated.is_none());
-                (name.clone(), running)
+                let probed_ready = self.probes.get(name).is_none_or(|(_, p)| p.ready());
+                (name.clone(), running && probed_ready)
             })
             .collect();
         let status = pod_status(&StatusInput {
@@ -242,6 +247,15 @@ impl PodWorker {
                 .load_record(&container.name)
                 .map_err(|e| e.to_string())?;
             self.adopt(&record).await;
+            if let Some(instance) = record.current.as_ref().filter(|i| i.terminated.is_none()) {
+                self.probes.insert(
+                    container.name.clone(),
+                    (
+                        instance.id.clone(),
+                        ContainerProbes::new(&container, tokio::time::Instant::now()),
+                    ),
+                );
+            }
             self.records.insert(container.name.clone(), record);
         }
         Ok(())
@@ -337,7 +351,10 @@ impl PodWorker {
             && instance.terminated.is_none()
         {
             match self.check_exit(&instance).await {
-                None => return !init,
+                None => {
+                    self.run_probes(container, init, &instance).await;
+                    return !init;
+                }
                 Some(exit) => self.finish(record, exit).await,
             }
         }
@@ -396,6 +413,68 @@ impl PodWorker {
         }
         self.start(container, init, record).await;
         false
+    }
+
+    /// Runs the container's due probes; a failed liveness or startup probe has the instance
+    /// stopped (SIGTERM, the pod's grace period, SIGKILL), after which the restart policy
+    /// applies as for any exit.
+    async fn run_probes(&mut self, container: &Container, init: bool, instance: &Instance) {
+        let Some((id, mut probes)) = self.probes.remove(&container.name) else {
+            return;
+        };
+        if id != instance.id {
+            return;
+        }
+        let Some(pod_ip) = self.pod_ip else { return };
+        let now = tokio::time::Instant::now();
+        for (kind, probe) in probes.due(now) {
+            let target = ProbeTarget {
+                pod_ip,
+                container,
+                container_id: &instance.id,
+                runc: &self.ctx.runc,
+            };
+            let result = probe::run(&probe, &target).await;
+            if let Err(message) = &result {
+                self.events.warning(
+                    &container.name,
+                    init,
+                    "Unhealthy",
+                    format!("{} probe failed: {message}", kind.as_str()),
+                );
+            }
+            if let ProbeAction::Restart(_) = probes.record(kind, &result, now) {
+                self.events.normal(
+                    &container.name,
+                    init,
+                    "Killing",
+                    format!(
+                        "Container {} failed {} probe, will be restarted",
+                        container.name,
+                        kind.as_str().to_lowercase()
+                    ),
+                );
+                let grace = self
+                    .pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .unwrap_or(30)
+                    .max(0)
+                    .unsigned_abs();
+                let (ctx, id) = (Arc::clone(&self.ctx), instance.id.clone());
+                tokio::spawn(async move {
+                    let runc = ctx.runc.clone();
+                    let term_id = id.clone();
+                    let _ = tokio::task::spawn_blocking(move || runc.kill(&term_id, "TERM")).await;
+                    tokio::time::sleep(Duration::from_secs(grace)).await;
+                    let runc = ctx.runc.clone();
+                    let _ = tokio::task::spawn_blocking(move || runc.kill(&id, "KILL")).await;
+                });
+                break;
+            }
+        }
+        self.probes.insert(container.name.clone(), (id, probes));
     }
 
     /// The instance's exit, if it has ended.
@@ -766,6 +845,13 @@ impl PodWorker {
         match started {
             Ok(pid) => {
                 self.copiers.insert(id.clone(), copiers);
+                self.probes.insert(
+                    container.name.clone(),
+                    (
+                        id.clone(),
+                        ContainerProbes::new(container, tokio::time::Instant::now()),
+                    ),
+                );
                 self.waiting.remove(&container.name);
                 if restarted {
                     record.last_termination = record.current.take().and_then(|i| i.terminated);
