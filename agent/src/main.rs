@@ -331,6 +331,7 @@ mod pods {
     use keel_agent::runtime::logs::Rotation;
     use keel_agent::runtime::runc::Runc;
     use keel_agent::sandbox::{Ipam, Ipv4Cidr, network};
+    use keel_agent::sys::inotify::DirWatch;
     use tokio::sync::{Notify, oneshot};
 
     use super::{Args, host_name};
@@ -443,6 +444,16 @@ mod pods {
         let manifests = args.pod_manifest_path.clone();
         runtime.spawn(async move {
             let mut manager = PodManager::new(ctx);
+            let watch = manifests.as_ref().and_then(|dir| match DirWatch::new(dir) {
+                Ok(watch) => Some(watch),
+                Err(error) => {
+                    log::warn!(
+                        "cannot watch {} ({error}); reading it every second",
+                        dir.display()
+                    );
+                    None
+                }
+            });
             let mut source = manifests.map(|dir| ManifestDir::new(&dir, &node_name));
             let changed = Arc::new(Notify::new());
             let api = api.map(|(client, node, facts)| {
@@ -491,6 +502,7 @@ mod pods {
                 tokio::select! {
                     _ = &mut stopped => break,
                     () = changed.notified() => {}
+                    _ = async { watch.as_ref()?.changed().await.ok() }, if watch.is_some() => {}
                     () = tokio::time::sleep(MANIFEST_POLL) => {}
                 }
             }

@@ -2,5 +2,6 @@
 //! pod path reaches the kernel through these functions, through `ip` (links, addresses, routes)
 //! or through cgroupfs files under a root the caller passes in.
 
+pub mod inotify;
 pub mod mount;
 pub mod netns;
