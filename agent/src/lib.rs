@@ -12,6 +12,7 @@ pub mod api;
 pub mod cgroups;
 pub mod dataplane;
 pub mod image;
+pub mod nodeapi;
 pub mod pods;
 pub mod quantity;
 pub mod runtime;

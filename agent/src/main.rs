@@ -70,6 +70,16 @@ struct Args {
     /// A registry (HOST:PORT) spoken to over plain HTTP; repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// The node API's port (kubelet's, HTTPS); 0: no node API.
+    #[arg(long, default_value_t = 10250)]
+    node_api_port: u16,
+    /// The node API's certificate (PEM); without it a self-signed one is made under
+    /// `--root-dir`/pki.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The node API certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
     /// The OCI runtime binary.
     #[arg(long, default_value = "runc")]
     runc: PathBuf,
@@ -325,7 +335,10 @@ mod pods {
     use keel_agent::api::pods;
     use keel_agent::cgroups::CgroupManager;
     use keel_agent::image::ImageStore;
+    use keel_agent::nodeapi::NodeApi;
+    use keel_agent::nodeapi::tls::TlsFiles;
     use keel_agent::pods::source::ManifestDir;
+    use keel_agent::pods::worker::Statuses;
     use keel_agent::pods::{NodeContext, PodManager, node};
     use keel_agent::runtime::keeper::Keeper;
     use keel_agent::runtime::logs::Rotation;
@@ -439,11 +452,42 @@ mod pods {
                 ""
             }
         );
+        let statuses = Statuses::default();
+        if args.node_api_port != 0 {
+            let files = match (&args.tls_cert_file, &args.tls_private_key_file) {
+                (Some(cert), Some(key)) => TlsFiles::Given {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+                _ => TlsFiles::SelfSigned {
+                    dir: root.join("pki"),
+                },
+            };
+            let addresses: Vec<std::net::IpAddr> = args
+                .node_ip
+                .iter()
+                .map(|ip| std::net::IpAddr::V4(*ip))
+                .collect();
+            let tls = keel_agent::nodeapi::tls::server_config(&files, &node_name, &addresses)
+                .context("node API certificate")?;
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind((
+                    "0.0.0.0",
+                    args.node_api_port,
+                )))
+                .with_context(|| format!("--node-api-port {}", args.node_api_port))?;
+            let api = NodeApi {
+                statuses: Arc::clone(&statuses),
+                pod_logs_dir: args.pod_logs_dir.clone(),
+            };
+            runtime.spawn(api.serve(listener, tls));
+            log::info!("node API on https://0.0.0.0:{}", args.node_api_port);
+        }
         let (stop, mut stopped) = oneshot::channel();
         let (done_tx, done) = std::sync::mpsc::channel();
         let manifests = args.pod_manifest_path.clone();
         runtime.spawn(async move {
-            let mut manager = PodManager::new(ctx);
+            let mut manager = PodManager::new(ctx, statuses);
             let watch = manifests.as_ref().and_then(|dir| match DirWatch::new(dir) {
                 Ok(watch) => Some(watch),
                 Err(error) => {

@@ -21,7 +21,7 @@ spec:
   containers:
   - name: httpd
     image: {image}
-    command: [sh, -c, 'mkdir -p /www && echo hello from $(POD_NAME) > /www/index.html && echo started httpd && echo to stderr >&2 && exec httpd -f -p 80 -h /www']
+    command: [sh, -c, 'mkdir -p /www && echo hello from $(POD_NAME) > /www/index.html && echo started httpd && echo to stderr >&2 && exec httpd -f -v -p 80 -h /www']
     env:
     - name: POD_NAME
       valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
@@ -136,6 +136,55 @@ fn a_two_container_pod_serves_http_has_its_limits_and_logs_and_leaves_nothing() 
     }
     assert!(text.contains(" stdout F started httpd\n"), "{text}");
     assert!(text.contains(" stderr F to stderr\n"), "{text}");
+
+    // The node API serves the pod with its status and the container's log.
+    let api = |path: &str| node.curl(&format!("https://127.0.0.1:10250{path}"));
+    assert_eq!(api("/healthz").as_deref(), Some("ok"));
+    let pods: serde_json::Value = serde_json::from_str(&api("/pods").unwrap()).unwrap();
+    assert_eq!(pods["kind"], "PodList");
+    let item = &pods["items"][0];
+    assert_eq!(item["metadata"]["name"], "web-node1");
+    assert_eq!(item["status"]["podIP"], "198.18.64.1");
+    assert_eq!(item["status"]["phase"], "Running");
+    let logs = api("/containerLogs/default/web-node1/httpd").unwrap();
+    // stdout and stderr are copied side by side: either may come first.
+    let first_two: Vec<&str> = logs.lines().take(2).collect();
+    assert!(
+        first_two.contains(&"started httpd") && first_two.contains(&"to stderr"),
+        "{logs}"
+    );
+    let tail = api("/containerLogs/default/web-node1/httpd?tailLines=1&timestamps=true").unwrap();
+    let (time, line) = tail.trim_end().split_once(' ').unwrap();
+    assert!(time.parse::<jiff::Timestamp>().is_ok(), "{tail}");
+    assert!(
+        !line.is_empty() && !tail.trim_end().contains('\n'),
+        "{tail}"
+    );
+    assert!(
+        api("/containerLogs/default/nope/httpd").is_none(),
+        "unknown pod: 404"
+    );
+    // follow: a request to httpd after the follow started shows up in it.
+    let follow = node
+        .host
+        .command("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "4",
+            "https://127.0.0.1:10250/containerLogs/default/web-node1/httpd?follow=true",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    node.curl("http://198.18.64.1/followed").unwrap_or_default();
+    let followed = String::from_utf8_lossy(&follow.wait_with_output().unwrap().stdout).into_owned();
+    assert!(followed.contains("started httpd\n"), "{followed}");
+    assert!(
+        followed.contains("response:404"),
+        "the new request (a 404) arrived while following: {followed}"
+    );
 
     // The manifest goes: the pod goes, and nothing of it stays.
     node.remove_manifest("web.yaml");
@@ -254,6 +303,13 @@ fn a_crashing_container_restarts_with_back_off_and_every_instance_keeps_its_log(
         let text = std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap();
         assert!(text.ends_with(" stdout F run\n"), "{n}.log: {text}");
     }
+    let previous =
+        node.curl("https://127.0.0.1:10250/containerLogs/default/crash-node1/c?previous=true");
+    assert_eq!(
+        previous.as_deref(),
+        Some("run\n"),
+        "the node API's previous instance"
+    );
 }
 
 #[test]

@@ -31,13 +31,14 @@ pub struct PodManager {
 }
 
 impl PodManager {
-    /// A manager that first adopts what is on disk under the root directory.
-    pub fn new(ctx: Arc<NodeContext>) -> PodManager {
+    /// A manager that first adopts what is on disk under the root directory; workers publish
+    /// their pods' status into `statuses`.
+    pub fn new(ctx: Arc<NodeContext>, statuses: Statuses) -> PodManager {
         let mut manager = PodManager {
             ctx: Arc::clone(&ctx),
             workers: HashMap::new(),
             stopping: Vec::new(),
-            statuses: Statuses::default(),
+            statuses,
         };
         for uid in pod_uids(&ctx.root_dir) {
             match PodDir::new(&ctx.root_dir, &uid).load_pod() {

@@ -249,7 +249,7 @@ impl TestNode {
         let output = self
             .host
             .command("curl")
-            .args(["-sS", "--max-time", "2", url])
+            .args(["-sS", "-k", "--fail", "--max-time", "2", url])
             .output()
             .ok()?;
         output

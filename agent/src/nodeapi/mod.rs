@@ -1,0 +1,263 @@
+//! kubelet's node API on port 10250 (HTTPS): `/healthz`, `/pods` (the PodList of what this
+//! node runs, static pods included, with status) and `/containerLogs/<ns>/<pod>/<container>`
+//! (`follow`, `tailLines`, `timestamps`, `previous`, `sinceSeconds`, `limitBytes`). Exec and
+//! `/stats/summary` are still to come. Authentication is not checked yet: anyone who reaches
+//! the port may read pods and logs (kubelet's webhook authn/authz comes with the cluster work).
+
+pub mod cri;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::Pod;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::pods::worker::Statuses;
+use cri::{LogOptions, instances, parse};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What the node API serves from.
+#[derive(Debug, Clone)]
+pub struct NodeApi {
+    pub statuses: Statuses,
+    pub pod_logs_dir: PathBuf,
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body.into())).boxed())
+        .expect("a valid response")
+}
+
+impl NodeApi {
+    /// Serves HTTPS on `listener` until the task is dropped.
+    pub async fn serve(self, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+        let acceptor = TlsAcceptor::from(tls);
+        let api = Arc::new(self);
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let api = Arc::clone(&api);
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    log::debug!("node API: TLS handshake with {peer} failed");
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request| {
+                    let api = Arc::clone(&api);
+                    async move { Ok::<_, Infallible>(api.handle(request).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        if request.method() != http::Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
+        }
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or("").to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match segments.as_slice() {
+            ["healthz"] => text(StatusCode::OK, "ok"),
+            ["pods"] => self.pods(),
+            ["containerLogs", namespace, pod, container] => {
+                self.container_logs(namespace, pod, container, &query).await
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                format!("404 page not found: {path}\n"),
+            ),
+        }
+    }
+
+    fn pods(&self) -> Response<Body> {
+        let items: Vec<Pod> = self
+            .statuses
+            .lock()
+            .expect("statuses lock")
+            .values()
+            .cloned()
+            .collect();
+        let list = serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(&list).expect("json"))).boxed())
+            .expect("a valid response")
+    }
+
+    fn find(&self, namespace: &str, name: &str) -> Option<Pod> {
+        self.statuses
+            .lock()
+            .expect("statuses lock")
+            .values()
+            .find(|p| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && p.metadata.name.as_deref() == Some(name)
+            })
+            .cloned()
+    }
+
+    async fn container_logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: &str,
+        query: &str,
+    ) -> Response<Body> {
+        let options = match LogOptions::from_query(query) {
+            Ok(options) => options,
+            Err(message) => return text(StatusCode::BAD_REQUEST, message),
+        };
+        let Some(pod) = self.find(namespace, name) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("pod \"{name}\" not found in namespace \"{namespace}\" on this node\n"),
+            );
+        };
+        let spec = pod.spec.clone().unwrap_or_default();
+        let known = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == container);
+        if !known {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("container \"{container}\" not found in pod \"{name}\"\n"),
+            );
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let dir = self
+            .pod_logs_dir
+            .join(format!("{namespace}_{name}_{uid}"))
+            .join(container);
+        let found = instances(&dir);
+        let pick = if options.previous {
+            found.len().checked_sub(2)
+        } else {
+            found.len().checked_sub(1)
+        };
+        let Some(index) = pick else {
+            return if options.previous {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "previous terminated container \"{container}\" in pod \"{name}\" not found\n"
+                    ),
+                )
+            } else {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!("container \"{container}\" in pod \"{name}\" is waiting to start\n"),
+                )
+            };
+        };
+        let files = found[index].1.clone();
+        let mut text_bytes = Vec::new();
+        for file in &files {
+            text_bytes.extend(std::fs::read(file).unwrap_or_default());
+        }
+        let (lines, rest) = parse(&text_bytes);
+        let first = options.render(&lines, jiff::Timestamp::now());
+        if !options.follow || options.previous {
+            return Response::builder()
+                .header("content-type", "text/plain")
+                .body(Full::new(Bytes::from(first)).boxed())
+                .expect("a valid response");
+        }
+        // Follow: the live file from where the read stopped, until the container stops or the
+        // pod goes.
+        let live = files.last().cloned().expect("an instance has a file");
+        let offset = std::fs::metadata(&live).map_or(0, |m| m.len()) - rest.len() as u64;
+        let statuses = Arc::clone(&self.statuses);
+        let (pod_uid, container) = (uid.clone(), container.to_owned());
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+        tokio::spawn(async move {
+            if sender
+                .send(Ok(Frame::data(Bytes::from(first))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut offset = offset;
+            let mut idle = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let data = read_from(&live, offset);
+                let (lines, rest) = parse(&data);
+                offset += (data.len() - rest.len()) as u64;
+                let mut out = Vec::new();
+                for line in &lines {
+                    options.render_line(line, &mut out);
+                }
+                if !out.is_empty() {
+                    idle = 0;
+                    if sender
+                        .send(Ok(Frame::data(Bytes::from(out))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                idle += 1;
+                if idle >= 10 && !running(&statuses, &pod_uid, &container) {
+                    return;
+                }
+            }
+        });
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|frame| (frame, receiver))
+        });
+        Response::builder()
+            .header("content-type", "text/plain")
+            .body(StreamBody::new(stream).boxed())
+            .expect("a valid response")
+    }
+}
+
+fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    if file.seek(SeekFrom::Start(offset)).is_err() {
+        return Vec::new();
+    }
+    let mut data = Vec::new();
+    let _ = file.read_to_end(&mut data);
+    data
+}
+
+/// Whether the pod still runs `container`.
+fn running(statuses: &Statuses, uid: &str, container: &str) -> bool {
+    statuses
+        .lock()
+        .expect("statuses lock")
+        .get(uid)
+        .and_then(|pod| pod.status.as_ref()?.container_statuses.clone())
+        .into_iter()
+        .flatten()
+        .any(|s| s.name == container && s.state.as_ref().is_some_and(|st| st.running.is_some()))
+}
