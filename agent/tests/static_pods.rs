@@ -164,6 +164,25 @@ fn a_two_container_pod_serves_http_has_its_limits_and_logs_and_leaves_nothing() 
         api("/containerLogs/default/nope/httpd").is_none(),
         "unknown pod: 404"
     );
+    let summary: serde_json::Value = serde_json::from_str(&api("/stats/summary").unwrap()).unwrap();
+    let pod_stats = &summary["pods"][0];
+    assert_eq!(pod_stats["podRef"]["name"], "web-node1");
+    assert!(
+        pod_stats["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    assert!(
+        pod_stats["memory"]["workingSetBytes"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    let containers = pod_stats["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2, "{summary}");
+    assert!(
+        containers
+            .iter()
+            .all(|c| c["memory"]["usageBytes"].as_u64().unwrap_or(0) > 0),
+        "{summary}"
+    );
     // follow: a request to httpd after the follow started shows up in it.
     let follow = node
         .host

@@ -1,10 +1,11 @@
 //! kubelet's node API on port 10250 (HTTPS): `/healthz`, `/pods` (the PodList of what this
 //! node runs, static pods included, with status) and `/containerLogs/<ns>/<pod>/<container>`
-//! (`follow`, `tailLines`, `timestamps`, `previous`, `sinceSeconds`, `limitBytes`). Exec and
-//! `/stats/summary` are still to come. Authentication is not checked yet: anyone who reaches
+//! (`follow`, `tailLines`, `timestamps`, `previous`, `sinceSeconds`, `limitBytes`) and
+//! `/stats/summary` (CPU and memory from cgroups). Exec is still to come. Authentication is not checked yet: anyone who reaches
 //! the port may read pods and logs (kubelet's webhook authn/authz comes with the cluster work).
 
 pub mod cri;
+pub mod stats;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -31,6 +32,8 @@ type Body = BoxBody<Bytes, Infallible>;
 pub struct NodeApi {
     pub statuses: Statuses,
     pub pod_logs_dir: PathBuf,
+    pub node_name: String,
+    pub cgroups: crate::cgroups::CgroupManager,
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
@@ -79,6 +82,22 @@ impl NodeApi {
         match segments.as_slice() {
             ["healthz"] => text(StatusCode::OK, "ok"),
             ["pods"] => self.pods(),
+            ["stats", "summary"] => {
+                let pods: Vec<Pod> = self
+                    .statuses
+                    .lock()
+                    .expect("statuses lock")
+                    .values()
+                    .cloned()
+                    .collect();
+                let summary = stats::summary(&self.cgroups, &self.node_name, &pods);
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(
+                        Full::new(Bytes::from(serde_json::to_vec(&summary).expect("json"))).boxed(),
+                    )
+                    .expect("a valid response")
+            }
             ["containerLogs", namespace, pod, container] => {
                 self.container_logs(namespace, pod, container, &query).await
             }
