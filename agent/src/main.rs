@@ -436,6 +436,7 @@ mod pods {
             log_rotation: Rotation::default(),
             events,
             client: api.as_ref().map(|(client, _, _)| client.clone()),
+            status_changed: Arc::new(Notify::new()),
         });
         log::info!(
             "running pods as node {node_name} (pod CIDR {cidr}, cgroups {:?}){}{}",
@@ -489,6 +490,7 @@ mod pods {
         let (done_tx, done) = std::sync::mpsc::channel();
         let manifests = args.pod_manifest_path.clone();
         runtime.spawn(async move {
+            let status_changed = Arc::clone(&ctx.status_changed);
             let mut manager = PodManager::new(ctx, statuses);
             let watch = manifests.as_ref().and_then(|dir| match DirWatch::new(dir) {
                 Ok(watch) => Some(watch),
@@ -548,6 +550,7 @@ mod pods {
                 tokio::select! {
                     _ = &mut stopped => break,
                     () = changed.notified() => {}
+                    () = status_changed.notified() => {}
                     _ = async { watch.as_ref()?.changed().await.ok() }, if watch.is_some() => {}
                     () = tokio::time::sleep(MANIFEST_POLL) => {}
                 }

@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
+use keel_testhost::cluster::TestControlPlane;
 use keel_testhost::node::TestNode;
 use support::agent_binary;
-use support::cluster::TestControlPlane;
 
 #[test]
 fn the_agent_registers_its_node_runs_a_bound_pod_and_reports_its_status() {

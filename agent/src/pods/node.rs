@@ -32,6 +32,9 @@ pub struct NodeContext {
     pub events: Option<super::events::EventSink>,
     /// The API server, when the agent has one.
     pub client: Option<kube::Client>,
+    /// Notified when a worker publishes a changed pod status (it is written to the API at
+    /// once, not at the next resync).
+    pub status_changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for NodeContext {

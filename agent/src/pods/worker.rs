@@ -171,6 +171,7 @@ impl PodWorker {
             previous: self.status.as_ref(),
             now: now(),
         });
+        let changed = self.status.as_ref() != Some(&status);
         let mut pod = self.pod.clone();
         pod.status = Some(status.clone());
         self.status = Some(status);
@@ -178,6 +179,9 @@ impl PodWorker {
             .lock()
             .expect("statuses lock")
             .insert(self.uid.clone(), pod);
+        if changed {
+            self.ctx.status_changed.notify_one();
+        }
     }
 
     async fn sync(&mut self) -> Result<(), String> {

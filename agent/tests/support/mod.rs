@@ -4,7 +4,6 @@
     reason = "each test binary uses a different part of the support code"
 )]
 
-pub mod cluster;
 pub mod packet;
 pub mod servers;
 

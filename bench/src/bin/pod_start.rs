@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use keel_bench::{percentile, rss_kib};
+use keel_testhost::cluster::TestControlPlane;
 use keel_testhost::node::{TestNode, keeper_pid};
 use keel_testhost::require_root;
 
@@ -48,6 +49,79 @@ fn remove_all(node: &TestNode) -> anyhow::Result<()> {
         node.pod_uids().is_empty()
     })
     .with_context(|| node.agent_log())
+}
+
+/// Creates `count` Pods bound to the node one after another through the API and times each
+/// to `phase: Running` and to `Ready`, seen on a watch. Runs inside the node's network
+/// namespace (where the API server listens).
+fn api_pods(
+    kubeconfig: &Path,
+    image: &str,
+    count: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(kubeconfig)?,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        let client = kube::Client::try_from(config)?;
+        let pods: Api<Pod> = Api::namespaced(client, "default");
+        // The node registers first.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut running = Vec::with_capacity(count);
+        let mut ready = Vec::with_capacity(count);
+        for n in 0..count {
+            let name = format!("api{n}");
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"nodeName": "node1", "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "c", "image": image, "command": ["sleep", "3600"]}]}
+            }))?;
+            let params = WatchParams::default().fields(&format!("metadata.name={name}"));
+            let watch = pods.watch(&params, "0").await?;
+            futures::pin_mut!(watch);
+            let started = Instant::now();
+            pods.create(&PostParams::default(), &pod).await?;
+            let (mut seen_running, mut seen_ready) = (None, None);
+            while seen_ready.is_none() {
+                let event = tokio::time::timeout(Duration::from_secs(60), watch.next())
+                    .await?
+                    .context("watch ended")??;
+                let (WatchEvent::Added(pod) | WatchEvent::Modified(pod)) = event else {
+                    continue;
+                };
+                let status = pod.status.unwrap_or_default();
+                if seen_running.is_none() && status.phase.as_deref() == Some("Running") {
+                    seen_running = Some(started.elapsed());
+                }
+                let is_ready = status
+                    .conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                if is_ready {
+                    seen_ready = Some(started.elapsed());
+                }
+            }
+            running.push(seen_running.unwrap_or_default());
+            ready.push(seen_ready.unwrap_or_default());
+        }
+        for n in 0..count {
+            let _ = pods
+                .delete(&format!("api{n}"), &DeleteParams::default())
+                .await;
+        }
+        Ok((running, ready))
+    })
 }
 
 fn print_latency(label: &str, samples: &mut [Duration], floor: Option<Duration>) {
@@ -205,6 +279,21 @@ fn main() -> anyhow::Result<()> {
     remove_all(&node)?;
     let removal = removal.elapsed();
 
+    // Through the API: the same agent, now with a control plane; Pods created with kube-rs.
+    let control_plane = TestControlPlane::start(&node);
+    node.kill_agent();
+    node.extra_args = vec![
+        "--kubeconfig".into(),
+        control_plane.kubeconfig().display().to_string(),
+    ];
+    node.start_agent();
+    let kubeconfig = control_plane.kubeconfig();
+    let (mut api_running, mut api_ready) = node
+        .host
+        .enter(|| api_pods(&kubeconfig, &image, count))
+        .map_err(|e| anyhow::anyhow!("{e}"))??;
+    remove_all(&node)?;
+
     let work = tempfile::Builder::new()
         .prefix("kt-podbench-runc-")
         .tempdir()?;
@@ -214,6 +303,16 @@ fn main() -> anyhow::Result<()> {
     print_latency(
         "keel-agent: manifest -> container running",
         &mut keel,
+        Some(floor_p50),
+    );
+    print_latency(
+        "API: Pod created -> status Running",
+        &mut api_running,
+        Some(floor_p50),
+    );
+    print_latency(
+        "API: Pod created -> Ready condition True",
+        &mut api_ready,
         Some(floor_p50),
     );
     println!(

@@ -18,12 +18,14 @@
 //! - [`cgroup`]: a cgroup2 group of the test's own for cgroup eBPF programs.
 //! - [`run`]: the per-run name prefix, the run lock, and the sweeper for crashed runs.
 //! - [`registry`]: a real OCI registry with busybox test images; [`node`]: a test node running
-//!   `keel-agent` with static pods (and, given a kubeconfig, pods from an API server).
+//!   `keel-agent` with static pods (and, given a kubeconfig, pods from an API server);
+//!   [`cluster`]: etcd and `keel-controlplane` inside a test node.
 //!
 //! Nothing here touches the root network namespace: veth ends are created directly inside the
 //! test's namespaces, and every name starts with [`run::PREFIX`].
 
 pub mod cgroup;
+pub mod cluster;
 pub mod net;
 pub mod node;
 pub mod process;

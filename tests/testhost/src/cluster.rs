@@ -1,14 +1,13 @@
-//! A real control plane for agent tests: etcd and `keel-controlplane all`, both inside a test
-//! node's network namespace (so the agent there reaches them on its loopback), with kubectl
-//! pointed at them. Killed, and their directories removed, on drop.
+//! A real control plane for agent tests and benchmarks: etcd and `keel-controlplane all`, both
+//! inside a test node's network namespace (so the agent there reaches them on its loopback),
+//! with kubectl pointed at them. Killed, and their directories removed, on drop.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_testhost::HostProcess;
-
-use keel_testhost::node::TestNode;
+use crate::HostProcess;
+use crate::node::TestNode;
 
 #[derive(Debug)]
 pub struct TestControlPlane {
@@ -19,13 +18,14 @@ pub struct TestControlPlane {
     netns: String,
 }
 
-/// A binary of the workspace, beside this test's executable (`target/<profile>/`).
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
+/// A binary of the workspace, beside the running test's or benchmark's executable
+/// (`target/<profile>/`, or its parent when the executable is in `deps/`).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current executable");
+    let mut dir = exe.parent().expect("a directory").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -37,7 +37,7 @@ fn workspace_binary(name: &str) -> PathBuf {
 
 impl TestControlPlane {
     pub fn start(node: &TestNode) -> TestControlPlane {
-        keel_testhost::require_tool("etcd", "etcd-server");
+        crate::require_tool("etcd", "etcd-server");
         let dir = tempfile::Builder::new()
             .prefix("kt-cp-")
             .tempdir()
