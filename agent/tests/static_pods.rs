@@ -309,15 +309,17 @@ fn a_crashing_container_restarts_with_back_off_and_every_instance_keeps_its_log(
         .windows(2)
         .map(|w| (w[1] - w[0]).total(jiff::Unit::Second).unwrap())
         .collect();
+    // Back-off is a floor (never sooner); the ceilings only say "not the next step yet", with
+    // room for a loaded machine.
     assert!(
-        gaps[0] < 5.0,
+        gaps[0] < 10.0,
         "the first restart is immediate: gaps {gaps:?}"
     );
     assert!(
-        (10.0..15.0).contains(&gaps[1]),
+        (10.0..20.0).contains(&gaps[1]),
         "then 10 s of back-off: gaps {gaps:?}"
     );
-    assert!((20.0..25.0).contains(&gaps[2]), "then 20 s: gaps {gaps:?}");
+    assert!((20.0..40.0).contains(&gaps[2]), "then 20 s: gaps {gaps:?}");
     for n in 0..4 {
         let text = std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap();
         assert!(text.ends_with(" stdout F run\n"), "{n}.log: {text}");
