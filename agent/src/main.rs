@@ -80,6 +80,12 @@ struct Args {
     /// The node API certificate's private key (PEM).
     #[arg(long, requires = "tls_cert_file")]
     tls_private_key_file: Option<PathBuf>,
+    /// Image garbage collection starts when the images' disk is this full (percent).
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(1..=100))]
+    image_gc_high_threshold: u8,
+    /// ... and removes unused images until it is below this (percent).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: u8,
     /// The OCI runtime binary.
     #[arg(long, default_value = "runc")]
     runc: PathBuf,
@@ -349,6 +355,8 @@ mod pods {
 
     use super::{Args, host_name};
 
+    /// kubelet's image GC period.
+    const IMAGE_GC_PERIOD: Duration = Duration::from_secs(300);
     /// How often the manifest directory is read.
     const MANIFEST_POLL: Duration = Duration::from_secs(1);
 
@@ -404,6 +412,13 @@ mod pods {
                 "no pod CIDR: give --pod-cidr (or let the control plane assign the node one)",
             )?;
         let cidr = Ipv4Cidr::parse(&cidr_text).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
+        if args.image_gc_low_threshold >= args.image_gc_high_threshold {
+            anyhow::bail!(
+                "--image-gc-low-threshold ({}) must be below --image-gc-high-threshold ({})",
+                args.image_gc_low_threshold,
+                args.image_gc_high_threshold
+            );
+        }
         let cgroups = CgroupManager::detect(&args.cgroup_root)?;
         let ipam = Ipam::open(cidr, &root.join("ipam"))?;
         let images = ImageStore::open(&root.join("images"), args.insecure_registries.clone())?;
@@ -486,6 +501,12 @@ mod pods {
             runtime.spawn(api.serve(listener, tls));
             log::info!("node API on https://0.0.0.0:{}", args.node_api_port);
         }
+        runtime.spawn(image_gc(
+            ctx.images.clone(),
+            root.join("images"),
+            Arc::clone(&statuses),
+            (args.image_gc_high_threshold, args.image_gc_low_threshold),
+        ));
         let (stop, mut stopped) = oneshot::channel();
         let (done_tx, done) = std::sync::mpsc::channel();
         let manifests = args.pod_manifest_path.clone();
@@ -563,6 +584,49 @@ mod pods {
             stop,
             done,
         })
+    }
+
+    /// kubelet's image GC: every five minutes, when the images' disk is above the high
+    /// threshold, unused images go, least recently used first, until it is below the low one.
+    async fn image_gc(
+        images: ImageStore,
+        dir: std::path::PathBuf,
+        statuses: Statuses,
+        (high, low): (u8, u8),
+    ) {
+        let mut ticker = tokio::time::interval(IMAGE_GC_PERIOD);
+        loop {
+            ticker.tick().await;
+            let (used, capacity) = disk_usage(&dir);
+            let in_use: std::collections::HashSet<String> = statuses
+                .lock()
+                .expect("statuses lock")
+                .values()
+                .filter_map(|pod| pod.status.as_ref()?.container_statuses.clone())
+                .flatten()
+                .filter_map(|s| s.image_id.rsplit_once('@').map(|(_, d)| d.to_owned()))
+                .collect();
+            let stored = match images.images() {
+                Ok(stored) => stored,
+                Err(error) => {
+                    log::warn!("image GC: {error}");
+                    continue;
+                }
+            };
+            for reference in
+                keel_agent::image::gc::plan(&stored, &in_use, used, capacity, high, low)
+            {
+                match images.remove(&reference) {
+                    Ok(freed) => log::info!("image GC: removed {reference} ({freed} bytes)"),
+                    Err(error) => log::warn!("image GC: cannot remove {reference}: {error}"),
+                }
+            }
+        }
+    }
+
+    /// Bytes used and total of the filesystem holding `dir`.
+    fn disk_usage(dir: &Path) -> (u64, u64) {
+        keel_agent::sys::filesystem_bytes(dir).map_or((0, 0), |(total, free)| (total - free, total))
     }
 
     /// Connects to the API server and registers this node.

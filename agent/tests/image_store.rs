@@ -436,3 +436,77 @@ async fn basic_auth_from_an_image_pull_secret() {
     let image = store.pull(&reference, &credentials).await.unwrap();
     assert_eq!(image.chain_ids.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_image_frees_what_only_it_used_and_keeps_shared_layers() {
+    require_everything();
+    let registry = TestRegistry::start().unwrap();
+    let plain = registry
+        .push(
+            &TestImage::busybox(&ImageSpec::default()).unwrap(),
+            "plain",
+            "v1",
+        )
+        .unwrap();
+    let layered = registry
+        .push(
+            &TestImage::busybox(&layered_spec()).unwrap(),
+            "layered",
+            "v1",
+        )
+        .unwrap();
+    let root = temp_dir("kt-images-");
+    let store = open_store(root.path(), &registry);
+    let plain_image = store
+        .pull(&plain, &RegistryCredentials::Anonymous)
+        .await
+        .unwrap();
+    let layered_image = store
+        .pull(&layered, &RegistryCredentials::Anonymous)
+        .await
+        .unwrap();
+    let snapshots = |image: &keel_agent::image::Image| -> Vec<std::path::PathBuf> {
+        image
+            .chain_ids
+            .iter()
+            .map(|c| {
+                root.path()
+                    .join("snapshots")
+                    .join(c.trim_start_matches("sha256:"))
+            })
+            .collect()
+    };
+    let base = snapshots(&plain_image)[0].clone();
+    assert_eq!(
+        snapshots(&layered_image)[0],
+        base,
+        "the busybox base layer is shared"
+    );
+    assert_eq!(store.images().unwrap().len(), 2);
+
+    let freed = store.remove(&layered_image.reference).unwrap();
+    assert!(freed > 0, "the layered image's own blobs went");
+    for own in &snapshots(&layered_image)[1..] {
+        assert!(!own.exists(), "{} removed", own.display());
+    }
+    assert!(base.is_dir(), "the shared base stays");
+    assert_eq!(store.get(&layered).unwrap(), None);
+    assert_eq!(
+        store.get(&plain).unwrap(),
+        Some(plain_image.clone()),
+        "the other image is intact"
+    );
+    let listed: Vec<String> = store
+        .images()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.reference)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&plain_image.reference));
+    // Pulled again, it comes back whole.
+    let again = store
+        .pull(&layered, &RegistryCredentials::Anonymous)
+        .await
+        .unwrap();
+    assert_eq!(again, layered_image);
+}

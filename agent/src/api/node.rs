@@ -81,19 +81,7 @@ impl NodeFacts {
 }
 
 fn disk_bytes(path: &std::path::Path) -> u64 {
-    let Ok(c_path) =
-        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
-    else {
-        return 0;
-    };
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c_path` is NUL-terminated; statvfs writes `stat` only on success.
-    if unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) } != 0 {
-        return 0;
-    }
-    // SAFETY: statvfs returned 0, so `stat` is initialised.
-    let stat = unsafe { stat.assume_init() };
-    stat.f_blocks * stat.f_frsize
+    crate::sys::filesystem_bytes(path).map_or(0, |(total, _)| total)
 }
 
 fn now() -> Time {

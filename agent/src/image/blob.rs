@@ -66,6 +66,11 @@ impl BlobStore {
         Ok(self.root.join("sha256").join(digest_hex(digest)?))
     }
 
+    /// The directory of the sha256 blobs (file names are the hex digests).
+    pub fn dir(&self) -> PathBuf {
+        self.root.join("sha256")
+    }
+
     pub fn contains(&self, digest: &str) -> Result<bool, ImageError> {
         Ok(self.path(digest)?.is_file())
     }

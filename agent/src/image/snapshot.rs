@@ -33,6 +33,11 @@ impl SnapshotStore {
         })
     }
 
+    /// The directory of the snapshots (named by the hex of their chain ID).
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
     pub fn path(&self, chain_id: &str) -> Result<PathBuf, ImageError> {
         Ok(self.root.join(digest_hex(chain_id)?))
     }

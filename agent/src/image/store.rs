@@ -29,23 +29,23 @@ const PARALLEL_LAYERS: usize = 3;
 /// Pulled images on this node; cheap to clone, shared between tasks.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    blobs: BlobStore,
-    snapshots: SnapshotStore,
-    refs: PathBuf,
+pub(super) struct Inner {
+    pub(super) blobs: BlobStore,
+    pub(super) snapshots: SnapshotStore,
+    pub(super) refs: PathBuf,
     insecure_registries: Vec<String>,
     in_flight: InFlight,
     blob_downloads: AtomicU64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct RefRecord {
-    reference: String,
-    digest: String,
+pub(super) struct RefRecord {
+    pub(super) reference: String,
+    pub(super) digest: String,
 }
 
 impl ImageStore {
@@ -308,7 +308,7 @@ impl ImageStore {
     }
 
     /// The image with manifest `digest`, if its manifest, config and every snapshot are here.
-    fn load(&self, reference: &str, digest: &str) -> Result<Option<Image>, ImageError> {
+    pub(super) fn load(&self, reference: &str, digest: &str) -> Result<Option<Image>, ImageError> {
         let blobs = &self.inner.blobs;
         if !blobs.contains(digest)? {
             return Ok(None);

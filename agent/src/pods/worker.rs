@@ -574,6 +574,7 @@ impl PodWorker {
         let local = self.ctx.images.get(&reference).ok().flatten();
         match (policy.as_str(), local) {
             ("IfNotPresent", Some(image)) | ("Never", Some(image)) => {
+                self.ctx.images.touch(&image.reference);
                 self.events.normal(
                     &container.name,
                     init,
