@@ -55,18 +55,16 @@ fn a_two_container_pod_serves_http_has_its_limits_and_logs_and_leaves_nothing() 
     // Burstable: kubepods/burstable/pod<uid>; the container cgroup below carries its limits.
     let pod_cgroup = format!("kubepods/burstable/pod{uid}");
     let memory_pod = node.cgroup_dir("memory", &pod_cgroup);
-    let containers: Vec<_> = std::fs::read_dir(&memory_pod)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_type().unwrap().is_dir())
-        .map(|e| e.path())
-        .collect();
-    assert_eq!(
-        containers.len(),
-        2,
-        "two container cgroups under {}",
-        memory_pod.display()
-    );
+    // The containers start one after the other: httpd may answer before the sleeper runs.
+    let containers = node.wait_for("two container cgroups", Duration::from_secs(30), || {
+        let dirs: Vec<_> = std::fs::read_dir(&memory_pod)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        (dirs.len() == 2).then_some(dirs)
+    });
     let limits: Vec<String> = containers
         .iter()
         .map(|dir| {

@@ -33,9 +33,11 @@ pub struct TestNode {
     _net: TestNet,
 }
 
+/// A temp dir named `kt-<run>-<tag>-...`, so the sweeper can tell a dead run's.
 fn kt_dir(tag: &str) -> tempfile::TempDir {
+    let run = crate::run::run_id().expect("run id");
     tempfile::Builder::new()
-        .prefix(&format!("kt-{tag}-"))
+        .prefix(&format!("kt-{run}-{tag}-"))
         .tempdir()
         .expect("temp dir")
 }

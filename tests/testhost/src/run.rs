@@ -139,13 +139,16 @@ pub fn leftovers() -> Result<Vec<String>, RunError> {
     Ok(dead)
 }
 
-/// Removes every `kt-` namespace of a dead run (killing what still runs inside) and the lock
-/// files of dead runs. Returns the namespaces removed.
+/// Removes every `kt-` namespace of a dead run (killing what still runs inside), what its
+/// test nodes left (the processes in its `kt-<run>-...` cgroups, those cgroups, the mounts under
+/// its `/tmp/kt-<run>-...` directories and the directories) and the lock files of dead runs.
+/// Returns the namespaces removed.
 pub fn sweep() -> Result<Vec<String>, RunError> {
     let dead = leftovers()?;
     for name in &dead {
         remove_namespace(name)?;
     }
+    sweep_node_leftovers();
     if let Ok(entries) = fs::read_dir(LOCK_DIR) {
         for entry in entries.flatten() {
             let file_name = entry.file_name().to_string_lossy().into_owned();
@@ -158,6 +161,75 @@ pub fn sweep() -> Result<Vec<String>, RunError> {
         }
     }
     Ok(dead)
+}
+
+/// Cgroups and directories of test nodes whose run died (see `crate::node`).
+fn sweep_node_leftovers() {
+    // Run ids are hex pids; `kt-registry-...` and other helper directories are not runs.
+    let dead_run = |name: &str| {
+        run_of(name).is_some_and(|id| id.bytes().all(|b| b.is_ascii_hexdigit()) && !run_alive(id))
+    };
+    for hierarchy in fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for entry in fs::read_dir(hierarchy.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() && dead_run(&name) {
+                kill_and_remove_cgroup(&entry.path());
+            }
+        }
+    }
+    let temp = std::env::temp_dir();
+    for entry in fs::read_dir(&temp).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !dead_run(&name) {
+            continue;
+        }
+        let dir = entry.path();
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .filter(|point| Path::new(point).starts_with(&dir))
+            .collect();
+        points.sort_by_key(|point| std::cmp::Reverse(point.len()));
+        for point in points {
+            let _ = Command::new("umount").args(["-l", point]).output();
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// Kills the processes of a cgroup tree, then removes its directories, deepest first.
+fn kill_and_remove_cgroup(dir: &Path) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            kill_and_remove_cgroup(&entry.path());
+        }
+    }
+    let deadline = Instant::now() + KILL_TIMEOUT;
+    loop {
+        let pids: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect();
+        if pids.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kill has no memory-safety preconditions; a vanished pid is harmless.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 /// How long removing a namespace keeps killing what is inside before giving up.
