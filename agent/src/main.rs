@@ -86,6 +86,12 @@ struct Args {
     /// ... and removes unused images until it is below this (percent).
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
     image_gc_low_threshold: u8,
+    /// A container log file is rotated when it reaches this size (a quantity: 10Mi, 500Ki).
+    #[arg(long, default_value = "10Mi")]
+    container_log_max_size: String,
+    /// Log files kept per container (the live one included); at least 2.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(2..))]
+    container_log_max_files: u16,
     /// The OCI runtime binary.
     #[arg(long, default_value = "runc")]
     runc: PathBuf,
@@ -376,6 +382,22 @@ mod pods {
             .clone()
             .or_else(host_name)
             .context("cannot tell this node's name: give --node-name")?;
+        if args.image_gc_low_threshold >= args.image_gc_high_threshold {
+            anyhow::bail!(
+                "--image-gc-low-threshold ({}) must be below --image-gc-high-threshold ({})",
+                args.image_gc_low_threshold,
+                args.image_gc_high_threshold
+            );
+        }
+        let max_size = keel_agent::quantity::value(&args.container_log_max_size)
+            .map_err(|e| anyhow::anyhow!("--container-log-max-size: {e}"))?;
+        let log_rotation = Rotation {
+            max_size: u64::try_from(max_size)
+                .ok()
+                .filter(|size| *size >= 1024)
+                .context("--container-log-max-size: must be at least 1Ki")?,
+            max_files: usize::from(args.container_log_max_files),
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -412,13 +434,6 @@ mod pods {
                 "no pod CIDR: give --pod-cidr (or let the control plane assign the node one)",
             )?;
         let cidr = Ipv4Cidr::parse(&cidr_text).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
-        if args.image_gc_low_threshold >= args.image_gc_high_threshold {
-            anyhow::bail!(
-                "--image-gc-low-threshold ({}) must be below --image-gc-high-threshold ({})",
-                args.image_gc_low_threshold,
-                args.image_gc_high_threshold
-            );
-        }
         let cgroups = CgroupManager::detect(&args.cgroup_root)?;
         let ipam = Ipam::open(cidr, &root.join("ipam"))?;
         let images = ImageStore::open(&root.join("images"), args.insecure_registries.clone())?;
@@ -448,7 +463,7 @@ mod pods {
             runc: Runc::new(&args.runc, &root.join("runc")),
             memory_capacity: node::memory_capacity(&meminfo).unwrap_or(i64::MAX),
             pod_max_pids: (args.pod_max_pids >= 0).then_some(args.pod_max_pids),
-            log_rotation: Rotation::default(),
+            log_rotation,
             events,
             client: api.as_ref().map(|(client, _, _)| client.clone()),
             status_changed: Arc::new(Notify::new()),

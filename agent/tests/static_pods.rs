@@ -489,7 +489,7 @@ fn deletion_sends_term_waits_the_grace_period_then_kills() {
             "grace",
             &node.image,
             &format!(
-                "  terminationGracePeriodSeconds: 4\n  volumes: [{{name: marks, hostPath: {{path: {}, type: DirectoryOrCreate}}}}]\n",
+                "  terminationGracePeriodSeconds: 6\n  volumes: [{{name: marks, hostPath: {{path: {}, type: DirectoryOrCreate}}}}]\n",
                 marks.display()
             ),
             "  - name: polite\n    image: IMAGE\n    command: [sh, -c, 'trap \"echo term > /marks/polite; exit 0\" TERM; echo up > /marks/up; while true; do sleep 0.1; done']\n    volumeMounts: [{name: marks, mountPath: /marks}]\n  - name: stubborn\n    image: IMAGE\n    command: [sh, -c, 'trap \"echo term > /marks/stubborn\" TERM; while true; do sleep 0.1; done']\n    volumeMounts: [{name: marks, mountPath: /marks}]\n",
