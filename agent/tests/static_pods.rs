@@ -531,3 +531,40 @@ fn deletion_sends_term_waits_the_grace_period_then_kills() {
     );
     assert_eq!(running(), 0);
 }
+
+#[test]
+fn a_host_network_pod_serves_on_the_node_address() {
+    let node = TestNode::start("hostnet", agent_binary());
+    node.write_manifest(
+        "hostnet.yaml",
+        &pod(
+            "hostnet",
+            &node.image,
+            "  hostNetwork: true\n  terminationGracePeriodSeconds: 1\n",
+            "  - {name: web, image: IMAGE, command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www']}\n",
+        ),
+    );
+    let body = node.wait_for(
+        "httpd on the node's address",
+        Duration::from_secs(60),
+        || node.curl("http://198.18.63.1:8080/"),
+    );
+    let node_hostname = node.host.run(&["hostname"]).unwrap();
+    assert_eq!(
+        body.trim(),
+        String::from_utf8_lossy(&node_hostname.stdout).trim(),
+        "the node's UTS namespace"
+    );
+    let pods: serde_json::Value =
+        serde_json::from_str(&node.curl("https://127.0.0.1:10250/pods").unwrap()).unwrap();
+    assert_eq!(pods["items"][0]["status"]["podIP"], "198.18.63.1");
+    let links = node.host.run(&["ip", "-o", "link"]).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(" kp"),
+        "no pod veth"
+    );
+    node.remove_manifest("hostnet.yaml");
+    node.wait_for("the pod to go", Duration::from_secs(30), || {
+        node.pod_uids().is_empty().then_some(())
+    });
+}

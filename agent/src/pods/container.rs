@@ -43,7 +43,7 @@ pub struct Launch<'a> {
     pub container: &'a Container,
     pub image: &'a Image,
     pub pod_dir: &'a PodDir,
-    pub netns: PathBuf,
+    pub netns: Option<PathBuf>,
     pub pod_cgroup: String,
     pub qos: QosClass,
     pub env: Vec<(String, String)>,

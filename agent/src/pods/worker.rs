@@ -212,10 +212,18 @@ impl PodWorker {
         let (ip, volumes) = blocking(&self.ctx, move |ctx| -> Result<_, String> {
             dir.create().map_err(|e| e.to_string())?;
             dir.save_pod(&pod).map_err(|e| e.to_string())?;
-            let netns_path = ctx.netns_path(&uid);
-            netns::create(&netns_path).map_err(|e| e.to_string())?;
-            let ip = ctx.ipam.allocate(&uid).map_err(|e| e.to_string())?;
-            network::attach(&netns_path, &uid, ip).map_err(|e| e.to_string())?;
+            let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+            let ip = if host_network {
+                // The node's own network: no namespace, veth or address of the pod's.
+                ctx.host_ip
+                    .ok_or("a hostNetwork pod needs the node's address: give --node-ip")?
+            } else {
+                let netns_path = ctx.netns_path(&uid);
+                netns::create(&netns_path).map_err(|e| e.to_string())?;
+                let ip = ctx.ipam.allocate(&uid).map_err(|e| e.to_string())?;
+                network::attach(&netns_path, &uid, ip).map_err(|e| e.to_string())?;
+                ip
+            };
             let values =
                 resources::pod_cgroup(&pod, ctx.pod_max_pids).map_err(|e| e.to_string())?;
             ctx.cgroups
@@ -773,7 +781,8 @@ impl PodWorker {
         let pod = self.pod.clone();
         let owned_container = container.clone();
         let pod_dir = self.dir.clone();
-        let netns = self.ctx.netns_path(&self.uid);
+        let host_network = self.pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        let netns = (!host_network).then(|| self.ctx.netns_path(&self.uid));
         let pod_cgroup = self.ctx.cgroups.pod_path(self.qos, &self.uid);
         let qos = self.qos;
         let image_for_launch = image.clone();

@@ -79,7 +79,9 @@ pub struct BundleInput<'a> {
     pub env: Vec<(String, String)>,
     pub rootfs: PathBuf,
     pub hostname: String,
-    pub netns: PathBuf,
+    /// The pod's network namespace; `None`: the host's (`hostNetwork`), which also keeps the
+    /// host's UTS namespace, as upstream.
+    pub netns: Option<PathBuf>,
     pub cgroups_path: String,
     pub resources: CgroupResources,
     pub oom_score_adj: i32,
@@ -281,14 +283,17 @@ pub fn spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
     if let Some(limit) = resources.pids_limit {
         linux_resources["pids"] = json!({"limit": limit});
     }
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "mount"}),
+    ];
+    if let Some(netns) = &input.netns {
+        namespaces.push(json!({"type": "uts"}));
+        namespaces.push(json!({"type": "network", "path": netns}));
+    }
     let mut linux = json!({
-        "namespaces": [
-            {"type": "pid"},
-            {"type": "ipc"},
-            {"type": "uts"},
-            {"type": "mount"},
-            {"type": "network", "path": input.netns},
-        ],
+        "namespaces": namespaces,
         "cgroupsPath": input.cgroups_path,
         "resources": linux_resources,
     });
@@ -331,7 +336,7 @@ pub fn spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
             "oomScoreAdj": input.oom_score_adj,
         },
         "root": {"path": input.rootfs, "readonly": security.and_then(|s| s.read_only_root_filesystem).unwrap_or(false)},
-        "hostname": input.hostname,
+        "hostname": if input.netns.is_some() { Some(&input.hostname) } else { None },
         "mounts": mounts,
         "linux": linux,
     });
@@ -424,7 +429,7 @@ mod tests {
             env: vec![],
             rootfs: "/r/rootfs".into(),
             hostname: "pod-a".into(),
-            netns: "/var/lib/keel/netns/u".into(),
+            netns: Some("/var/lib/keel/netns/u".into()),
             cgroups_path: "/kubepods/burstable/podu/cid".into(),
             resources: CgroupResources {
                 cpu_shares: 256,
