@@ -512,6 +512,7 @@ mod pods {
                 pod_logs_dir: args.pod_logs_dir.clone(),
                 node_name: node_name.clone(),
                 cgroups: ctx.cgroups.clone(),
+                runc: ctx.runc.clone(),
             };
             runtime.spawn(api.serve(listener, tls));
             log::info!("node API on https://0.0.0.0:{}", args.node_api_port);

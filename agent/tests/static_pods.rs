@@ -568,3 +568,104 @@ fn a_host_network_pod_serves_on_the_node_address() {
         node.pod_uids().is_empty().then_some(())
     });
 }
+
+/// A WebSocket exec client (what kubectl speaks): sends `input` on stdin then closes it, and
+/// returns stdout, stderr and the final Status. Runs in the node's network namespace.
+fn node_api_exec(
+    node: &TestNode,
+    path_and_query: &str,
+    input: &[u8],
+) -> (String, String, serde_json::Value) {
+    use keel_agent::nodeapi::websocket::{self, OP_BINARY, OP_CLOSE};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let cert = node.state_dir().join("pki/kubelet.crt");
+    node.host
+        .enter(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let mut roots = rustls::RootCertStore::empty();
+                for certificate in rustls_pemfile::certs(&mut std::fs::read(&cert).unwrap().as_slice()) {
+                    roots.add(certificate.unwrap()).unwrap();
+                }
+                let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+                let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+                let tcp = tokio::net::TcpStream::connect("127.0.0.1:10250").await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("node1").unwrap();
+                let mut tls = connector.connect(name, tcp).await.unwrap();
+                let key = "dGhlIHNhbXBsZSBub25jZQ==";
+                let request = format!(
+                    "GET {path_and_query} HTTP/1.1\r\nHost: node1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\
+                     Sec-WebSocket-Protocol: v5.channel.k8s.io, v4.channel.k8s.io\r\n\r\n"
+                );
+                tls.write_all(request.as_bytes()).await.unwrap();
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0_u8; 1];
+                    tls.read_exact(&mut byte).await.unwrap();
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                assert!(head.starts_with("http/1.1 101"), "{head}");
+                assert!(head.contains(&format!("sec-websocket-accept: {}", websocket::accept_key(key).to_lowercase())), "{head}");
+                assert!(head.contains("sec-websocket-protocol: v5.channel.k8s.io"), "{head}");
+                let mask = Some([9, 8, 7, 6]);
+                let mut message = vec![0_u8];
+                message.extend_from_slice(input);
+                websocket::write_frame(&mut tls, OP_BINARY, &message, mask).await.unwrap();
+                websocket::write_frame(&mut tls, OP_BINARY, &[255, 0], mask).await.unwrap();
+                let (mut stdout, mut stderr, mut status) = (Vec::new(), Vec::new(), serde_json::Value::Null);
+                while let Some(frame) = websocket::read_frame(&mut tls).await.unwrap() {
+                    if frame.opcode == OP_CLOSE {
+                        break;
+                    }
+                    let (channel, data) = frame.payload.split_first().unwrap();
+                    match channel {
+                        1 => stdout.extend_from_slice(data),
+                        2 => stderr.extend_from_slice(data),
+                        3 => status = serde_json::from_slice(data).unwrap(),
+                        _ => {}
+                    }
+                }
+                (String::from_utf8(stdout).unwrap(), String::from_utf8(stderr).unwrap(), status)
+            })
+        })
+        .unwrap()
+}
+
+#[test]
+fn exec_on_the_node_api_runs_a_command_in_the_container_with_stdin() {
+    let node = TestNode::start("exec", agent_binary());
+    node.write_manifest(
+        "exec.yaml",
+        &pod(
+            "exec",
+            &node.image,
+            "  terminationGracePeriodSeconds: 1\n",
+            "  - {name: c, image: IMAGE, command: [sleep, '3600']}\n",
+        ),
+    );
+    node.wait_for("the container running", Duration::from_secs(60), || {
+        let pods = node.curl("https://127.0.0.1:10250/pods")?;
+        pods.contains("\"running\"").then_some(())
+    });
+    let (stdout, stderr, status) = node_api_exec(
+        &node,
+        "/exec/default/exec-node1/c?command=sh&command=-c&command=read+line%3B+echo+got+%24line%3B+echo+err+%3E%262%3B+exit+3&stdin=true&stdout=true&stderr=true",
+        b"hello\n",
+    );
+    assert_eq!(stdout, "got hello\n");
+    assert_eq!(stderr, "err\n");
+    assert_eq!(status["status"], "Failure");
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    assert_eq!(status["details"]["causes"][0]["message"], "3");
+    let (stdout, _, status) = node_api_exec(
+        &node,
+        "/exec/default/exec-node1/c?command=hostname&stdout=true",
+        b"",
+    );
+    assert_eq!(stdout.trim(), "exec-node1");
+    assert_eq!(status["status"], "Success");
+}

@@ -1,12 +1,15 @@
 //! kubelet's node API on port 10250 (HTTPS): `/healthz`, `/pods` (the PodList of what this
 //! node runs, static pods included, with status) and `/containerLogs/<ns>/<pod>/<container>`
 //! (`follow`, `tailLines`, `timestamps`, `previous`, `sinceSeconds`, `limitBytes`) and
-//! `/stats/summary` (CPU and memory from cgroups). Exec is still to come. Authentication is not checked yet: anyone who reaches
+//! `/stats/summary` (CPU and memory from cgroups), and `/exec` over WebSocket
+//! (`v5.channel.k8s.io`, no TTY yet). Authentication is not checked yet: anyone who reaches
 //! the port may read pods and logs (kubelet's webhook authn/authz comes with the cluster work).
 
 pub mod cri;
+pub mod exec;
 pub mod stats;
 pub mod tls;
+pub mod websocket;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -34,6 +37,7 @@ pub struct NodeApi {
     pub pod_logs_dir: PathBuf,
     pub node_name: String,
     pub cgroups: crate::cgroups::CgroupManager,
+    pub runc: crate::runtime::runc::Runc,
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
@@ -66,13 +70,16 @@ impl NodeApi {
                     async move { Ok::<_, Infallible>(api.handle(request).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
                     .await;
             });
         }
     }
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        if request.uri().path().starts_with("/exec/") {
+            return self.exec(request);
+        }
         if request.method() != http::Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
         }
@@ -106,6 +113,96 @@ impl NodeApi {
                 format!("404 page not found: {path}\n"),
             ),
         }
+    }
+
+    /// Upgrades to a WebSocket and runs the command in the container.
+    fn exec(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let path = request.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let ["exec", namespace, name, container] = segments.as_slice() else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("404 page not found: {path}\n"),
+            );
+        };
+        let options = exec::ExecOptions::from_query(request.uri().query().unwrap_or(""));
+        if options.tty {
+            return text(StatusCode::BAD_REQUEST, "tty is not supported yet\n");
+        }
+        if options.command.is_empty() {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "you must specify at least one command for the container\n",
+            );
+        }
+        let headers = request.headers();
+        let offered = headers
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .collect::<Vec<_>>();
+        let Some(protocol) = exec::PROTOCOLS
+            .iter()
+            .find(|p| offered.iter().any(|o| o == *p))
+        else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "a WebSocket upgrade with one of {:?} is required\n",
+                    exec::PROTOCOLS
+                ),
+            );
+        };
+        let Some(key) = headers
+            .get("sec-websocket-key")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+        };
+        let accept = websocket::accept_key(key);
+        let Some(pod) = self.find(namespace, name) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("pod \"{name}\" not found in namespace \"{namespace}\" on this node\n"),
+            );
+        };
+        let running = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .into_iter()
+            .flatten()
+            .find(|s| {
+                s.name == *container && s.state.as_ref().is_some_and(|st| st.running.is_some())
+            });
+        let Some(id) = running
+            .and_then(|s| s.container_id)
+            .and_then(|id| id.rsplit("://").next().map(str::to_owned))
+        else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("container {container} is not running in pod {name}\n"),
+            );
+        };
+        let upgrade = hyper::upgrade::on(&mut request);
+        let runc = self.runc.clone();
+        let v5 = *protocol == exec::PROTOCOLS[0];
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => exec::session(upgraded, runc, id, options, v5).await,
+                Err(error) => log::debug!("node API: exec upgrade failed: {error}"),
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .header("sec-websocket-protocol", *protocol)
+            .body(Full::new(Bytes::new()).boxed())
+            .expect("a valid response")
     }
 
     fn pods(&self) -> Response<Body> {
