@@ -1,0 +1,196 @@
+//! Probes of running instances (a failed liveness or startup probe stops the instance) and the
+//! pod's termination: SIGTERM, the grace period, SIGKILL, then every trace of the pod removed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Container;
+
+use crate::sandbox::network;
+use crate::sys::netns;
+
+use super::super::container;
+use super::super::probe::{self, ProbeAction, ProbeTarget};
+use super::super::record::Instance;
+use super::super::volumes;
+use super::{PodWorker, blocking};
+use crate::pods::node::NodeContext;
+
+impl PodWorker {
+    /// Runs the container's due probes; a failed liveness or startup probe has the instance
+    /// stopped (SIGTERM, the pod's grace period, SIGKILL), after which the restart policy
+    /// applies as for any exit.
+    pub(super) async fn run_probes(
+        &mut self,
+        container: &Container,
+        init: bool,
+        instance: &Instance,
+    ) {
+        let Some((id, mut probes)) = self.probes.remove(&container.name) else {
+            return;
+        };
+        if id != instance.id {
+            return;
+        }
+        let Some(pod_ip) = self.pod_ip else { return };
+        let now = tokio::time::Instant::now();
+        for (kind, probe) in probes.due(now) {
+            let target = ProbeTarget {
+                pod_ip,
+                container,
+                container_id: &instance.id,
+                runc: &self.ctx.runc,
+            };
+            let result = probe::run(&probe, &target).await;
+            if let Err(message) = &result {
+                self.events.warning(
+                    &container.name,
+                    init,
+                    "Unhealthy",
+                    format!("{} probe failed: {message}", kind.as_str()),
+                );
+            }
+            if let ProbeAction::Restart(_) = probes.record(kind, &result, now) {
+                self.events.normal(
+                    &container.name,
+                    init,
+                    "Killing",
+                    format!(
+                        "Container {} failed {} probe, will be restarted",
+                        container.name,
+                        kind.as_str().to_lowercase()
+                    ),
+                );
+                let grace = self
+                    .pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .unwrap_or(30)
+                    .max(0)
+                    .unsigned_abs();
+                let (ctx, id) = (Arc::clone(&self.ctx), instance.id.clone());
+                tokio::spawn(async move {
+                    let runc = ctx.runc.clone();
+                    let term_id = id.clone();
+                    let _ = tokio::task::spawn_blocking(move || runc.kill(&term_id, "TERM")).await;
+                    tokio::time::sleep(Duration::from_secs(grace)).await;
+                    let runc = ctx.runc.clone();
+                    let _ = tokio::task::spawn_blocking(move || runc.kill(&id, "KILL")).await;
+                });
+                break;
+            }
+        }
+        self.probes.insert(container.name.clone(), (id, probes));
+    }
+
+    /// Stops every container (SIGTERM, the grace period, SIGKILL) and removes everything the
+    /// pod had: instances, rootfs mounts, volumes, cgroup, network, address, state, logs.
+    pub(super) async fn terminate(mut self) {
+        let grace = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0);
+        let running: Vec<Instance> = self
+            .records
+            .values()
+            .filter_map(|r| r.current.clone())
+            .filter(|i| i.terminated.is_none())
+            .collect();
+        for record in self.records.values() {
+            if record
+                .current
+                .as_ref()
+                .is_some_and(|i| i.terminated.is_none())
+            {
+                self.events.normal(
+                    &record.name,
+                    false,
+                    "Killing",
+                    format!("Stopping container {}", record.name),
+                );
+            }
+        }
+        log::info!(
+            "pod {}: stopping {} containers (grace {grace}s)",
+            self.describe(),
+            running.len()
+        );
+        let ids: Vec<String> = running.iter().map(|i| i.id.clone()).collect();
+        let signal_all = |signal: &'static str| {
+            let ids = ids.clone();
+            blocking(&self.ctx, move |ctx| {
+                for id in &ids {
+                    if let Err(error) = ctx.runc.kill(id, signal) {
+                        log::warn!("{error}");
+                    }
+                }
+            })
+        };
+        signal_all("TERM").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace.unsigned_abs());
+        let all_gone = |ctx: &NodeContext| {
+            running
+                .iter()
+                .all(|i| ctx.keeper.exit_of(&i.id).is_some() || !container::alive(i.pid))
+        };
+        while !all_gone(&self.ctx) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !all_gone(&self.ctx) {
+            signal_all("KILL").await;
+        }
+        for id in &ids {
+            self.drain_copiers(id).await;
+        }
+        let uid = self.uid.clone();
+        let qos = self.qos;
+        let dir = self.dir.clone();
+        let meta = self.pod.metadata.clone();
+        let result = blocking(&self.ctx, move |ctx| -> Result<(), String> {
+            for id in &ids {
+                container::remove(ctx, id, &dir.container_dir(id)).map_err(|e| e.to_string())?;
+            }
+            // Instances that ended earlier left their directories already; sweep any rest.
+            if let Ok(entries) = std::fs::read_dir(dir.path.join("containers")) {
+                for entry in entries.flatten() {
+                    let id = entry.file_name().to_string_lossy().into_owned();
+                    container::remove(ctx, &id, &entry.path()).map_err(|e| e.to_string())?;
+                }
+            }
+            volumes::teardown(&dir.volumes_dir()).map_err(|e| e.to_string())?;
+            let pod_cgroup = ctx.cgroups.pod_path(qos, &uid);
+            let mut removed = ctx.cgroups.remove_pod(&pod_cgroup);
+            for _ in 0..50 {
+                if removed.is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                removed = ctx.cgroups.remove_pod(&pod_cgroup);
+            }
+            removed.map_err(|e| e.to_string())?;
+            network::detach(&uid).map_err(|e| e.to_string())?;
+            netns::remove(&ctx.netns_path(&uid)).map_err(|e| e.to_string())?;
+            ctx.ipam.release(&uid).map_err(|e| e.to_string())?;
+            let log_dir = ctx.pod_log_dir(
+                meta.namespace.as_deref().unwrap_or("default"),
+                meta.name.as_deref().unwrap_or(""),
+                &uid,
+            );
+            let _ = std::fs::remove_dir_all(log_dir);
+            dir.remove().map_err(|e| e.to_string())
+        })
+        .await;
+        match result {
+            Ok(()) => log::info!("pod {}: removed", self.describe()),
+            Err(error) => log::error!("pod {}: cleanup incomplete: {error}", self.describe()),
+        }
+        self.statuses
+            .lock()
+            .expect("statuses lock")
+            .remove(&self.uid);
+    }
+}
