@@ -1,0 +1,369 @@
+//! The agent's pod side, wired from the command line: the node context, registration with the
+//! API server (`--kubeconfig`), the pod manager on a Tokio runtime of its own fed by the static
+//! pod directory and the API, the node API, and image GC.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::PodStatus;
+use keel_agent::api::node as api_node;
+use keel_agent::api::pods;
+use keel_agent::cgroups::CgroupManager;
+use keel_agent::image::ImageStore;
+use keel_agent::nodeapi::NodeApi;
+use keel_agent::nodeapi::tls::TlsFiles;
+use keel_agent::pods::source::ManifestDir;
+use keel_agent::pods::worker::Statuses;
+use keel_agent::pods::{NodeContext, PodManager, node};
+use keel_agent::runtime::keeper::Keeper;
+use keel_agent::runtime::logs::Rotation;
+use keel_agent::runtime::runc::Runc;
+use keel_agent::sandbox::{Ipam, Ipv4Cidr, network};
+use keel_agent::sys::inotify::DirWatch;
+use tokio::sync::{Notify, oneshot};
+
+use crate::{Args, host_name};
+
+/// kubelet's image GC period.
+const IMAGE_GC_PERIOD: Duration = Duration::from_secs(300);
+/// How often the manifest directory is read.
+const MANIFEST_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct Pods {
+    runtime: tokio::runtime::Runtime,
+    stop: oneshot::Sender<()>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+pub fn start(args: &Args) -> anyhow::Result<Pods> {
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("cannot install rustls' crypto provider"))?;
+    let node_name = args
+        .node_name
+        .clone()
+        .or_else(host_name)
+        .context("cannot tell this node's name: give --node-name")?;
+    if args.image_gc_low_threshold >= args.image_gc_high_threshold {
+        anyhow::bail!(
+            "--image-gc-low-threshold ({}) must be below --image-gc-high-threshold ({})",
+            args.image_gc_low_threshold,
+            args.image_gc_high_threshold
+        );
+    }
+    let max_size = keel_agent::quantity::value(&args.container_log_max_size)
+        .map_err(|e| anyhow::anyhow!("--container-log-max-size: {e}"))?;
+    let log_rotation = Rotation {
+        max_size: u64::try_from(max_size)
+            .ok()
+            .filter(|size| *size >= 1024)
+            .context("--container-log-max-size: must be at least 1Ki")?,
+        max_files: usize::from(args.container_log_max_files),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the Tokio runtime")?;
+    let root = &args.root_dir;
+    std::fs::create_dir_all(root)
+        .with_context(|| format!("--root-dir: cannot create {}", root.display()))?;
+    // With an API server: register first, it may hold the pod CIDR.
+    let api = match &args.kubeconfig {
+        Some(path) => Some(runtime.block_on(async {
+            // As kubelet: keep trying until the API server takes the node.
+            loop {
+                match connect(path, args, &node_name).await {
+                    Ok(connected) => break Ok::<_, anyhow::Error>(connected),
+                    Err(error) if error.chain().any(|e| e.is::<kube::Error>()) => {
+                        log::warn!("{error:#}; retrying in 2 s");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Err(error) => break Err(error),
+                }
+            }
+        })?),
+        None => None,
+    };
+    let cidr_text = args
+        .pod_cidr
+        .clone()
+        .or_else(|| {
+            api.as_ref()
+                .and_then(|(_, node, _)| node.spec.as_ref()?.pod_cidr.clone())
+        })
+        .context("no pod CIDR: give --pod-cidr (or let the control plane assign the node one)")?;
+    let cidr = Ipv4Cidr::parse(&cidr_text).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
+    let cgroups = CgroupManager::detect(&args.cgroup_root)?;
+    let ipam = Ipam::open(cidr, &root.join("ipam"))?;
+    let images = ImageStore::open(&root.join("images"), args.insecure_registries.clone())?;
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let keeper = Keeper::ensure(&root.join("keeper"), &exe)?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo")?;
+    let events = api.as_ref().map(|(client, _, _)| {
+        let (sink, receiver) = tokio::sync::mpsc::unbounded_channel();
+        runtime.spawn(keel_agent::api::events::record(
+            client.clone(),
+            node_name.clone(),
+            receiver,
+        ));
+        sink
+    });
+    network::enable_forwarding().context("cannot enable IPv4 forwarding for pods")?;
+    let ctx = Arc::new(NodeContext {
+        root_dir: root.clone(),
+        node_name: node_name.clone(),
+        host_ip: args.node_ip.first().copied(),
+        pod_logs_dir: args.pod_logs_dir.clone(),
+        cgroups,
+        ipam,
+        images,
+        keeper,
+        runc: Runc::new(&args.runc, &root.join("runc")),
+        memory_capacity: node::memory_capacity(&meminfo).unwrap_or(i64::MAX),
+        pod_max_pids: (args.pod_max_pids >= 0).then_some(args.pod_max_pids),
+        log_rotation,
+        events,
+        client: api.as_ref().map(|(client, _, _)| client.clone()),
+        status_changed: Arc::new(Notify::new()),
+    });
+    log::info!(
+        "running pods as node {node_name} (pod CIDR {cidr}, cgroups {:?}){}{}",
+        ctx.cgroups.mode(),
+        args.pod_manifest_path
+            .as_ref()
+            .map_or(String::new(), |dir| format!(
+                ", static pods from {}",
+                dir.display()
+            )),
+        if api.is_some() {
+            ", pods from the API server"
+        } else {
+            ""
+        }
+    );
+    let statuses = Statuses::default();
+    if args.node_api_port != 0 {
+        let files = match (&args.tls_cert_file, &args.tls_private_key_file) {
+            (Some(cert), Some(key)) => TlsFiles::Given {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => TlsFiles::SelfSigned {
+                dir: root.join("pki"),
+            },
+        };
+        let addresses: Vec<std::net::IpAddr> = args
+            .node_ip
+            .iter()
+            .map(|ip| std::net::IpAddr::V4(*ip))
+            .collect();
+        let tls = keel_agent::nodeapi::tls::server_config(&files, &node_name, &addresses)
+            .context("node API certificate")?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind((
+                "0.0.0.0",
+                args.node_api_port,
+            )))
+            .with_context(|| format!("--node-api-port {}", args.node_api_port))?;
+        let api = NodeApi {
+            statuses: Arc::clone(&statuses),
+            pod_logs_dir: args.pod_logs_dir.clone(),
+            node_name: node_name.clone(),
+            cgroups: ctx.cgroups.clone(),
+            runc: ctx.runc.clone(),
+        };
+        runtime.spawn(api.serve(listener, tls));
+        log::info!("node API on https://0.0.0.0:{}", args.node_api_port);
+    }
+    runtime.spawn(image_gc(
+        ctx.images.clone(),
+        root.join("images"),
+        Arc::clone(&statuses),
+        (args.image_gc_high_threshold, args.image_gc_low_threshold),
+    ));
+    let (stop, mut stopped) = oneshot::channel();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let manifests = args.pod_manifest_path.clone();
+    runtime.spawn(async move {
+        let status_changed = Arc::clone(&ctx.status_changed);
+        let mut manager = PodManager::new(ctx, statuses);
+        let watch = manifests.as_ref().and_then(|dir| match DirWatch::new(dir) {
+            Ok(watch) => Some(watch),
+            Err(error) => {
+                log::warn!(
+                    "cannot watch {} ({error}); reading it every second",
+                    dir.display()
+                );
+                None
+            }
+        });
+        let mut source = manifests.map(|dir| ManifestDir::new(&dir, &node_name));
+        let changed = Arc::new(Notify::new());
+        let api = api.map(|(client, node, facts)| {
+            tokio::spawn(heartbeat(client.clone(), node, facts));
+            let (store, _watch) = pods::watch_pods(&client, &node_name, Arc::clone(&changed));
+            (client, store)
+        });
+        let mut written: HashMap<String, PodStatus> = HashMap::new();
+        loop {
+            let mut desired = BTreeMap::new();
+            let mut static_pods = BTreeMap::new();
+            if let Some(source) = &mut source {
+                let (pods, errors) = source.scan();
+                for error in errors {
+                    log::error!("static pod manifest {error}");
+                }
+                static_pods = pods;
+                desired.extend(static_pods.clone());
+            }
+            if let Some((client, store)) = &api {
+                let from_api = pods::desired(store);
+                let running = manager.statuses().lock().expect("statuses lock").clone();
+                for pod in pods::finished_deletions(store, &running) {
+                    if let Err(error) = pods::delete_finished(client, &pod).await {
+                        log::warn!("cannot delete finished pod: {error}");
+                    }
+                }
+                for (uid, pod) in &running {
+                    let Some(status) = &pod.status else { continue };
+                    let reported = from_api.contains_key(uid) || static_pods.contains_key(uid);
+                    if reported && written.get(uid) != Some(status) {
+                        match pods::write_status(client, pod, status).await {
+                            Ok(true) => {
+                                written.insert(uid.clone(), status.clone());
+                            }
+                            Ok(false) => {}
+                            Err(error) => log::warn!("cannot write pod status: {error}"),
+                        }
+                    }
+                }
+                written.retain(|uid, _| running.contains_key(uid));
+                pods::sync_mirrors(client, store, &static_pods).await;
+                desired.extend(from_api);
+            }
+            manager.sync(&desired).await;
+            tokio::select! {
+                _ = &mut stopped => break,
+                () = changed.notified() => {}
+                () = status_changed.notified() => {}
+                _ = async { watch.as_ref()?.changed().await.ok() }, if watch.is_some() => {}
+                () = tokio::time::sleep(MANIFEST_POLL) => {}
+            }
+        }
+        manager.detach();
+        let _ = done_tx.send(());
+    });
+    Ok(Pods {
+        runtime,
+        stop,
+        done,
+    })
+}
+
+/// kubelet's image GC: every five minutes, when the images' disk is above the high
+/// threshold, unused images go, least recently used first, until it is below the low one.
+async fn image_gc(
+    images: ImageStore,
+    dir: std::path::PathBuf,
+    statuses: Statuses,
+    (high, low): (u8, u8),
+) {
+    let mut ticker = tokio::time::interval(IMAGE_GC_PERIOD);
+    loop {
+        ticker.tick().await;
+        let (used, capacity) = disk_usage(&dir);
+        let in_use: std::collections::HashSet<String> = statuses
+            .lock()
+            .expect("statuses lock")
+            .values()
+            .filter_map(|pod| pod.status.as_ref()?.container_statuses.clone())
+            .flatten()
+            .filter_map(|s| s.image_id.rsplit_once('@').map(|(_, d)| d.to_owned()))
+            .collect();
+        let stored = match images.images() {
+            Ok(stored) => stored,
+            Err(error) => {
+                log::warn!("image GC: {error}");
+                continue;
+            }
+        };
+        for reference in keel_agent::image::gc::plan(&stored, &in_use, used, capacity, high, low) {
+            match images.remove(&reference) {
+                Ok(freed) => log::info!("image GC: removed {reference} ({freed} bytes)"),
+                Err(error) => log::warn!("image GC: cannot remove {reference}: {error}"),
+            }
+        }
+    }
+}
+
+/// Bytes used and total of the filesystem holding `dir`.
+fn disk_usage(dir: &Path) -> (u64, u64) {
+    keel_agent::sys::filesystem_bytes(dir).map_or((0, 0), |(total, free)| (total - free, total))
+}
+
+/// Connects to the API server and registers this node.
+async fn connect(
+    kubeconfig: &Path,
+    args: &Args,
+    node_name: &str,
+) -> anyhow::Result<(
+    kube::Client,
+    k8s_openapi::api::core::v1::Node,
+    api_node::NodeFacts,
+)> {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig)
+            .with_context(|| format!("--kubeconfig {}", kubeconfig.display()))?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .with_context(|| format!("--kubeconfig {}", kubeconfig.display()))?;
+    let client = kube::Client::try_from(config).context("cannot build the API client")?;
+    let facts = api_node::NodeFacts::read(
+        node_name,
+        args.node_ip.first().copied(),
+        args.pod_cidr.clone(),
+        &args.root_dir,
+    );
+    let node = api_node::register(&client, &facts)
+        .await
+        .with_context(|| format!("cannot register node {node_name}"))?;
+    api_node::renew_lease(&client, &node)
+        .await
+        .with_context(|| format!("cannot take the lease of node {node_name}"))?;
+    log::info!("registered node {node_name}");
+    Ok((client, node, facts))
+}
+
+/// Node status and lease, renewed until the agent stops.
+async fn heartbeat(
+    client: kube::Client,
+    mut node: k8s_openapi::api::core::v1::Node,
+    facts: api_node::NodeFacts,
+) {
+    let mut ticker = tokio::time::interval(api_node::LEASE_RENEW);
+    loop {
+        ticker.tick().await;
+        if let Err(error) = api_node::renew_lease(&client, &node).await {
+            log::warn!("cannot renew the node lease: {error}");
+        }
+        match api_node::update_status(&client, &facts, &api_node::transition_times(&node)).await {
+            Ok(updated) => node = updated,
+            Err(error) => log::warn!("cannot update the node status: {error}"),
+        }
+    }
+}
+
+impl Pods {
+    /// Stops the pod workers; pods keep running for the next agent to adopt.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.done.recv_timeout(Duration::from_secs(5));
+        self.runtime.shutdown_timeout(Duration::from_secs(2));
+    }
+}
