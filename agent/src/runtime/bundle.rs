@@ -246,7 +246,7 @@ pub fn spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         .filter(|dir| !dir.is_empty())
         .unwrap_or_else(|| "/".to_owned());
     let privileged = security.and_then(|s| s.privileged).unwrap_or(false);
-    let capabilities: Vec<&str> = DEFAULT_CAPABILITIES.to_vec();
+    let capabilities = capabilities(security, privileged);
 
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
@@ -346,6 +346,103 @@ pub fn spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
     })
 }
 
+/// Every capability the kernel knows (what a privileged container gets).
+const ALL_CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The container's capabilities: all for a privileged one; else containerd's defaults with
+/// `securityContext.capabilities` `add` and `drop` applied (names with or without `CAP_`,
+/// `ALL` in either list), in the CRI plugin's order.
+pub fn capabilities(
+    security: Option<&k8s_openapi::api::core::v1::SecurityContext>,
+    privileged: bool,
+) -> Vec<String> {
+    if privileged {
+        return ALL_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+    }
+    let normalise = |name: &String| {
+        let upper = name.to_ascii_uppercase();
+        if upper == "ALL" || upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        }
+    };
+    let requested = security.and_then(|s| s.capabilities.as_ref());
+    let add: Vec<String> = requested
+        .and_then(|c| c.add.as_ref())
+        .into_iter()
+        .flatten()
+        .map(normalise)
+        .collect();
+    let drop: Vec<String> = requested
+        .and_then(|c| c.drop.as_ref())
+        .into_iter()
+        .flatten()
+        .map(normalise)
+        .collect();
+    // containerd's order: add ALL, drop ALL, then the single adds, then the single drops.
+    let all = || ALL_CAPABILITIES.iter().map(|c| (*c).to_owned());
+    let mut set: Vec<String> = DEFAULT_CAPABILITIES
+        .iter()
+        .map(|c| (*c).to_owned())
+        .collect();
+    if add.iter().any(|c| c == "ALL") {
+        set = all().collect();
+    }
+    if drop.iter().any(|c| c == "ALL") {
+        set.clear();
+    }
+    for capability in add.iter().filter(|c| *c != "ALL") {
+        if !set.contains(capability) {
+            set.push(capability.clone());
+        }
+    }
+    set.retain(|c| !drop.contains(c));
+    set
+}
+
 /// Writes `config.json` into `bundle_dir`.
 pub fn write(bundle_dir: &Path, spec: &Spec) -> Result<(), BundleError> {
     let path = bundle_dir.join("config.json");
@@ -417,6 +514,25 @@ mod tests {
             resolve("ghost").unwrap_err().to_string(),
             "container c: user `ghost` is not in the image's /etc/passwd"
         );
+    }
+
+    #[test]
+    fn capabilities_add_drop_and_privileged() {
+        let c = container(
+            "{name: c, securityContext: {capabilities: {add: [NET_ADMIN], drop: [KILL, CAP_CHOWN]}}}",
+        );
+        let caps = capabilities(c.security_context.as_ref(), false);
+        assert!(caps.contains(&"CAP_NET_ADMIN".to_owned()));
+        assert!(!caps.contains(&"CAP_KILL".to_owned()) && !caps.contains(&"CAP_CHOWN".to_owned()));
+        let c = container(
+            "{name: c, securityContext: {capabilities: {drop: [ALL], add: [NET_BIND_SERVICE]}}}",
+        );
+        assert_eq!(
+            capabilities(c.security_context.as_ref(), false),
+            ["CAP_NET_BIND_SERVICE"]
+        );
+        assert_eq!(capabilities(None, true).len(), 41);
+        assert_eq!(capabilities(None, false).len(), DEFAULT_CAPABILITIES.len());
     }
 
     #[test]
