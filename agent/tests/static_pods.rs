@@ -366,6 +366,34 @@ fn volumes_and_downward_env_are_visible_inside_the_container() {
         (!lines.is_empty()).then_some(lines)
     });
     assert_eq!(reader, ["shared"], "emptyDir shared between containers");
+    // One IPC namespace for the pod: both containers name the same one.
+    let ipc = |container: &str| {
+        let pods: serde_json::Value =
+            serde_json::from_str(&node.curl("https://127.0.0.1:10250/pods").unwrap()).unwrap();
+        let statuses = pods["items"][0]["status"]["containerStatuses"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let status = statuses.iter().find(|s| s["name"] == container).unwrap();
+        let id = status["containerID"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("runc://")
+            .to_owned();
+        let output = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(node.state_dir().join("runc"))
+            .args(["exec", &id, "readlink", "/proc/self/ns/ipc"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    let (writer_ipc, reader_ipc) = (ipc("writer"), ipc("reader"));
+    assert!(writer_ipc.starts_with("ipc:["), "{writer_ipc}");
+    assert_eq!(
+        writer_ipc, reader_ipc,
+        "the pod's containers share one IPC namespace"
+    );
 }
 
 #[test]

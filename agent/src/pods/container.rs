@@ -44,6 +44,7 @@ pub struct Launch<'a> {
     pub image: &'a Image,
     pub pod_dir: &'a PodDir,
     pub netns: Option<PathBuf>,
+    pub ipcns: Option<PathBuf>,
     pub pod_cgroup: String,
     pub qos: QosClass,
     pub env: Vec<(String, String)>,
@@ -109,6 +110,7 @@ pub fn prepare(ctx: &NodeContext, launch: &Launch<'_>) -> Result<Prepared, Conta
             rootfs,
             hostname: launch.pod.metadata.name.clone().unwrap_or_default(),
             netns: launch.netns.clone(),
+            ipcns: launch.ipcns.clone(),
             cgroups_path: cgroup_path(&launch.pod_cgroup, &prepared.id),
             resources: parsed.cgroup(),
             oom_score_adj: resources::oom_score_adj(

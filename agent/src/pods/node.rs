@@ -55,6 +55,11 @@ impl NodeContext {
         self.root_dir.join("netns").join(uid)
     }
 
+    /// The pod's IPC namespace, shared by its containers.
+    pub fn ipcns_path(&self, uid: &str) -> PathBuf {
+        self.root_dir.join("ipcns").join(uid)
+    }
+
     /// `<podLogsDir>/<namespace>_<name>_<uid>`.
     pub fn pod_log_dir(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
         self.pod_logs_dir.join(format!("{namespace}_{name}_{uid}"))

@@ -212,6 +212,10 @@ impl PodWorker {
         let (ip, volumes) = blocking(&self.ctx, move |ctx| -> Result<_, String> {
             dir.create().map_err(|e| e.to_string())?;
             dir.save_pod(&pod).map_err(|e| e.to_string())?;
+            // The IPC namespace the pod's containers share (no pause container holds it).
+            if pod.spec.as_ref().and_then(|s| s.host_ipc) != Some(true) {
+                netns::create_ipc(&ctx.ipcns_path(&uid)).map_err(|e| e.to_string())?;
+            }
             let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
             let ip = if host_network {
                 // The node's own network: no namespace, veth or address of the pod's.

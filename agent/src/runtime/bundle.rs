@@ -82,6 +82,8 @@ pub struct BundleInput<'a> {
     /// The pod's network namespace; `None`: the host's (`hostNetwork`), which also keeps the
     /// host's UTS namespace, as upstream.
     pub netns: Option<PathBuf>,
+    /// The pod's IPC namespace (`None`: the host's, `hostIPC`).
+    pub ipcns: Option<PathBuf>,
     pub cgroups_path: String,
     pub resources: CgroupResources,
     pub oom_score_adj: i32,
@@ -283,11 +285,10 @@ pub fn spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
     if let Some(limit) = resources.pids_limit {
         linux_resources["pids"] = json!({"limit": limit});
     }
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "mount"}),
-    ];
+    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
+    if let Some(ipcns) = &input.ipcns {
+        namespaces.push(json!({"type": "ipc", "path": ipcns}));
+    }
     if let Some(netns) = &input.netns {
         namespaces.push(json!({"type": "uts"}));
         namespaces.push(json!({"type": "network", "path": netns}));
@@ -546,6 +547,7 @@ mod tests {
             rootfs: "/r/rootfs".into(),
             hostname: "pod-a".into(),
             netns: Some("/var/lib/keel/netns/u".into()),
+            ipcns: Some("/var/lib/keel/ipcns/u".into()),
             cgroups_path: "/kubepods/burstable/podu/cid".into(),
             resources: CgroupResources {
                 cpu_shares: 256,

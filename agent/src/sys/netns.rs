@@ -1,5 +1,5 @@
-//! Network namespaces kept alive by a bind mount of their nsfs file (what `ip netns add`
-//! does), so they outlive the thread that made them and the agent itself.
+//! Network (and IPC) namespaces kept alive by a bind mount of their nsfs file (what `ip netns
+//! add` does), so they outlive the thread that made them and the agent itself.
 
 use std::fs::File;
 use std::io;
@@ -33,6 +33,16 @@ pub enum NetnsError {
 /// Creates a new network namespace and bind-mounts it at `path` (a file created for it).
 /// Idempotent: a namespace already mounted there is kept.
 pub fn create(path: &Path) -> Result<(), NetnsError> {
+    create_kind(path, libc::CLONE_NEWNET, "net")
+}
+
+/// Creates a new IPC namespace (the one a pod's containers share) and bind-mounts it at
+/// `path`. Idempotent.
+pub fn create_ipc(path: &Path) -> Result<(), NetnsError> {
+    create_kind(path, libc::CLONE_NEWIPC, "ipc")
+}
+
+fn create_kind(path: &Path, flag: libc::c_int, proc_name: &'static str) -> Result<(), NetnsError> {
     let error = |source| NetnsError::Create {
         path: path.to_owned(),
         source,
@@ -45,14 +55,15 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
     }
     File::create(path).map_err(error)?;
     let target = path.to_owned();
-    // unshare(CLONE_NEWNET) changes only the calling thread; a thread of its own keeps the
-    // agent's other threads where they are, and its namespace lives on in the bind mount.
+    // unshare(CLONE_NEWNET / CLONE_NEWIPC) changes only the calling thread; a thread of its
+    // own keeps the agent's other threads where they are, and its namespace lives on in the
+    // bind mount.
     let made = std::thread::spawn(move || -> io::Result<()> {
         // SAFETY: unshare has no memory-safety preconditions; it affects only this thread.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        if unsafe { libc::unshare(flag) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        mount::bind(Path::new("/proc/thread-self/ns/net"), &target)
+        mount::bind(&Path::new("/proc/thread-self/ns").join(proc_name), &target)
     })
     .join()
     .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")));

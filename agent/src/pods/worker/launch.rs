@@ -243,6 +243,8 @@ impl PodWorker {
         let pod_dir = self.dir.clone();
         let host_network = self.pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
         let netns = (!host_network).then(|| self.ctx.netns_path(&self.uid));
+        let host_ipc = self.pod.spec.as_ref().and_then(|s| s.host_ipc) == Some(true);
+        let ipcns = (!host_ipc).then(|| self.ctx.ipcns_path(&self.uid));
         let pod_cgroup = self.ctx.cgroups.pod_path(self.qos, &self.uid);
         let qos = self.qos;
         let image_for_launch = image.clone();
@@ -255,6 +257,7 @@ impl PodWorker {
                     image: &image_for_launch,
                     pod_dir: &pod_dir,
                     netns,
+                    ipcns,
                     pod_cgroup,
                     qos,
                     env,

@@ -174,6 +174,7 @@ impl PodWorker {
             removed.map_err(|e| e.to_string())?;
             network::detach(&uid).map_err(|e| e.to_string())?;
             netns::remove(&ctx.netns_path(&uid)).map_err(|e| e.to_string())?;
+            netns::remove(&ctx.ipcns_path(&uid)).map_err(|e| e.to_string())?;
             ctx.ipam.release(&uid).map_err(|e| e.to_string())?;
             let log_dir = ctx.pod_log_dir(
                 meta.namespace.as_deref().unwrap_or("default"),
