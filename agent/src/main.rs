@@ -73,6 +73,11 @@ struct Args {
     /// The node API's port (kubelet's, HTTPS); 0: no node API.
     #[arg(long, default_value_t = 10250)]
     node_api_port: u16,
+    /// The address the node API listens on (kubelet's `--address`). Loopback by default, not
+    /// kubelet's 0.0.0.0: the node API does not authenticate its clients yet, and it runs
+    /// commands in containers.
+    #[arg(long = "address", default_value = "127.0.0.1")]
+    node_api_address: std::net::IpAddr,
     /// The node API's certificate (PEM); without it a self-signed one is made under
     /// `--root-dir`/pki.
     #[arg(long, requires = "tls_private_key_file")]

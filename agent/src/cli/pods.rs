@@ -166,7 +166,7 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
             .context("node API certificate")?;
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind((
-                "0.0.0.0",
+                args.node_api_address,
                 args.node_api_port,
             )))
             .with_context(|| format!("--node-api-port {}", args.node_api_port))?;
@@ -178,7 +178,11 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
             runc: ctx.runc.clone(),
         };
         runtime.spawn(api.serve(listener, tls));
-        log::info!("node API on https://0.0.0.0:{}", args.node_api_port);
+        log::info!(
+            "node API on https://{}:{}",
+            args.node_api_address,
+            args.node_api_port
+        );
     }
     runtime.spawn(image_gc(
         ctx.images.clone(),
