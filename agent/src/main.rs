@@ -20,7 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Parser, ValueEnum};
-use keel_agent::dataplane::{CtTimeouts, ServiceDataplane, StatsDataplane, XdpAttachMode};
+use keel_agent::dataplane::{
+    CtTimeouts, LbAlgorithm, LoadBalancing, ServiceDataplane, StatsDataplane, TableSize,
+    XdpAttachMode,
+};
 use keel_agent::services::{Node, ServicesFile, desired_state};
 
 #[derive(Debug, Parser)]
@@ -114,6 +117,21 @@ struct Args {
     /// Seconds a tracked UDP flow of the TC path may stay idle.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     conntrack_udp_timeout: u64,
+    /// How a new flow to a frontend reached from outside the cluster (NodePort, externalIP,
+    /// LoadBalancer IP) picks its backend on the TC path: `maglev` (the same backend on
+    /// every node) or `random`. ClusterIPs always pick at random.
+    #[arg(long, value_enum, default_value_t = LbAlgorithmArg::Maglev)]
+    lb_algorithm: LbAlgorithmArg,
+    /// Entries of each Maglev table (a prime Cilium accepts: 251, 509, 1021, 2039, 4093,
+    /// 8191, 16381, 32749, 65521, 131071); 4 bytes each, one table per external frontend.
+    #[arg(long, default_value = "16381")]
+    maglev_table_size: TableSize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LbAlgorithmArg {
+    Random,
+    Maglev,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -231,6 +249,16 @@ impl ServicesFromFile {
             }
         };
         let mut dataplane = ServiceDataplane::load().context("cannot load the eBPF dataplane")?;
+        let algorithm = match args.lb_algorithm {
+            LbAlgorithmArg::Random => LbAlgorithm::Random,
+            LbAlgorithmArg::Maglev => LbAlgorithm::Maglev,
+        };
+        dataplane
+            .set_load_balancing(LoadBalancing {
+                algorithm,
+                table_size: args.maglev_table_size,
+            })
+            .context("cannot set the load-balancing algorithm")?;
         dataplane.attach_cgroup(&cgroup).with_context(|| {
             format!(
                 "cannot attach socket load-balancing to --socket-lb-cgroup {}",

@@ -7,10 +7,14 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use aya::programs::Program;
+use keel_agent::dataplane::maglev::{TableBackend, lookup_table};
 use keel_agent::dataplane::test_run::{run_tc, run_xdp};
 use keel_agent::dataplane::{
-    CtCollection, CtTimeouts, Frontend, Protocol, ServiceDataplane, StatsDataplane, load_object,
+    Backends, CtCollection, CtTimeouts, Frontend, LbAlgorithm, LoadBalancing, Protocol,
+    ServiceDataplane, StatsDataplane, TableSize, load_object,
 };
+use keel_ebpf_common::conntrack::CtKey;
+use keel_ebpf_common::maglev::flow_hash;
 use keel_ebpf_common::{IfaceCounters, map, program};
 use support::packet::{self, Endpoints};
 
@@ -410,4 +414,177 @@ fn idle_flows_are_collected_by_protocol_timeout() {
             removed: 0
         }
     );
+}
+
+/// The destination address and port of a translated IPv4 TCP / UDP frame (no IP options).
+fn destination(frame: &[u8]) -> SocketAddrV4 {
+    let address = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+    SocketAddrV4::new(address, u16::from_be_bytes([frame[36], frame[37]]))
+}
+
+/// A new flow to an external frontend goes to the entry of the Maglev table that the flow
+/// hash selects: the table in the kernel is userspace's table, and the program's choice for
+/// each of 300 flows is the one userspace computes for that flow; the same 5-tuple gets the
+/// same backend again once its tracked flow is gone.
+#[test]
+fn tc_lb_sends_a_new_flow_to_its_maglev_entry() {
+    keel_testhost::require_root();
+    let client = Ipv4Addr::new(198, 18, 0, 1);
+    let external_ip = Ipv4Addr::new(198, 18, 100, 1);
+    let backends: Vec<SocketAddrV4> = (2..=4)
+        .map(|host| SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, host), 8080))
+        .collect();
+    let size = TableSize::new(251).unwrap();
+    let mut dataplane = ServiceDataplane::load().expect("load the Service programs");
+    dataplane
+        .set_load_balancing(LoadBalancing {
+            algorithm: LbAlgorithm::Maglev,
+            table_size: size,
+        })
+        .unwrap();
+    let frontend = Frontend {
+        address: external_ip,
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let external = Backends {
+        addresses: backends.clone(),
+        affinity: None,
+        external: true,
+    };
+    dataplane.upsert_backends(frontend, &external).unwrap();
+
+    // Userspace's table, computed here from the backends' names alone.
+    let named: Vec<TableBackend> = backends
+        .iter()
+        .map(|backend| TableBackend {
+            name: backend.to_string(),
+            weight: 1,
+        })
+        .collect();
+    let expected: Vec<SocketAddrV4> = lookup_table(&named, size)
+        .iter()
+        .map(|&index| backends[index as usize])
+        .collect();
+    let table = dataplane.maglev_table(frontend).unwrap().expect("a table");
+    assert_eq!(table, expected);
+
+    let ends = Endpoints {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src_ip: client,
+        dst_ip: external_ip,
+    };
+    let mut chosen = Vec::new();
+    for source_port in 40_000..40_300u16 {
+        let syn = packet::tcp(&ends, source_port, 80, 1, packet::TCP_SYN, b"");
+        let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, &syn, 1).unwrap();
+        assert_eq!(run.verdict, TC_ACT_OK);
+        let key = CtKey {
+            saddr: u32::from_ne_bytes(client.octets()),
+            daddr: u32::from_ne_bytes(external_ip.octets()),
+            sport: source_port.to_be(),
+            dport: 80u16.to_be(),
+            protocol: packet::IPPROTO_TCP,
+            pad: [0; 3],
+        };
+        let entry = flow_hash(&key) % size.get();
+        assert_eq!(
+            destination(&run.packet),
+            expected[entry as usize],
+            "flow from port {source_port}, entry {entry}"
+        );
+        chosen.push(destination(&run.packet));
+    }
+    for backend in &backends {
+        let share = chosen.iter().filter(|b| *b == backend).count();
+        assert!(share > 60, "{backend} got {share} of 300 flows");
+    }
+
+    // No tracked flow left: the same 5-tuples choose again, and choose the same.
+    let zero = Duration::ZERO;
+    dataplane
+        .collect_conntrack(CtTimeouts {
+            tcp: zero,
+            udp: zero,
+        })
+        .unwrap();
+    for (source_port, before) in (40_000..40_300u16).zip(&chosen).step_by(7) {
+        let syn = packet::tcp(&ends, source_port, 80, 1, packet::TCP_SYN, b"");
+        let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, &syn, 1).unwrap();
+        assert_eq!(destination(&run.packet), *before);
+    }
+}
+
+/// Which frontends get a table: external ones under Maglev; never ClusterIPs, never under
+/// `random`; a table goes when its frontend goes, empties, or stops being external.
+#[test]
+fn only_external_frontends_get_a_maglev_table() {
+    keel_testhost::require_root();
+    let backends = [SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 2), 8080)];
+    let mut dataplane = ServiceDataplane::load().expect("load the Service programs");
+    dataplane
+        .set_load_balancing(LoadBalancing {
+            algorithm: LbAlgorithm::Maglev,
+            table_size: TableSize::new(509).unwrap(),
+        })
+        .unwrap();
+    let frontend = |last: u8| Frontend {
+        address: Ipv4Addr::new(198, 18, 100, last),
+        port: 80,
+        protocol: Protocol::Udp,
+    };
+    let desired = |external: bool, addresses: &[SocketAddrV4]| Backends {
+        addresses: addresses.to_vec(),
+        affinity: None,
+        external,
+    };
+    dataplane
+        .upsert_backends(frontend(1), &desired(true, &backends))
+        .unwrap();
+    dataplane
+        .upsert_backends(frontend(2), &desired(false, &backends))
+        .unwrap();
+    let table = dataplane.maglev_table(frontend(1)).unwrap().unwrap();
+    assert_eq!(table.len(), 509);
+    assert!(table.iter().all(|backend| *backend == backends[0]));
+    assert_eq!(dataplane.maglev_table(frontend(2)).unwrap(), None);
+
+    // No backends: no table (and the frontend refuses); back to one backend: a table again.
+    dataplane
+        .upsert_backends(frontend(1), &desired(true, &[]))
+        .unwrap();
+    assert_eq!(dataplane.maglev_table(frontend(1)).unwrap(), None);
+    dataplane
+        .upsert_backends(frontend(1), &desired(true, &backends))
+        .unwrap();
+    assert!(dataplane.maglev_table(frontend(1)).unwrap().is_some());
+
+    // `random` removes every table; `maglev` brings them back.
+    dataplane
+        .set_load_balancing(LoadBalancing {
+            algorithm: LbAlgorithm::Random,
+            table_size: TableSize::new(509).unwrap(),
+        })
+        .unwrap();
+    assert_eq!(dataplane.maglev_table(frontend(1)).unwrap(), None);
+    dataplane
+        .set_load_balancing(LoadBalancing {
+            algorithm: LbAlgorithm::Maglev,
+            table_size: TableSize::new(251).unwrap(),
+        })
+        .unwrap();
+    assert_eq!(
+        dataplane.maglev_table(frontend(1)).unwrap().unwrap().len(),
+        251
+    );
+    let outer_entries = |dataplane: &mut ServiceDataplane| {
+        let maps =
+            aya::maps::HashOfMaps::<_, u32>::try_from(dataplane.object().map(map::MAGLEV).unwrap())
+                .unwrap();
+        maps.keys().count()
+    };
+    assert_eq!(outer_entries(&mut dataplane), 1);
+    dataplane.remove(frontend(1)).unwrap();
+    assert_eq!(outer_entries(&mut dataplane), 0);
 }

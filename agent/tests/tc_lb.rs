@@ -7,14 +7,11 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use keel_agent::dataplane::{Frontend, Protocol, ServiceDataplane};
 use keel_testhost::{Host, LinkOptions, TestNet, require_root, require_tool};
-use support::servers::{BACKEND_PORT, NameServer, VIP, answer, nc_to, nc_to_vip};
+use support::servers::{BACKEND_PORT, NameServer, UdpNameServer, VIP, answer, nc_to, nc_to_vip};
 
 /// A client host routed to the service range through a node host, and backend hosts on a
 /// switch behind the node, each with a TCP name server; the node has `tc_lb_ingress` on both
@@ -113,44 +110,6 @@ fn routed_traffic_to_a_cluster_ip_reaches_every_backend_through_the_node() {
         !refused.status.success() && error.contains("refused"),
         "nc: {error}"
     );
-}
-
-/// A UDP server in a test host answering every datagram with its name, until dropped.
-struct UdpNameServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UdpNameServer {
-    fn start(host: &Host, address: SocketAddrV4, name: &'static str) -> UdpNameServer {
-        let socket = host.enter(|| UdpSocket::bind(address).unwrap()).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let halt = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut buffer = [0u8; 64];
-            while !halt.load(Ordering::Relaxed) {
-                if let Ok((_, from)) = socket.recv_from(&mut buffer) {
-                    let _ = socket.send_to(name.as_bytes(), from);
-                }
-            }
-        });
-        UdpNameServer {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for UdpNameServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! programs that translate between them.
 //!
 //! Writes follow one order so a concurrent lookup never sees half a backend set: backends
-//! first, then new slots, then the service's slot count, and only then removal of slots past
-//! the new count and of backends no service uses any more.
+//! first, then new slots, then the service's Maglev table (a complete new one swapped in),
+//! then the service's slot count, and only then removal of slots past the new count, of a
+//! table no longer wanted, and of backends no service uses any more.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -21,6 +22,8 @@ use keel_ebpf_common::service::{
 };
 use keel_ebpf_common::{map, program};
 
+use super::maglev::LoadBalancing;
+use super::maglev::tables::MaglevTables;
 use super::object::{DataplaneError, attach_classifier, load_object, program_mut};
 
 /// The TC programs: ingress, then egress.
@@ -69,14 +72,20 @@ pub struct Backends {
     pub addresses: Vec<SocketAddrV4>,
     /// `sessionAffinity: ClientIP` with this timeout.
     pub affinity: Option<Duration>,
+    /// Reached from outside the cluster (NodePort, externalIP, LoadBalancer IP): new flows on
+    /// the TC path pick their backend from a Maglev table under `LbAlgorithm::Maglev`.
+    pub external: bool,
 }
 
 /// What the agent wrote for one frontend.
 #[derive(Debug)]
-struct Programmed {
-    id: u32,
-    backends: Vec<SocketAddrV4>,
+pub(super) struct Programmed {
+    pub(super) id: u32,
+    pub(super) backends: Vec<SocketAddrV4>,
     affinity: Option<Duration>,
+    external: bool,
+    /// Entries of the Maglev table, 0 without one.
+    pub(super) maglev_size: u32,
     /// Backend ids, slot `n` at index `n - 1`.
     slots: Vec<u32>,
 }
@@ -84,12 +93,13 @@ struct Programmed {
 /// The Service maps and socket-level programs, and what this agent has written into them.
 #[derive(Debug)]
 pub struct ServiceDataplane {
-    ebpf: Ebpf,
-    services: HashMap<Frontend, Programmed>,
+    pub(super) ebpf: Ebpf,
+    pub(super) services: HashMap<Frontend, Programmed>,
     /// Backend address -> (id, number of slots using it).
     backends: HashMap<SocketAddrV4, (u32, usize)>,
     /// Backend id -> address, the reverse of `backends`.
-    backend_addresses: HashMap<u32, SocketAddrV4>,
+    pub(super) backend_addresses: HashMap<u32, SocketAddrV4>,
+    pub(super) maglev: MaglevTables,
     next_service_id: u32,
     next_backend_id: u32,
 }
@@ -119,6 +129,7 @@ impl ServiceDataplane {
             services: HashMap::new(),
             backends: HashMap::new(),
             backend_addresses: HashMap::new(),
+            maglev: MaglevTables::default(),
             next_service_id: 1,
             next_backend_id: 1,
         })
@@ -180,6 +191,22 @@ impl ServiceDataplane {
         backends: &[SocketAddrV4],
         affinity: Option<Duration>,
     ) -> Result<(), DataplaneError> {
+        let desired = Backends {
+            addresses: backends.to_vec(),
+            affinity,
+            external: false,
+        };
+        self.upsert_backends(frontend, &desired)
+    }
+
+    /// Sets what `frontend` leads to, creating it if needed: the general form of
+    /// [`upsert`](Self::upsert), for frontends reached from outside too.
+    pub fn upsert_backends(
+        &mut self,
+        frontend: Frontend,
+        desired: &Backends,
+    ) -> Result<(), DataplaneError> {
+        let (backends, affinity) = (desired.addresses.as_slice(), desired.affinity);
         let slots: Vec<u32> = backends
             .iter()
             .map(|backend| self.acquire_backend(*backend))
@@ -202,6 +229,16 @@ impl ServiceDataplane {
                 .insert(key, backend_id, 0)
                 .map_err(|source| map_error(map::BACKEND_SLOTS, source))?;
         }
+        let maglev_size = if self.maglev.wanted(desired.external, slots.len()) {
+            let table: Vec<(SocketAddrV4, u32)> = backends
+                .iter()
+                .copied()
+                .zip(slots.iter().copied())
+                .collect();
+            self.write_maglev_table(id, &table)?
+        } else {
+            0
+        };
         let affinity_timeout = affinity.map_or(0, |timeout| {
             u32::try_from(timeout.as_secs().max(1)).unwrap_or(u32::MAX)
         });
@@ -209,15 +246,20 @@ impl ServiceDataplane {
             id,
             count: slots.len() as u32,
             affinity_timeout,
-            pad: 0,
+            maglev_size,
         };
         self.map::<ServiceKey, ServiceValue>(map::SERVICES)?
             .insert(frontend.key(), value, 0)
             .map_err(|source| map_error(map::SERVICES, source))?;
+        if maglev_size == 0 {
+            self.remove_maglev_table(id)?;
+        }
         let programmed = Programmed {
             id,
             backends: backends.to_vec(),
             affinity,
+            external: desired.external,
+            maglev_size,
             slots,
         };
         let kept = programmed.slots.clone();
@@ -262,8 +304,9 @@ impl ServiceDataplane {
             if self.services.get(frontend).is_none_or(|programmed| {
                 programmed.backends != backends.addresses
                     || programmed.affinity != backends.affinity
+                    || programmed.external != backends.external
             }) {
-                self.upsert_with_affinity(*frontend, &backends.addresses, backends.affinity)?;
+                self.upsert_backends(*frontend, backends)?;
                 changed += 1;
             }
         }
@@ -282,11 +325,37 @@ impl ServiceDataplane {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(source) => return Err(map_error(map::SERVICES, source)),
         }
+        self.remove_maglev_table(programmed.id)?;
         if programmed.affinity.is_some() {
             self.forget_affinity(programmed.id, &[])?;
         }
         self.forget_udp_flows(frontend, &programmed.backends)?;
         self.retire(programmed.id, 1, &programmed.slots)
+    }
+
+    /// Sets how new flows to frontends reached from outside pick their backend; frontends
+    /// already programmed are rewritten under the new choice.
+    pub fn set_load_balancing(&mut self, config: LoadBalancing) -> Result<(), DataplaneError> {
+        if self.maglev.config == config {
+            return Ok(());
+        }
+        self.maglev.config = config;
+        let programmed: Vec<(Frontend, Backends)> = self
+            .services
+            .iter()
+            .map(|(frontend, programmed)| {
+                let backends = Backends {
+                    addresses: programmed.backends.clone(),
+                    affinity: programmed.affinity,
+                    external: programmed.external,
+                };
+                (*frontend, backends)
+            })
+            .collect();
+        for (frontend, backends) in programmed {
+            self.upsert_backends(frontend, &backends)?;
+        }
+        Ok(())
     }
 
     /// Deletes the affinity entries of service `id` that point at a backend not in `kept`.

@@ -109,32 +109,36 @@ pub fn desired_state(services: &[Service], slices: &[EndpointSlice], node: &Node
                 all.clone()
             };
             let external = if external_local { on_this_node() } else { all };
-            let mut add = |address: Ipv4Addr, port: u16, addresses: &Vec<SocketAddrV4>| {
-                let backends = Backends {
-                    addresses: addresses.clone(),
-                    affinity,
+            // `outside`: reached from outside the cluster (externalIP, LoadBalancer IP,
+            // NodePort), where Maglev applies.
+            let mut add =
+                |address: Ipv4Addr, port: u16, addresses: &Vec<SocketAddrV4>, outside: bool| {
+                    let backends = Backends {
+                        addresses: addresses.clone(),
+                        affinity,
+                        external: outside,
+                    };
+                    state.insert(
+                        Frontend {
+                            address,
+                            port,
+                            protocol,
+                        },
+                        backends,
+                    );
                 };
-                state.insert(
-                    Frontend {
-                        address,
-                        port,
-                        protocol,
-                    },
-                    backends,
-                );
-            };
             for address in &cluster_ips {
-                add(*address, number, &internal);
+                add(*address, number, &internal, false);
             }
             for address in &external_ips {
-                add(*address, number, &external);
+                add(*address, number, &external, true);
             }
             let node_port = port
                 .node_port
                 .and_then(|node_port| u16::try_from(node_port).ok());
             if let (true, Some(node_port)) = (node_ports, node_port) {
                 for address in &node.addresses {
-                    add(*address, node_port, &external);
+                    add(*address, node_port, &external, true);
                 }
             }
         }
@@ -300,6 +304,12 @@ endpoints:
         for address in [[10, 96, 0, 10], [198, 18, 100, 1], [198, 18, 100, 2]] {
             assert_eq!(state[&frontend(address, 80, Protocol::Tcp)].addresses, http);
             assert_eq!(state[&frontend(address, 53, Protocol::Udp)].addresses, dns);
+            // The externalIP and the LoadBalancer IP are reached from outside: Maglev's.
+            let outside = address != [10, 96, 0, 10];
+            assert_eq!(
+                state[&frontend(address, 80, Protocol::Tcp)].external,
+                outside
+            );
         }
         assert_eq!(state.len(), 6);
     }
@@ -404,6 +414,7 @@ endpoints:
             state[&frontend([198, 18, 0, 2], 30080, Protocol::Tcp)].addresses,
             [backend(5, 8080), backend(6, 8080)]
         );
+        assert!(state[&frontend([198, 18, 0, 2], 30080, Protocol::Tcp)].external);
         // The UDP port has no nodePort: no NodePort frontend for it.
         assert!(
             !state

@@ -1,7 +1,7 @@
 //! Servers and clients for the Service load-balancing tests.
 
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -47,6 +47,44 @@ impl NameServer {
 }
 
 impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A UDP server in a test host answering every datagram with its name, until dropped.
+pub struct UdpNameServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpNameServer {
+    pub fn start(host: &Host, address: SocketAddrV4, name: &'static str) -> UdpNameServer {
+        let socket = host.enter(|| UdpSocket::bind(address).unwrap()).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buffer = [0u8; 64];
+            while !halt.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buffer) {
+                    let _ = socket.send_to(name.as_bytes(), from);
+                }
+            }
+        });
+        UdpNameServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpNameServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {

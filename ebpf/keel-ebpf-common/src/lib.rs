@@ -13,6 +13,7 @@
 pub mod checksum;
 pub mod conntrack;
 pub mod drop_reason;
+pub mod maglev;
 pub mod service;
 pub mod stats;
 
@@ -79,8 +80,11 @@ pub mod map {
     /// `LruHashMap<CtKey, CtValue>`: flows translated by the TC path, both directions.
     pub const CT4: &str = "CT4";
 
+    /// `HashOfMaps<u32, Array<u32>>`: a service id's Maglev lookup table of backend ids.
+    pub const MAGLEV: &str = "MAGLEV";
+
     /// Every map in the object.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         CT4,
         IFACE_STATS,
         DROP_STATS,
@@ -89,5 +93,6 @@ pub mod map {
         BACKENDS,
         SOCK_REVNAT,
         AFFINITY,
+        MAGLEV,
     ];
 }

@@ -42,7 +42,9 @@ pub struct ServiceValue {
     pub count: u32,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0: no affinity.
     pub affinity_timeout: u32,
-    pub pad: u32,
+    /// Entries of the service's Maglev table in `MAGLEV` (the TC path picks a new flow's
+    /// backend there); 0: no table, a slot at random.
+    pub maglev_size: u32,
 }
 
 /// Most clients `AFFINITY` remembers (LRU).

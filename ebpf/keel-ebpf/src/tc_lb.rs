@@ -14,6 +14,7 @@ use keel_ebpf_common::conntrack::{CT_FORWARD, CT_REVERSE, CtKey, CtValue};
 use keel_ebpf_common::service::{PROTO_TCP, PROTO_UDP, ServiceKey};
 
 use crate::ct_map::CT4;
+use crate::maglev::maglev_backend;
 use crate::service_maps::{SERVICES, random_backend};
 use crate::{drop_stats, reject};
 
@@ -69,7 +70,14 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(service) = (unsafe { SERVICES.get(frontend) }).copied() else {
         return Ok(TC_ACT_OK);
     };
-    let Some((_, backend)) = random_backend(&service) else {
+    // A service with a Maglev table: the flow's entry, the same on every node; otherwise (or
+    // while the table is being replaced by one without that entry) a slot at random.
+    let chosen = match service.maglev_size {
+        0 => random_backend(&service),
+        _ if service.count == 0 => None,
+        _ => maglev_backend(&service, &flow.key).or_else(|| random_backend(&service)),
+    };
+    let Some((_, backend)) = chosen else {
         // Refused, not delivered: counted as a drop, answered as kube-proxy's REJECT does.
         drop_stats::record(DropReason::NoBackend);
         return reject::port_unreachable(ctx, flow.l4);
