@@ -50,6 +50,13 @@ fn failure(result: ProbeResult) -> String {
     }
 }
 
+fn errored(result: ProbeResult) -> String {
+    match result {
+        ProbeResult::Errored(text) => text,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
 #[test]
 fn http_and_tcp_probes_reach_a_busybox_httpd_in_a_pod_host() {
     require_root();
@@ -125,7 +132,7 @@ fn http_and_tcp_probes_reach_a_busybox_httpd_in_a_pod_host() {
         format!("dial tcp {silent}:80: i/o timeout")
     );
     assert_eq!(
-        failure(unknown_port),
+        errored(unknown_port),
         "couldn't find port: nope in container app"
     );
 }
@@ -277,7 +284,7 @@ fn http_probes_read_codes_redirects_headers_and_time_out() {
              exceeded while awaiting headers)"
         )
     );
-    assert!(failure(server.run("{grpc: {port: PORT}}")).contains("gRPC probes are not supported"));
+    assert!(errored(server.run("{grpc: {port: PORT}}")).contains("gRPC probes are not supported"));
 }
 
 #[tokio::test]

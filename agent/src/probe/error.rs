@@ -1,8 +1,6 @@
 //! Why a probe could not be run as specified. Its text is what the failure reports, in the
 //! words kubelet uses where it has them.
 
-use std::io;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("the probe has no handler: exec, httpGet, tcpSocket or grpc must be set")]
@@ -19,10 +17,6 @@ pub enum ProbeError {
     EmptyCommand,
     #[error("cannot exec in container {id}: {message}")]
     Exec { id: String, message: String },
-    #[error("cannot set up TLS for {host}: {source}")]
-    Tls {
-        host: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot set up TLS for {host}: {message}")]
+    Tls { host: String, message: String },
 }

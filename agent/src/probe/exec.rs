@@ -35,7 +35,7 @@ pub async fn probe_exec(
     timeout: Duration,
 ) -> ProbeResult {
     if command.is_empty() {
-        return ProbeResult::Failure(ProbeError::EmptyCommand.to_string());
+        return ProbeResult::Errored(ProbeError::EmptyCommand.to_string());
     }
     match runc.exec(id, command, timeout).await {
         Ok(ExecOutcome::Exited(output)) if output.status.success() => ProbeResult::Success,
@@ -48,7 +48,7 @@ pub async fn probe_exec(
         Ok(ExecOutcome::TimedOut) => {
             ProbeResult::Failure(format!("command {:?} timed out", command.join(" ")))
         }
-        Err(error) => ProbeResult::Failure(
+        Err(error) => ProbeResult::Errored(
             ProbeError::Exec {
                 id: id.to_owned(),
                 message: error.to_string(),

@@ -125,7 +125,7 @@ async fn tls_connect(
         .map_err(|error| {
             ProbeError::Tls {
                 host: host.to_owned(),
-                source: std::io::Error::other(error),
+                message: error.to_string(),
             }
             .to_string()
         })?
@@ -135,7 +135,7 @@ async fn tls_connect(
     let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|error| {
         ProbeError::Tls {
             host: host.to_owned(),
-            source: std::io::Error::other(error),
+            message: error.to_string(),
         }
         .to_string()
     })?;

@@ -40,12 +40,26 @@ pub enum ProbeResult {
     /// `HTTP probe failed with statuscode: 500` or
     /// `dial tcp 198.18.64.1:81: connect: connection refused`.
     Failure(String),
+    /// The probe could not be run (a port name the container does not have, no handler,
+    /// `runc exec` unable to enter the container, gRPC): a failure for the thresholds, reported
+    /// as `Liveness probe errored: ...`.
+    Errored(String),
 }
 
 impl ProbeResult {
     /// Whether the result counts as a success for the thresholds.
     pub fn is_success(&self) -> bool {
-        !matches!(self, ProbeResult::Failure(_))
+        matches!(self, ProbeResult::Success | ProbeResult::Warning(_))
+    }
+
+    /// The text of a failure, a warning or an error.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            ProbeResult::Success => None,
+            ProbeResult::Warning(text)
+            | ProbeResult::Failure(text)
+            | ProbeResult::Errored(text) => Some(text),
+        }
     }
 }
 
@@ -55,7 +69,7 @@ pub enum ProbeAction {
     None,
     /// A liveness or startup probe failed `failureThreshold` times in a row: kubelet kills the
     /// container (and restarts it as the pod's restartPolicy says). `failure` is the last
-    /// failure's text. The container's probes stop until a new instance gets new ones.
+    /// failure's (or error's) text. The container's probes stop until a new instance gets new ones.
     Restart {
         kind: ProbeKind,
         failure: String,
@@ -88,6 +102,10 @@ pub fn probe_event(kind: ProbeKind, result: &ProbeResult) -> Option<ProbeEvent> 
         ProbeResult::Failure(text) => Some(ProbeEvent {
             reason: "Unhealthy",
             message: unhealthy_message(kind, text),
+        }),
+        ProbeResult::Errored(text) => Some(ProbeEvent {
+            reason: "Unhealthy",
+            message: format!("{} probe errored: {text}", kind.as_str()),
         }),
     }
 }
@@ -124,6 +142,12 @@ mod tests {
             "Readiness probe warning: Probe terminated redirects, Response body: "
         );
         assert_eq!(probe_event(ProbeKind::Startup, &ProbeResult::Success), None);
+        let errored = ProbeResult::Errored("couldn't find port: web in container app".into());
+        assert!(!errored.is_success());
+        assert_eq!(
+            probe_event(ProbeKind::Startup, &errored).unwrap().message,
+            "Startup probe errored: couldn't find port: web in container app"
+        );
         assert_eq!(
             killing_message("app", ProbeKind::Startup, true),
             "Container app failed startup probe, will be restarted"

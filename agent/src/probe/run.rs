@@ -35,11 +35,12 @@ pub fn probe_timeout(probe: &Probe) -> Duration {
     )
 }
 
-/// Runs `probe` (the container's `kind` probe) once against `target`. Misconfigured probes
-/// (unknown port name, no handler, gRPC) are failures with a message that says so.
+/// Runs `probe` (the container's `kind` probe) once against `target`. Probes that cannot run
+/// (unknown port name, no handler, gRPC) are [`ProbeResult::Errored`], with a message that
+/// says why.
 pub async fn run_probe(kind: ProbeKind, probe: &Probe, target: &ProbeTarget) -> ProbeResult {
     let result = attempt(probe, target).await;
-    if let ProbeResult::Failure(text) = &result {
+    if let (false, Some(text)) = (result.is_success(), result.text()) {
         log::debug!(
             "{} probe of container {} ({}) failed: {text}",
             kind.as_str(),
@@ -57,7 +58,7 @@ async fn attempt(probe: &Probe, target: &ProbeTarget) -> ProbeResult {
             .filter(|host| !host.is_empty())
             .unwrap_or_else(|| target.pod_ip.to_string())
     };
-    let failed = |error: ProbeError| ProbeResult::Failure(error.to_string());
+    let failed = |error: ProbeError| ProbeResult::Errored(error.to_string());
     if let Some(exec) = &probe.exec {
         let command = expand_command(
             exec.command.as_deref().unwrap_or_default(),

@@ -188,11 +188,11 @@ impl ContainerProbes {
         }
         probe.published = Some(success);
         match (kind, result) {
-            (ProbeKind::Liveness | ProbeKind::Startup, ProbeResult::Failure(failure)) => {
+            (ProbeKind::Liveness | ProbeKind::Startup, _) if !success => {
                 self.on_hold = true;
                 ProbeAction::Restart {
                     kind,
-                    failure: failure.clone(),
+                    failure: result.text().unwrap_or_default().to_owned(),
                 }
             }
             _ => ProbeAction::None,

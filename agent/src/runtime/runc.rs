@@ -146,7 +146,7 @@ impl Runc {
             source,
         };
         let pid_dir = tempfile::Builder::new()
-            .prefix("kt-exec-")
+            .prefix("runc-exec-")
             .tempdir()
             .map_err(spawn_error)?;
         let pid_file = pid_dir.path().join("pid");

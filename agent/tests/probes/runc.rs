@@ -9,7 +9,7 @@ use keel_agent::probe::{ProbeKind, ProbeResult, run_probe};
 use keel_agent::runtime::runc::Runc;
 use keel_testhost::{require_root, require_tool};
 
-use super::{failure, probe, target};
+use super::{errored, failure, probe, target};
 
 /// A running runc container and everything it needs; dropping it deletes all of it.
 struct TestContainer {
@@ -146,6 +146,6 @@ async fn exec_probes_run_in_the_container_and_time_out() {
     let mut missing = target.clone();
     missing.container_id = format!("{}-missing", container.id);
     let spec = probe("{exec: {command: [sh, -c, 'exit 0']}}");
-    let text = failure(run_probe(ProbeKind::Liveness, &spec, &missing).await);
+    let text = errored(run_probe(ProbeKind::Liveness, &spec, &missing).await);
     assert!(text.starts_with("cannot exec in container"), "{text}");
 }
