@@ -57,15 +57,15 @@ pub async fn probe_http(get: &HttpGet, timeout: Duration) -> ProbeResult {
                 ));
             }
         };
-        let next = match response.redirect_location() {
-            Some(location) => url.join(location),
-            None => None,
-        };
+        let next = response
+            .redirect_location()
+            .and_then(|location| Some((location, url.join(location)?)));
         match next {
-            Some(next) if next.host == first.host => {
+            Some((location, next)) if next.host == first.host => {
                 if redirects == MAX_REDIRECTS {
+                    // Go names the `Location` as written in this error.
                     return ProbeResult::Failure(format!(
-                        "Get \"{next}\": stopped after {MAX_REDIRECTS} redirects"
+                        "Get \"{location}\": stopped after {MAX_REDIRECTS} redirects"
                     ));
                 }
                 redirects += 1;
