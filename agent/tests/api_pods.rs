@@ -10,6 +10,26 @@ use keel_testhost::cluster::TestControlPlane;
 use keel_testhost::node::TestNode;
 use support::agent_binary;
 
+/// A test node whose agent runs against a control plane in the same network namespace, once
+/// its Node is registered.
+fn api_node(tag: &str) -> (TestNode, TestControlPlane) {
+    let mut node = TestNode::new(tag, agent_binary());
+    let control_plane = TestControlPlane::start(&node);
+    node.extra_args = vec![
+        "--kubeconfig".into(),
+        control_plane.kubeconfig().display().to_string(),
+    ];
+    node.start_agent();
+    node.wait_for("node1 registered", Duration::from_secs(60), || {
+        control_plane
+            .kubectl(&["get", "node", "node1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    (node, control_plane)
+}
+
 #[test]
 fn the_agent_registers_its_node_runs_a_bound_pod_and_reports_its_status() {
     let mut node = TestNode::new("api", agent_binary());
@@ -114,20 +134,7 @@ fn the_agent_registers_its_node_runs_a_bound_pod_and_reports_its_status() {
 
 #[test]
 fn oom_kills_crash_loops_and_events_show_in_the_api_as_upstream() {
-    let mut node = TestNode::new("apioom", agent_binary());
-    let control_plane = TestControlPlane::start(&node);
-    node.extra_args = vec![
-        "--kubeconfig".into(),
-        control_plane.kubeconfig().display().to_string(),
-    ];
-    node.start_agent();
-    node.wait_for("node1 registered", Duration::from_secs(60), || {
-        control_plane
-            .kubectl(&["get", "node", "node1"])
-            .status
-            .success()
-            .then_some(())
-    });
+    let (node, control_plane) = api_node("apioom");
     let pods = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: hog}}\nspec:\n  nodeName: node1\n  restartPolicy: Never\n  \
          containers:\n  - name: hog\n    image: {image}\n    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]\n    \
@@ -311,20 +318,7 @@ fn config_maps_secrets_and_image_pull_secrets_reach_the_container() {
 
 #[test]
 fn a_failing_readiness_probe_clears_ready_and_a_failing_liveness_probe_restarts() {
-    let mut node = TestNode::new("probes", agent_binary());
-    let control_plane = TestControlPlane::start(&node);
-    node.extra_args = vec![
-        "--kubeconfig".into(),
-        control_plane.kubeconfig().display().to_string(),
-    ];
-    node.start_agent();
-    node.wait_for("node1 registered", Duration::from_secs(60), || {
-        control_plane
-            .kubectl(&["get", "node", "node1"])
-            .status
-            .success()
-            .then_some(())
-    });
+    let (node, control_plane) = api_node("probes");
     let manifest = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: probed}}\nspec:\n  nodeName: node1\n  terminationGracePeriodSeconds: 1\n  \
          containers:\n  - name: web\n    image: {}\n    \

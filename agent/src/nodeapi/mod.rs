@@ -90,13 +90,7 @@ impl NodeApi {
             ["healthz"] => text(StatusCode::OK, "ok"),
             ["pods"] => self.pods(),
             ["stats", "summary"] => {
-                let pods: Vec<Pod> = self
-                    .statuses
-                    .lock()
-                    .expect("statuses lock")
-                    .values()
-                    .cloned()
-                    .collect();
+                let pods = self.all_pods();
                 let summary = stats::summary(&self.cgroups, &self.node_name, &pods);
                 Response::builder()
                     .header("content-type", "application/json")
@@ -205,14 +199,18 @@ impl NodeApi {
             .expect("a valid response")
     }
 
-    fn pods(&self) -> Response<Body> {
-        let items: Vec<Pod> = self
-            .statuses
+    /// Every pod this node runs, with its latest status.
+    fn all_pods(&self) -> Vec<Pod> {
+        self.statuses
             .lock()
             .expect("statuses lock")
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    fn pods(&self) -> Response<Body> {
+        let items = self.all_pods();
         let list = serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
         Response::builder()
             .header("content-type", "application/json")

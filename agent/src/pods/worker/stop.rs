@@ -61,14 +61,7 @@ impl PodWorker {
                         kind.as_str().to_lowercase()
                     ),
                 );
-                let grace = self
-                    .pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.termination_grace_period_seconds)
-                    .unwrap_or(30)
-                    .max(0)
-                    .unsigned_abs();
+                let grace = self.grace_seconds();
                 let (ctx, id) = (Arc::clone(&self.ctx), instance.id.clone());
                 tokio::spawn(async move {
                     let runc = ctx.runc.clone();
@@ -84,16 +77,21 @@ impl PodWorker {
         self.probes.insert(container.name.clone(), (id, probes));
     }
 
-    /// Stops every container (SIGTERM, the grace period, SIGKILL) and removes everything the
-    /// pod had: instances, rootfs mounts, volumes, cgroup, network, address, state, logs.
-    pub(super) async fn terminate(mut self) {
-        let grace = self
-            .pod
+    /// The pod's `terminationGracePeriodSeconds` (default 30).
+    fn grace_seconds(&self) -> u64 {
+        self.pod
             .spec
             .as_ref()
             .and_then(|s| s.termination_grace_period_seconds)
             .unwrap_or(30)
-            .max(0);
+            .max(0)
+            .unsigned_abs()
+    }
+
+    /// Stops every container (SIGTERM, the grace period, SIGKILL) and removes everything the
+    /// pod had: instances, rootfs mounts, volumes, cgroup, network, address, state, logs.
+    pub(super) async fn terminate(mut self) {
+        let grace = self.grace_seconds();
         let running: Vec<Instance> = self
             .records
             .values()
@@ -131,7 +129,7 @@ impl PodWorker {
             })
         };
         signal_all("TERM").await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace.unsigned_abs());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
         let all_gone = |ctx: &NodeContext| {
             running
                 .iter()
