@@ -339,6 +339,36 @@ async fn follow_streams_across_a_rotation_until_the_container_stops() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_ends_when_the_container_restarts_and_honours_limit_bytes() {
+    let node = Node::start().await;
+    let dir = node.container_dir("app");
+    append(&dir.join("0.log"), CURRENT);
+    let (mut follow, mut stdout, mut seen) = start_follow(&node, "follow=true", "three\n").await;
+    // The container restarted: instance 1 runs, and the pod still runs a container "app".
+    append(
+        &dir.join("0.log"),
+        "2020-01-02T10:00:05Z stdout F last words\n",
+    );
+    append(&dir.join("1.log"), "2020-01-02T10:00:06Z stdout F reborn\n");
+    let ended = tokio::time::timeout(Duration::from_secs(30), stdout.read_to_string(&mut seen));
+    ended.await.expect("the follow of instance 0 ends").unwrap();
+    assert_eq!(seen, "one\ntwo\nthree\nlast words\n");
+    assert!(follow.wait().await.unwrap().success());
+
+    // limitBytes counts what was there and what followed.
+    let (mut follow, mut stdout, mut seen) =
+        start_follow(&node, "follow=true&limitBytes=10", "reborn\n").await;
+    append(
+        &dir.join("1.log"),
+        "2020-01-02T10:00:07Z stdout F again and again\n",
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(30), stdout.read_to_string(&mut seen));
+    ended.await.expect("the follow ends at the limit").unwrap();
+    assert_eq!(seen, "reborn\naga");
+    assert!(follow.wait().await.unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_the_server_and_open_follows() {
     let mut node = Node::start().await;
     append(&node.container_dir("app").join("0.log"), CURRENT);

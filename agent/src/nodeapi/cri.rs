@@ -8,6 +8,16 @@ use std::path::{Path, PathBuf};
 pub enum CriError {
     #[error("invalid {name}: {value:?} is not an integer")]
     InvalidNumber { name: &'static str, value: String },
+    #[error("invalid {name}: {value}: must be {bound}")]
+    OutOfRange {
+        name: &'static str,
+        value: i64,
+        bound: &'static str,
+    },
+    #[error("invalid sinceTime: {value:?} is not an rfc 3339 time")]
+    InvalidTime { value: String },
+    #[error("at most one of `sinceTime` or `sinceSeconds` may be specified")]
+    TwoSinces,
 }
 
 /// One full line of a container's output.
@@ -74,44 +84,64 @@ pub struct LogOptions {
     pub timestamps: bool,
     pub tail_lines: Option<usize>,
     pub since_seconds: Option<i64>,
+    pub since_time: Option<jiff::Timestamp>,
     pub limit_bytes: Option<usize>,
 }
 
 impl LogOptions {
+    /// Reads the query as kubelet does, with its range checks.
     pub fn from_query(query: &str) -> Result<LogOptions, CriError> {
         let mut options = LogOptions::default();
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             let flag = || value == "true" || value == "1";
-            let number = |name: &'static str| -> Result<i64, CriError> {
-                value.parse::<i64>().map_err(|_| CriError::InvalidNumber {
+            let number = |name: &'static str, min: i64| -> Result<i64, CriError> {
+                let number = value.parse::<i64>().map_err(|_| CriError::InvalidNumber {
                     name,
                     value: value.clone().into_owned(),
-                })
+                })?;
+                if number < min {
+                    let bound = if min == 0 {
+                        "greater than or equal to 0"
+                    } else {
+                        "greater than 0"
+                    };
+                    return Err(CriError::OutOfRange {
+                        name,
+                        value: number,
+                        bound,
+                    });
+                }
+                Ok(number)
             };
+            let size = |number: i64| usize::try_from(number).unwrap_or(usize::MAX);
             match key.as_ref() {
                 "follow" => options.follow = flag(),
                 "previous" => options.previous = flag(),
                 "timestamps" => options.timestamps = flag(),
-                "tailLines" => {
-                    options.tail_lines =
-                        Some(usize::try_from(number("tailLines")?.max(0)).unwrap_or(0))
+                "tailLines" => options.tail_lines = Some(size(number("tailLines", 0)?)),
+                "sinceSeconds" => options.since_seconds = Some(number("sinceSeconds", 1)?),
+                "sinceTime" => {
+                    let time = value.parse().map_err(|_| CriError::InvalidTime {
+                        value: value.clone().into_owned(),
+                    })?;
+                    options.since_time = Some(time);
                 }
-                "sinceSeconds" => options.since_seconds = Some(number("sinceSeconds")?),
-                "limitBytes" => {
-                    options.limit_bytes =
-                        Some(usize::try_from(number("limitBytes")?.max(0)).unwrap_or(0))
-                }
+                "limitBytes" => options.limit_bytes = Some(size(number("limitBytes", 1)?)),
                 _ => {}
             }
+        }
+        if options.since_seconds.is_some() && options.since_time.is_some() {
+            return Err(CriError::TwoSinces);
         }
         Ok(options)
     }
 
     /// The lines to print, as bytes, for the lines that are already there.
     pub fn render(&self, lines: &[LogLine], now: jiff::Timestamp) -> Vec<u8> {
-        let since = self
-            .since_seconds
-            .map(|s| now - jiff::SignedDuration::from_secs(s));
+        let since = self.since_time.or_else(|| {
+            self.since_seconds
+                .map(|s| now - jiff::SignedDuration::from_secs(s))
+        });
         let kept: Vec<&LogLine> = lines
             .iter()
             .filter(|line| match since {
@@ -220,6 +250,7 @@ mod tests {
             "2026-11-25T10:00:02.4Z three\n"
         );
         assert_eq!(render("sinceSeconds=2"), "two\nthree\n");
+        assert_eq!(render("sinceTime=2026-11-25T10:00:01.25Z"), "three\n");
         assert_eq!(render("limitBytes=5"), "one\nt");
         assert!(LogOptions::from_query("tailLines=x").is_err());
     }
@@ -266,9 +297,27 @@ mod tests {
             })
         );
         let options =
-            LogOptions::from_query("follow=true&previous=1&timestamps=false&tailLines=-3").unwrap();
+            LogOptions::from_query("follow=true&previous=1&timestamps=false&tailLines=0").unwrap();
         assert!(options.follow && options.previous && !options.timestamps);
         assert_eq!(options.tail_lines, Some(0));
+        let bad = |query| LogOptions::from_query(query).unwrap_err().to_string();
+        assert_eq!(
+            bad("tailLines=-3"),
+            "invalid tailLines: -3: must be greater than or equal to 0"
+        );
+        assert_eq!(
+            bad("limitBytes=0"),
+            "invalid limitBytes: 0: must be greater than 0"
+        );
+        assert_eq!(
+            bad("sinceSeconds=0"),
+            "invalid sinceSeconds: 0: must be greater than 0"
+        );
+        assert_eq!(
+            bad("sinceSeconds=5&sinceTime=2026-11-25T10:00:00Z"),
+            "at most one of `sinceTime` or `sinceSeconds` may be specified"
+        );
+        assert!(bad("sinceTime=yesterday").contains("sinceTime"));
     }
 
     #[test]
