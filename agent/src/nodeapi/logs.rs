@@ -68,11 +68,12 @@ pub(super) async fn container_logs(
         };
         return text(StatusCode::BAD_REQUEST, message);
     };
-    // The live file is opened before the rotated parts are read: a rotation in between then
-    // shows up as one and nothing is lost.
-    let (live_path, rotated) = files.split_last().expect("an instance has a file");
-    let mut live = LiveLog::open(live_path);
-    let rotated = rotated.to_vec();
+    // The live file is opened before the rotated parts are read, so that a rotation while
+    // they are read is seen as one. (A rotation between the listing above and this open skips
+    // the part it made.)
+    let live_path = dir.join(format!("{number}.log"));
+    let mut live = LiveLog::open(&live_path);
+    let rotated: Vec<PathBuf> = files.into_iter().filter(|f| *f != live_path).collect();
     let read = tokio::task::spawn_blocking(move || {
         let mut data = Vec::new();
         for file in &rotated {

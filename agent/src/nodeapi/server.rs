@@ -48,10 +48,12 @@ pub struct NodeApiConfig {
 }
 
 impl NodeApiConfig {
-    /// kubelet's defaults: every address, port 10250.
+    /// Port 10250 on loopback, as the agent's `--address` defaults: kubelet listens on every
+    /// address, but [`authorize`](super::auth::authorize) does not check clients yet and
+    /// `/exec` runs commands in containers.
     pub fn new(tls: TlsFiles) -> NodeApiConfig {
         NodeApiConfig {
-            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT),
             tls,
             node_addresses: Vec::new(),
         }
