@@ -163,9 +163,15 @@ impl LogOptions {
         out
     }
 
+    /// One line, with its time first when `timestamps` asks for it: in UTC with as many
+    /// fractional digits as needed, as kubelet prints it (go's `RFC3339Nano`), or as written
+    /// when it is not a time.
     pub fn render_line(&self, line: &LogLine, out: &mut Vec<u8>) {
         if self.timestamps {
-            out.extend_from_slice(line.time.as_bytes());
+            match line.time.parse::<jiff::Timestamp>() {
+                Ok(time) => out.extend_from_slice(time.to_string().as_bytes()),
+                Err(_) => out.extend_from_slice(line.time.as_bytes()),
+            }
             out.push(b' ');
         }
         out.extend_from_slice(&line.text);
@@ -250,6 +256,19 @@ mod tests {
             "2026-11-25T10:00:02.4Z three\n"
         );
         assert_eq!(render("sinceSeconds=2"), "two\nthree\n");
+        let written_by_the_runtime = LogLine {
+            time: "2026-11-25T10:00:02.400000000Z".to_owned(),
+            text: b"x".to_vec(),
+        };
+        assert_eq!(
+            String::from_utf8(
+                LogOptions::from_query("timestamps=true")
+                    .unwrap()
+                    .render(&[written_by_the_runtime], now)
+            )
+            .unwrap(),
+            "2026-11-25T10:00:02.4Z x\n"
+        );
         assert_eq!(render("sinceTime=2026-11-25T10:00:01.25Z"), "three\n");
         assert_eq!(render("limitBytes=5"), "one\nt");
         assert!(LogOptions::from_query("tailLines=x").is_err());
