@@ -7,6 +7,8 @@
 //!   [`cgroups`] (upstream's cgroup layout and values), [`sandbox`] (network namespace, veth,
 //!   IPAM), [`runtime`] (OCI bundles, runc, the keeper, logs), [`sys`] (the raw namespace and
 //!   mount calls).
+//! - [`probe`]: container startup, liveness and readiness probes (the schedule and thresholds,
+//!   and the `httpGet`, `tcpSocket` and `exec` probers).
 
 pub mod api;
 pub mod cgroups;
@@ -14,6 +16,7 @@ pub mod dataplane;
 pub mod image;
 pub mod nodeapi;
 pub mod pods;
+pub mod probe;
 pub mod quantity;
 pub mod runtime;
 pub mod sandbox;
