@@ -11,8 +11,10 @@
 //! - `--pod-manifest-path`: static pods, run with runc in their own network namespaces and
 //!   cgroups, images pulled from OCI registries (see `keel_agent::pods`).
 //!
-//! It runs until SIGINT or SIGTERM and detaches everything it attached; pods keep running and
-//! the next agent adopts them. `keel-agent keeper <dir>` is the per-node keeper process the
+//! The eBPF dataplane is pinned under `--bpf-root`: programs stay attached and maps keep
+//! their entries when the agent exits or is killed, and the next agent takes them over without
+//! disturbing traffic (`--cleanup-bpf` removes them). It runs until SIGINT or SIGTERM; pods
+//! keep running and the next agent adopts them. `keel-agent keeper <dir>` is the per-node keeper process the
 //! agent starts itself (see `keel_agent::runtime::keeper`).
 
 use std::path::PathBuf;
@@ -20,12 +22,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Parser, ValueEnum};
-use keel_agent::dataplane::{CtTimeouts, ServiceDataplane, StatsDataplane, XdpAttachMode};
+use keel_agent::dataplane::{CtTimeouts, DEFAULT_BPF_ROOT, Dataplane, XdpAttachMode, remove_pins};
 use keel_agent::services::{Node, ServicesFile, desired_state};
 
 #[derive(Debug, Parser)]
 #[command(name = "keel-agent", version, about = "Keel's node agent")]
-#[command(group(ArgGroup::new("work").required(true).multiple(true).args(["devices", "services_file", "pod_manifest_path", "kubeconfig"])))]
+#[command(group(ArgGroup::new("work").required(true).multiple(true).args(["devices", "services_file", "pod_manifest_path", "kubeconfig", "cleanup_bpf"])))]
 struct Args {
     /// Interfaces that get the XDP and TC programs (counters; with --services-file also
     /// Service load-balancing of traffic routed through the node), comma-separated.
@@ -45,6 +47,14 @@ struct Args {
     /// cgroup2 root, i.e. every process on the node).
     #[arg(long)]
     socket_lb_cgroup: Option<PathBuf>,
+    /// Where the dataplane pins its maps and links: a directory on a bpf filesystem (one is
+    /// mounted on /sys/fs/bpf if the directory is under it and none is). They outlive the
+    /// agent, so Service traffic keeps flowing while it restarts.
+    #[arg(long, default_value = DEFAULT_BPF_ROOT)]
+    bpf_root: PathBuf,
+    /// Remove everything pinned under --bpf-root (detaching every program), then exit.
+    #[arg(long)]
+    cleanup_bpf: bool,
     /// A directory of static pod manifests (one Pod per file, YAML or JSON), watched.
     #[arg(long)]
     pod_manifest_path: Option<PathBuf>,
@@ -140,6 +150,15 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let args = Args::parse();
+    if args.cleanup_bpf {
+        remove_pins(&args.bpf_root)
+            .with_context(|| format!("cannot remove the pins under {}", args.bpf_root.display()))?;
+        log::info!(
+            "removed the dataplane pinned under {} (programs detached)",
+            args.bpf_root.display()
+        );
+        return Ok(());
+    }
     let stop = signals::block_termination()?;
     let pods = if args.pod_manifest_path.is_some() || args.kubeconfig.is_some() {
         Some(pods::start(&args)?)
@@ -148,27 +167,16 @@ fn main() -> anyhow::Result<()> {
     };
 
     let devices = resolve_devices(&args.devices)?;
-    let mut stats = None;
-    if !devices.is_empty() {
-        let xdp_mode = match args.xdp_mode {
-            XdpModeArg::Auto => XdpAttachMode::Auto,
-            XdpModeArg::Native => XdpAttachMode::Native,
-            XdpModeArg::Generic => XdpAttachMode::Generic,
-        };
-        let mut dataplane = StatsDataplane::load().context("cannot load the eBPF dataplane")?;
-        for (name, _) in &devices {
-            dataplane.attach(name, xdp_mode).with_context(|| {
-                format!("cannot attach the counters to --devices entry `{name}`")
-            })?;
-            log::info!("counting packets on {name}");
-        }
-        stats = Some(dataplane);
-    }
-
-    let mut services = match &args.services_file {
-        Some(path) => Some(ServicesFromFile::start(path.clone(), &args, &devices)?),
-        None => None,
+    let mut dataplane = if devices.is_empty() && args.services_file.is_none() {
+        None
+    } else {
+        Some(start_dataplane(&args, &devices)?)
     };
+    let mut services = args.services_file.clone().map(|path| ServicesFromFile {
+        path,
+        node: node(&args),
+        seen: None,
+    });
 
     let stats_interval = Duration::from_secs(args.stats_interval);
     let mut next_report = Instant::now() + stats_interval;
@@ -177,12 +185,12 @@ fn main() -> anyhow::Result<()> {
         udp: Duration::from_secs(args.conntrack_udp_timeout),
     };
     let mut next_gc = Instant::now() + CONNTRACK_GC;
-    while !stop.wait(FILE_POLL)? {
-        if let Some(services) = &mut services {
-            services.reload_if_changed();
+    loop {
+        if let (Some(services), Some(dataplane)) = (&mut services, &mut dataplane) {
+            services.reload_if_changed(dataplane);
             if Instant::now() >= next_gc {
                 next_gc = Instant::now() + CONNTRACK_GC;
-                match services.dataplane.collect_conntrack(timeouts) {
+                match dataplane.collect_conntrack(timeouts) {
                     Ok(gc) => log::debug!(
                         "conntrack: {} entries, {} idle removed",
                         gc.entries,
@@ -192,45 +200,56 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        if let Some(stats) = &stats
+        if let Some(dataplane) = &dataplane
+            && !devices.is_empty()
             && Instant::now() >= next_report
         {
             next_report = Instant::now() + stats_interval;
-            report(stats, &devices)?;
+            report(dataplane, &devices)?;
+        }
+        if stop.wait(FILE_POLL)? {
+            break;
         }
     }
-    log::info!("stopping: detaching everything");
+    if dataplane.is_some() {
+        log::info!(
+            "stopping: the dataplane stays pinned under {} (`keel-agent --cleanup-bpf` removes it)",
+            args.bpf_root.display()
+        );
+    }
     if let Some(pods) = pods {
         pods.stop();
     }
     Ok(())
 }
 
-/// The Service dataplane fed from `--services-file`.
-struct ServicesFromFile {
-    path: PathBuf,
-    node: Node,
-    dataplane: ServiceDataplane,
-    /// Modification time and length of the version last read, good or bad.
-    seen: Option<(SystemTime, u64)>,
-}
-
-impl ServicesFromFile {
-    fn start(
-        path: PathBuf,
-        args: &Args,
-        devices: &[(String, u32)],
-    ) -> anyhow::Result<ServicesFromFile> {
+/// Opens the pinned dataplane and makes the attachments the flags ask for: counters on the
+/// `--devices`, and with Services socket load-balancing on `--socket-lb-cgroup` and TC
+/// load-balancing on the devices. Pinned attachments no longer asked for are detached.
+fn start_dataplane(args: &Args, devices: &[(String, u32)]) -> anyhow::Result<Dataplane> {
+    let mut dataplane =
+        Dataplane::open(&args.bpf_root).context("cannot load the eBPF dataplane")?;
+    let xdp_mode = match args.xdp_mode {
+        XdpModeArg::Auto => XdpAttachMode::Auto,
+        XdpModeArg::Native => XdpAttachMode::Native,
+        XdpModeArg::Generic => XdpAttachMode::Generic,
+    };
+    for (name, _) in devices {
+        dataplane
+            .attach_counters(name, xdp_mode)
+            .with_context(|| format!("cannot attach the counters to --devices entry `{name}`"))?;
+        log::info!("counting packets on {name}");
+    }
+    if args.services_file.is_some() {
         let cgroup = match &args.socket_lb_cgroup {
             Some(cgroup) => cgroup.clone(),
             None => {
                 let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
                     .context("cannot read /proc/self/mountinfo")?;
-                ServiceDataplane::cgroup2_root(&mountinfo)
+                Dataplane::cgroup2_root(&mountinfo)
                     .context("no cgroup2 hierarchy is mounted: give --socket-lb-cgroup")?
             }
         };
-        let mut dataplane = ServiceDataplane::load().context("cannot load the eBPF dataplane")?;
         dataplane.attach_cgroup(&cgroup).with_context(|| {
             format!(
                 "cannot attach socket load-balancing to --socket-lb-cgroup {}",
@@ -247,21 +266,30 @@ impl ServicesFromFile {
             })?;
             log::info!("load-balancing Service traffic routed through {name}");
         }
-        let node = Node {
-            name: args.node_name.clone().or_else(host_name),
-            addresses: args.node_ip.clone(),
-        };
-        let mut services = ServicesFromFile {
-            path,
-            node,
-            dataplane,
-            seen: None,
-        };
-        services.reload_if_changed();
-        Ok(services)
     }
+    dataplane
+        .prune_stale_links()
+        .context("cannot detach pinned programs no longer configured")?;
+    Ok(dataplane)
+}
 
-    fn reload_if_changed(&mut self) {
+fn node(args: &Args) -> Node {
+    Node {
+        name: args.node_name.clone().or_else(host_name),
+        addresses: args.node_ip.clone(),
+    }
+}
+
+/// The Services of `--services-file`.
+struct ServicesFromFile {
+    path: PathBuf,
+    node: Node,
+    /// Modification time and length of the version last read, good or bad.
+    seen: Option<(SystemTime, u64)>,
+}
+
+impl ServicesFromFile {
+    fn reload_if_changed(&mut self, dataplane: &mut Dataplane) {
         let version = std::fs::metadata(&self.path)
             .ok()
             .and_then(|meta| Some((meta.modified().ok()?, meta.len())));
@@ -277,7 +305,7 @@ impl ServicesFromFile {
             }
         };
         let desired = desired_state(&file.services, &file.slices, &self.node);
-        match self.dataplane.apply(&desired) {
+        match dataplane.apply(&desired) {
             Ok(changed) => log::info!(
                 "{}: {} Services, {} frontends ({changed} changed)",
                 self.path.display(),
@@ -298,7 +326,7 @@ fn host_name() -> Option<String> {
         .map(|name| name.trim().to_owned())
 }
 
-fn report(dataplane: &StatsDataplane, devices: &[(String, u32)]) -> anyhow::Result<()> {
+fn report(dataplane: &Dataplane, devices: &[(String, u32)]) -> anyhow::Result<()> {
     let stats = dataplane.iface_stats()?;
     for (name, ifindex) in devices {
         let s = stats.get(ifindex).copied().unwrap_or_default();

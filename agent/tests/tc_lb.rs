@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keel_agent::dataplane::{Frontend, Protocol, ServiceDataplane};
+use keel_agent::dataplane::{Dataplane, Frontend, Protocol};
 use keel_testhost::{Host, LinkOptions, TestNet, require_root, require_tool};
 use support::servers::{BACKEND_PORT, NameServer, VIP, answer, nc_to, nc_to_vip};
 
@@ -25,7 +25,7 @@ struct Routed {
     node_ip: Ipv4Addr,
     backend_hosts: Vec<Host>,
     backends: Vec<SocketAddrV4>,
-    dataplane: ServiceDataplane,
+    dataplane: Dataplane,
     _servers: Vec<NameServer>,
     _net: TestNet,
 }
@@ -62,7 +62,7 @@ impl Routed {
             backends.push(address);
             backend_hosts.push(host);
         }
-        let mut dataplane = ServiceDataplane::load().unwrap();
+        let mut dataplane = Dataplane::load().unwrap();
         node.enter(|| {
             dataplane.attach_tc(&uplink.b.interface).unwrap();
             dataplane.attach_tc(&node_port.interface).unwrap();
