@@ -14,6 +14,8 @@ use support::packet::{self, Endpoints};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_UNSPEC` (-1) as `BPF_PROG_TEST_RUN` reports it: "no verdict, next program".
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 const TC_ACT_REDIRECT: u32 = 7;
 const ICMP_PORT_UNREACHABLE: u8 = 3;
 /// `BPF_PROG_TEST_RUN` without a context runs the program as if on the loopback device.
@@ -109,7 +111,10 @@ fn tc_stats_pass_the_frame_unchanged_and_count_by_direction() {
     let ingress = run_tc(dataplane.object(), program::TC_STATS_INGRESS, &ping, 3).unwrap();
     let egress = run_tc(dataplane.object(), program::TC_STATS_EGRESS, &datagram, 2).unwrap();
 
-    assert_eq!((ingress.verdict, egress.verdict), (TC_ACT_OK, TC_ACT_OK));
+    assert_eq!(
+        (ingress.verdict, egress.verdict),
+        (TC_ACT_UNSPEC, TC_ACT_UNSPEC)
+    );
     assert_eq!(ingress.packet, ping);
     assert_eq!(egress.packet, datagram);
     let lo = dataplane.iface_stats().unwrap()[&LOOPBACK_IFINDEX];

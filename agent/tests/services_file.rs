@@ -150,5 +150,10 @@ fn the_agent_load_balances_a_services_file_and_follows_its_edits() {
         String::from_utf8_lossy(&cleanup.stderr)
     );
     assert!(!bpf_root.exists(), "{:?}", bpffs.pins_under(&bpf_root));
-    assert!(!nc_to_vip(client, Some(&cgroup)).status.success());
+    // The kernel frees an unpinned link after an RCU grace period: poll.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nc_to_vip(client, Some(&cgroup)).status.success() {
+        assert!(Instant::now() < deadline, "the VIP still answers");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

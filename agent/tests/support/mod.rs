@@ -5,6 +5,7 @@
 )]
 
 pub mod packet;
+pub mod pinned;
 pub mod servers;
 
 /// The `keel-agent` binary cargo built for these tests.
