@@ -40,8 +40,8 @@ struct Args {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     stats_interval: u64,
     /// A YAML stream of v1 Service and discovery.k8s.io/v1 EndpointSlice objects to
-    /// load-balance, re-read when it changes.
-    #[arg(long)]
+    /// load-balance, re-read when it changes (with --kubeconfig they come from the API).
+    #[arg(long, conflicts_with = "kubeconfig")]
     services_file: Option<PathBuf>,
     /// The cgroup2 group whose processes get socket-level load-balancing (default: the
     /// cgroup2 root, i.e. every process on the node).
@@ -59,7 +59,8 @@ struct Args {
     #[arg(long)]
     pod_manifest_path: Option<PathBuf>,
     /// The API server's kubeconfig: register this node, run the pods bound to it, report
-    /// their status. Absent: static pods only.
+    /// their status, load-balance the Services (socket level on --socket-lb-cgroup, TC on
+    /// the --devices). Absent: static pods only.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Where the agent keeps its state: pods, network namespaces, images, runc's state.
@@ -135,6 +136,8 @@ enum XdpModeArg {
 
 /// How often the services file is checked for changes.
 const FILE_POLL: Duration = Duration::from_secs(1);
+/// How often the main loop looks for work (Service updates from the API among it).
+const TICK: Duration = Duration::from_millis(50);
 /// How often idle tracked flows are collected.
 const CONNTRACK_GC: Duration = Duration::from_secs(10);
 
@@ -160,14 +163,15 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let stop = signals::block_termination()?;
-    let pods = if args.pod_manifest_path.is_some() || args.kubeconfig.is_some() {
+    let mut pods = if args.pod_manifest_path.is_some() || args.kubeconfig.is_some() {
         Some(pods::start(&args)?)
     } else {
         None
     };
+    let api_services = pods.as_mut().and_then(|pods| pods.services.take());
 
     let devices = resolve_devices(&args.devices)?;
-    let mut dataplane = if devices.is_empty() && args.services_file.is_none() {
+    let mut dataplane = if devices.is_empty() && !serves_services(&args) {
         None
     } else {
         Some(start_dataplane(&args, &devices)?)
@@ -185,19 +189,37 @@ fn main() -> anyhow::Result<()> {
         udp: Duration::from_secs(args.conntrack_udp_timeout),
     };
     let mut next_gc = Instant::now() + CONNTRACK_GC;
+    let mut next_file_check = Instant::now();
     loop {
-        if let (Some(services), Some(dataplane)) = (&mut services, &mut dataplane) {
-            services.reload_if_changed(dataplane);
-            if Instant::now() >= next_gc {
-                next_gc = Instant::now() + CONNTRACK_GC;
-                match dataplane.collect_conntrack(timeouts) {
-                    Ok(gc) => log::debug!(
-                        "conntrack: {} entries, {} idle removed",
-                        gc.entries,
-                        gc.removed
-                    ),
-                    Err(error) => log::warn!("conntrack collection failed: {error:#}"),
+        if let (Some(updates), Some(dataplane)) = (&api_services, &mut dataplane) {
+            // Only the newest state matters; the feed already spaces them out.
+            if let Some(desired) = updates.try_iter().last() {
+                match dataplane.apply(&desired) {
+                    Ok(changed) => {
+                        log::info!("API: {} frontends ({changed} changed)", desired.len())
+                    }
+                    Err(error) => log::error!("cannot program the Services of the API: {error:#}"),
                 }
+            }
+        }
+        if let (Some(services), Some(dataplane)) = (&mut services, &mut dataplane)
+            && Instant::now() >= next_file_check
+        {
+            next_file_check = Instant::now() + FILE_POLL;
+            services.reload_if_changed(dataplane);
+        }
+        if let Some(dataplane) = &mut dataplane
+            && serves_services(&args)
+            && Instant::now() >= next_gc
+        {
+            next_gc = Instant::now() + CONNTRACK_GC;
+            match dataplane.collect_conntrack(timeouts) {
+                Ok(gc) => log::debug!(
+                    "conntrack: {} entries, {} idle removed",
+                    gc.entries,
+                    gc.removed
+                ),
+                Err(error) => log::warn!("conntrack collection failed: {error:#}"),
             }
         }
         if let Some(dataplane) = &dataplane
@@ -207,7 +229,7 @@ fn main() -> anyhow::Result<()> {
             next_report = Instant::now() + stats_interval;
             report(dataplane, &devices)?;
         }
-        if stop.wait(FILE_POLL)? {
+        if stop.wait(TICK)? {
             break;
         }
     }
@@ -240,7 +262,7 @@ fn start_dataplane(args: &Args, devices: &[(String, u32)]) -> anyhow::Result<Dat
             .with_context(|| format!("cannot attach the counters to --devices entry `{name}`"))?;
         log::info!("counting packets on {name}");
     }
-    if args.services_file.is_some() {
+    if serves_services(args) {
         let cgroup = match &args.socket_lb_cgroup {
             Some(cgroup) => cgroup.clone(),
             None => {
@@ -273,6 +295,12 @@ fn start_dataplane(args: &Args, devices: &[(String, u32)]) -> anyhow::Result<Dat
     Ok(dataplane)
 }
 
+/// Whether the agent load-balances Services: from a file, or from the API server.
+fn serves_services(args: &Args) -> bool {
+    args.services_file.is_some() || args.kubeconfig.is_some()
+}
+
+/// This node as the Service rules see it (`externalTrafficPolicy: Local`, NodePorts).
 fn node(args: &Args) -> Node {
     Node {
         name: args.node_name.clone().or_else(host_name),
