@@ -66,6 +66,8 @@ pub enum DataplaneError {
     Parse(#[source] aya_obj::ParseError),
     #[error("{} is not on a bpf filesystem: mount one there (mount -t bpf bpf <dir>) or give another --bpf-root", path.display())]
     NotBpffs { path: std::path::PathBuf },
+    #[error("another agent uses the pins under {} (one agent per --bpf-root)", path.display())]
+    InUse { path: std::path::PathBuf },
     #[error("cannot use the bpffs pin {}", path.display())]
     Pin {
         path: std::path::PathBuf,

@@ -92,6 +92,9 @@ pub struct PinRoot {
     root: PathBuf,
     /// Link pins this agent attached or took over since it started.
     claimed: HashSet<PathBuf>,
+    /// An exclusive `flock` on the root: one agent per root (the kernel drops it with the
+    /// process, `kill -9` included).
+    _lock: std::fs::File,
 }
 
 impl PinRoot {
@@ -103,11 +106,7 @@ impl PinRoot {
             mount_bpffs(Path::new(BPFFS_MOUNT))?;
             log::info!("mounted a bpf filesystem on {BPFFS_MOUNT}");
         }
-        let pins = PinRoot {
-            root: root.to_owned(),
-            claimed: HashSet::new(),
-        };
-        for dir in [pins.maps_dir(), pins.links_dir()] {
+        for dir in [root.join("maps"), root.join("links")] {
             std::fs::create_dir_all(&dir).map_err(|source| DataplaneError::Pin {
                 path: dir.clone(),
                 source,
@@ -118,7 +117,11 @@ impl PinRoot {
                 path: root.to_owned(),
             });
         }
-        Ok(pins)
+        Ok(PinRoot {
+            root: root.to_owned(),
+            claimed: HashSet::new(),
+            _lock: lock_root(root)?,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -231,6 +234,7 @@ pub fn remove_pins(root: &Path) -> Result<(), DataplaneError> {
     if !root.exists() {
         return Ok(());
     }
+    let _lock = lock_root(root)?;
     for dir in ["links", "maps"] {
         let dir = root.join(dir);
         if !dir.exists() {
@@ -242,6 +246,28 @@ pub fn remove_pins(root: &Path) -> Result<(), DataplaneError> {
         remove_dir(&dir)?;
     }
     remove_dir(root)
+}
+
+/// Takes the root's lock, or says which root another agent holds.
+fn lock_root(root: &Path) -> Result<std::fs::File, DataplaneError> {
+    let dir = std::fs::File::open(root).map_err(|source| DataplaneError::Pin {
+        path: root.to_owned(),
+        source,
+    })?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let source = io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(DataplaneError::InUse {
+                path: root.to_owned(),
+            });
+        }
+        return Err(DataplaneError::Pin {
+            path: root.to_owned(),
+            source,
+        });
+    }
+    Ok(dir)
 }
 
 fn remove_dir(dir: &Path) -> Result<(), DataplaneError> {
