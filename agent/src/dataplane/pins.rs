@@ -379,3 +379,44 @@ fn link_update(link: &OwnedFd, program: BorrowedFd<'_>) -> io::Result<()> {
     attr.0[1] = program.as_raw_fd() as u32;
     bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(drop)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{LinkTarget, PinRoot, object_maps};
+
+    #[test]
+    fn every_map_of_the_contract_is_pinned_and_nothing_else() {
+        let mut pinned: Vec<String> = object_maps()
+            .unwrap()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        pinned.sort();
+        let mut contract: Vec<String> = keel_ebpf_common::map::ALL
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect();
+        contract.sort();
+        assert_eq!(pinned, contract);
+    }
+
+    #[test]
+    fn link_pins_are_named_by_program_and_target_without_dots() {
+        let mut pins = PinRoot {
+            root: "/sys/fs/bpf/keel".into(),
+            claimed: Default::default(),
+            _lock: std::fs::File::open("/").unwrap(),
+        };
+        let tc = pins.link_path("tc_lb_ingress", LinkTarget::Interface(7));
+        let cgroup = pins.link_path("sock_connect4", LinkTarget::Cgroup(4242));
+        assert_eq!(
+            tc.to_str(),
+            Some("/sys/fs/bpf/keel/links/tc_lb_ingress@if7")
+        );
+        assert_eq!(
+            cgroup.to_str(),
+            Some("/sys/fs/bpf/keel/links/sock_connect4@cg4242")
+        );
+        assert!(pins.claimed.contains(&tc) && pins.claimed.contains(&cgroup));
+    }
+}
