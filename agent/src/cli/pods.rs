@@ -37,6 +37,8 @@ pub struct Pods {
     runtime: tokio::runtime::Runtime,
     stop: oneshot::Sender<()>,
     done: std::sync::mpsc::Receiver<()>,
+    /// With an API server: the Services' desired state, each time it changes.
+    pub services: Option<std::sync::mpsc::Receiver<keel_agent::services::DesiredState>>,
 }
 
 pub fn start(args: &Args) -> anyhow::Result<Pods> {
@@ -112,6 +114,15 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
             receiver,
         ));
         sink
+    });
+    let services = api.as_ref().map(|(client, _, _)| {
+        let (sink, receiver) = std::sync::mpsc::channel();
+        runtime.spawn(keel_agent::api::services::feed(
+            client.clone(),
+            crate::node(args),
+            sink,
+        ));
+        receiver
     });
     network::enable_forwarding().context("cannot enable IPv4 forwarding for pods")?;
     let ctx = Arc::new(NodeContext {
@@ -266,6 +277,7 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
         runtime,
         stop,
         done,
+        services,
     })
 }
 

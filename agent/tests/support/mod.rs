@@ -6,6 +6,7 @@
 
 pub mod curl;
 pub mod packet;
+pub mod pinned;
 pub mod servers;
 
 /// The `keel-agent` binary cargo built for these tests.
