@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -185,6 +185,15 @@ async fn slices_follow_readiness_and_termination() -> anyhow::Result<()> {
             .filter(|(endpoint, _)| conditions(endpoint) == (Some(true), Some(true), Some(false))))
     })
     .await?;
+    // The legacy v1 Endpoints object follows too, as kubectl shows it.
+    let shown = eventually(server, "the pod in the Endpoints object", || async {
+        let output = server.kubectl(&["get", "endpoints", "web", "-n", "shop", "-o",
+            "jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port} {.subsets[0].addresses[0].targetRef.name}"]);
+        let shown = String::from_utf8_lossy(&output.stdout).into_owned();
+        Ok((shown == "10.244.1.5:8080 web-1").then_some(shown))
+    })
+    .await?;
+    assert_eq!(shown, "10.244.1.5:8080 web-1");
 
     // Deleted with a grace period: terminating, not ready, still serving while Ready holds.
     pods.delete("web-1", &DeleteParams::default().grace_period(30))
@@ -240,6 +249,13 @@ async fn slices_follow_readiness_and_termination() -> anyhow::Result<()> {
     eventually(server, "the slices of a deleted Service gone", || async {
         Ok(slices(slices_api, "web").await?.is_empty().then_some(()))
     })
+    .await?;
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "shop");
+    eventually(
+        server,
+        "the Endpoints of a deleted Service gone",
+        || async { Ok(endpoints.get_opt("web").await?.is_none().then_some(())) },
+    )
     .await?;
     Ok(())
 }

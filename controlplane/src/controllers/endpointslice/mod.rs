@@ -6,11 +6,16 @@
 //! `default/kubernetes` slice) are never touched. When a Service goes, the garbage collector
 //! removes its slices through that reference.
 //!
+//! It also keeps the legacy v1 Endpoints object of each such Service (upstream's endpoints
+//! controller), named as the Service, deleted with it.
+//!
 //! * [`desired`]: pods to endpoints and ports.
+//! * [`endpoints`]: pods to the subsets of a v1 Endpoints object.
 //! * [`plan`]: existing slices plus desired endpoints to creates, updates and deletes.
 //! * [`sync`]: the reconcile of one Service, against the API.
 
 pub mod desired;
+pub mod endpoints;
 pub mod plan;
 pub mod sync;
 
@@ -54,13 +59,25 @@ pub async fn run(client: Client, settings: Settings) {
         watcher::Config::default().labels(&format!("{}={MANAGER}", desired::MANAGED_BY_LABEL));
     let memberships = Arc::new(Memberships::default());
 
-    let service_triggers = reflector::reflector(
-        services_writer,
-        watcher(Api::<Service>::all(client.clone()), config.clone()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .map_ok(|service| vec![ObjectRef::from_obj(&service)]);
+    let service_triggers = {
+        let client = client.clone();
+        reflector::reflector(
+            services_writer,
+            watcher(Api::<Service>::all(client.clone()), config.clone()),
+        )
+        .default_backoff()
+        .map_ok(move |event| match event {
+            watcher::Event::Apply(service) | watcher::Event::InitApply(service) => {
+                vec![ObjectRef::from_obj(&service)]
+            }
+            // Slices go with their owner; the Endpoints object has none, as upstream's.
+            watcher::Event::Delete(service) => {
+                tokio::spawn(sync::delete_endpoints(client.clone(), service));
+                Vec::new()
+            }
+            watcher::Event::Init | watcher::Event::InitDone => Vec::new(),
+        })
+    };
     let pod_triggers = {
         let (services, memberships) = (services.clone(), memberships.clone());
         reflector::reflector(

@@ -85,11 +85,17 @@ impl Input<'_> {
     pub fn plan(&self, desired: Desired, existing: Vec<EndpointSlice>) -> Plan {
         let mut by_ports: BTreeMap<_, Vec<EndpointSlice>> = BTreeMap::new();
         let existing_count = existing.len();
+        let mut plan = Plan::default();
         for slice in existing {
+            if !owned_by(&slice, self.service) {
+                // Left by an older Service of the same name: the garbage collector would
+                // remove it anyway.
+                plan.delete.push(slice);
+                continue;
+            }
             let key = ports_key(slice.ports.as_deref().unwrap_or_default());
             by_ports.entry(key).or_default().push(slice);
         }
-        let mut plan = Plan::default();
         for (key, (ports, endpoints)) in desired {
             let slices = by_ports.remove(&key).unwrap_or_default();
             self.plan_ports(&mut plan, slices, endpoints, ports);
@@ -385,6 +391,18 @@ mod tests {
         let plan = input(&svc).plan(desired((0..260).map(|i| endpoint(i, false))), slices);
         assert_eq!(plan.create.len(), 0);
         assert!(plan.update.iter().all(|slice| slice.endpoints.len() <= 100));
+    }
+
+    #[test]
+    fn slices_of_an_older_service_of_the_same_name_are_replaced() {
+        let svc = service();
+        let mut next = 0;
+        let plan = input(&svc).plan(desired([endpoint(1, true)]), Vec::new());
+        let mut slices = apply(plan, Vec::new(), &mut next);
+        slices[0].metadata.owner_references.as_mut().expect("owner")[0].uid = "old".into();
+        let plan = input(&svc).plan(desired([endpoint(1, true)]), slices);
+        assert_eq!((plan.create.len(), plan.delete.len()), (1, 1));
+        assert!(owned_by(&plan.create[0], &svc));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
@@ -15,13 +15,21 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource as _, ResourceExt as _};
 
 use super::plan::{self, EndpointKey, EndpointSet, Input};
-use super::{Context, MANAGER, desired};
+use super::{Context, MANAGER, desired, endpoints};
 
 /// Why a pass over a Service did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{verb} endpointslices of service {namespace}/{service} failed")]
     Slices {
+        verb: &'static str,
+        namespace: String,
+        service: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{verb} endpoints {namespace}/{service} failed")]
+    Endpoints {
         verb: &'static str,
         namespace: String,
         service: String,
@@ -178,6 +186,15 @@ pub(crate) async fn reconcile(
             .await
             .map_err(|source| failed("delete", source))?;
     }
+    let pods: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+    sync_endpoints(&service, &pods, &context.client)
+        .await
+        .map_err(|(verb, source)| Error::Endpoints {
+            verb,
+            namespace: namespace.clone(),
+            service: name.clone(),
+            source,
+        })?;
     if missing_nodes {
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
@@ -192,5 +209,67 @@ async fn delete(api: &Api<EndpointSlice>, slice: &EndpointSlice) -> Result<(), k
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
         Err(error) => Err(error),
+    }
+}
+
+/// Converges the Service's v1 Endpoints object (upstream's endpoints controller).
+async fn sync_endpoints(
+    service: &Service,
+    pods: &[&Pod],
+    client: &kube::Client,
+) -> Result<(), (&'static str, kube::Error)> {
+    let name = service.name_any();
+    let api: Api<Endpoints> =
+        Api::namespaced(client.clone(), &service.namespace().unwrap_or_default());
+    let (subsets, truncated) = endpoints::subsets(service, pods);
+    let labels = endpoints::labels(service);
+    let current = api.get_opt(&name).await.map_err(|error| ("get", error))?;
+    let mut wanted = current.clone().unwrap_or_default();
+    let mut annotations = wanted.metadata.annotations.take().unwrap_or_default();
+    if truncated {
+        annotations.insert(endpoints::OVER_CAPACITY.to_owned(), "truncated".to_owned());
+    } else {
+        annotations.remove(endpoints::OVER_CAPACITY);
+    }
+    wanted.metadata.name = Some(name.clone());
+    wanted.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
+    wanted.metadata.labels = Some(labels);
+    wanted.subsets = Some(subsets);
+    let Some(current) = current else {
+        api.create(&PostParams::default(), &wanted)
+            .await
+            .map_err(|error| ("create", error))?;
+        return Ok(());
+    };
+    let same = current.subsets.clone().unwrap_or_default()
+        == wanted.subsets.clone().unwrap_or_default()
+        && current.metadata.labels.clone().unwrap_or_default()
+            == wanted.metadata.labels.clone().unwrap_or_default()
+        && current.metadata.annotations == wanted.metadata.annotations;
+    if !same {
+        api.replace(&name, &PostParams::default(), &wanted)
+            .await
+            .map_err(|error| ("update", error))?;
+    }
+    Ok(())
+}
+
+/// Deletes the v1 Endpoints object of a deleted Service.
+pub(crate) async fn delete_endpoints(client: kube::Client, service: Service) {
+    let Some(namespace) = service.namespace() else {
+        return;
+    };
+    let api: Api<Endpoints> = Api::namespaced(client, &namespace);
+    match api
+        .delete(&service.name_any(), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.is_not_found() => {}
+        Err(error) => log::warn!(
+            "endpoints controller: deleting endpoints {namespace}/{}: {}",
+            service.name_any(),
+            super::super::chain(&error)
+        ),
     }
 }
