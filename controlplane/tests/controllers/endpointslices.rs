@@ -427,5 +427,34 @@ async fn more_than_a_hundred_pods_split_into_slices() -> anyhow::Result<()> {
             .flat_map(|slice| &slice.endpoints)
             .all(|endpoint| conditions(endpoint).0 == Some(true))
     );
+    // Converged means settled: no slice is rewritten while nothing changes.
+    let versions = |slices: &[EndpointSlice]| {
+        let mut versions: Vec<_> = slices
+            .iter()
+            .map(|slice| (slice.name_any(), slice.resource_version()))
+            .collect();
+        versions.sort();
+        versions
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        versions(&slices(slices_api, "web").await?),
+        versions(&found)
+    );
+
+    // One pod leaves: exactly one slice changes, in place.
+    pods.delete("web-7", &DeleteParams::default().grace_period(0))
+        .await?;
+    let after = eventually(server, "the deleted pod out of its slice", || async {
+        let after = slices(slices_api, "web").await?;
+        Ok(endpoint_of(&after, "web-7").is_none().then_some(after))
+    })
+    .await?;
+    let before = versions(&found);
+    let changed = versions(&after)
+        .iter()
+        .filter(|version| !before.contains(version))
+        .count();
+    assert_eq!((after.len(), changed), (found.len(), 1));
     Ok(())
 }

@@ -98,6 +98,23 @@ async fn background_deletion_removes_dependents() -> anyhow::Result<()> {
     )
     .await?;
 
+    // A cluster-scoped owner (as a Node owns its Lease).
+    let node: k8s_openapi::api::core::v1::Node =
+        serde_json::from_value(json!({"metadata": {"name": "worker-1"}}))?;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(configs.clone().into_client());
+    let node = nodes.create(&PostParams::default(), &node).await?;
+    let by_node = json!({"apiVersion": "v1", "kind": "Node", "name": "worker-1",
+                         "uid": node.uid().unwrap_or_default()});
+    dependent_config(&configs, "config-of-node", vec![by_node]).await?;
+    nodes.delete("worker-1", &DeleteParams::default()).await?;
+    wait_gone(
+        &server,
+        "the dependent of a deleted Node deleted",
+        &configs,
+        "config-of-node",
+    )
+    .await?;
+
     // kubectl's default: background propagation.
     server.ok(&["delete", "configmap", "first", "-n", "gc"]);
     wait_gone(&server, "the pod of first deleted", &pods, "only-first").await?;

@@ -133,8 +133,18 @@ impl Collector {
             let _ = self.changes.send(Change::Absent(node.identity.clone()));
             return Ok(Outcome::Done);
         };
-        if node.deleting_dependents {
-            self.delete_dependents_first(&node, &latest).await?;
+        // The live object decides, the graph may lag: deleting its dependents first, or
+        // already on its way out.
+        if latest.metadata.deletion_timestamp.is_some() {
+            let foreground = latest
+                .metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|held| held == FOREGROUND);
+            if foreground {
+                self.delete_dependents_first(&node, &latest).await?;
+            }
             return Ok(Outcome::Done);
         }
         let references = latest.metadata.owner_references.clone().unwrap_or_default();
