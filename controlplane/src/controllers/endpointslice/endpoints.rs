@@ -151,4 +151,54 @@ mod tests {
         );
         assert_eq!(subsets[1].ports.as_ref().expect("ports")[0].port, 9090);
     }
+
+    #[test]
+    fn terminating_pods_only_with_publish_not_ready_addresses() {
+        let mut service: Service =
+            serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "n"},
+            "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80, "targetPort": 8080}]}}))
+            .expect("a service");
+        let mut leaving = pod("a", "10.0.0.2", false, 8080);
+        leaving.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert!(subsets(&service, &[&leaving]).0.is_empty());
+        service
+            .spec
+            .as_mut()
+            .expect("spec")
+            .publish_not_ready_addresses = Some(true);
+        let (published, _) = subsets(&service, &[&leaving]);
+        assert_eq!(
+            published[0].addresses.as_ref().expect("ready")[0].ip,
+            "10.0.0.2"
+        );
+    }
+
+    #[test]
+    fn more_than_the_capacity_is_truncated() {
+        let service: Service =
+            serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "n"},
+            "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80, "targetPort": 8080}]}}))
+            .expect("a service");
+        let pods: Vec<Pod> = (0..MAX_ADDRESSES + 5)
+            .map(|i| {
+                pod(
+                    &format!("p{i}"),
+                    &format!("10.0.{}.{}", i / 250, i % 250),
+                    i % 2 == 0,
+                    8080,
+                )
+            })
+            .collect();
+        let refs: Vec<&Pod> = pods.iter().collect();
+        let (subsets, truncated) = subsets(&service, &refs);
+        assert!(truncated);
+        let ready = subsets[0].addresses.as_ref().map_or(0, Vec::len);
+        let not_ready = subsets[0].not_ready_addresses.as_ref().map_or(0, Vec::len);
+        assert_eq!(
+            (ready, ready + not_ready),
+            (MAX_ADDRESSES.div_ceil(2) + 3, MAX_ADDRESSES)
+        );
+    }
 }

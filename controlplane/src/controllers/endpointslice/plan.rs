@@ -406,6 +406,28 @@ mod tests {
     }
 
     #[test]
+    fn a_new_target_port_rewrites_the_slices_in_place() {
+        let svc = service();
+        let mut next = 0;
+        let plan = input(&svc).plan(desired((0..3).map(|i| endpoint(i, true))), Vec::new());
+        let slices = apply(plan, Vec::new(), &mut next);
+        let mut moved = desired((0..3).map(|i| endpoint(i, true)));
+        let (_, (mut ports, set)) = moved.pop_first().expect("one port set");
+        ports[0].port = Some(9090);
+        let moved = BTreeMap::from([(ports_key(&ports), (ports, set))]);
+        let plan = input(&svc).plan(moved, slices);
+        assert_eq!(
+            (plan.create.len(), plan.update.len(), plan.delete.len()),
+            (0, 1, 0)
+        );
+        assert_eq!(plan.update[0].metadata.name.as_deref(), Some("web-1"));
+        assert_eq!(
+            plan.update[0].ports.as_ref().expect("ports")[0].port,
+            Some(9090)
+        );
+    }
+
+    #[test]
     fn no_endpoints_leaves_one_placeholder() {
         let svc = service();
         let mut next = 0;
