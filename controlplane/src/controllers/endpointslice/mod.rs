@@ -19,8 +19,8 @@ pub mod endpoints;
 pub mod plan;
 pub mod sync;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt as _, TryStreamExt as _, stream};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
@@ -57,7 +57,11 @@ pub async fn run(client: Client, settings: Settings) {
     let config = watcher::Config::default();
     let slices_config =
         watcher::Config::default().labels(&format!("{}={MANAGER}", desired::MANAGED_BY_LABEL));
-    let memberships = Arc::new(Memberships::default());
+    let (slices, slices_writer) = reflector::store::<EndpointSlice>();
+    let memberships = Memberships {
+        services: services.clone(),
+        slices,
+    };
 
     let service_triggers = {
         let client = client.clone();
@@ -79,26 +83,24 @@ pub async fn run(client: Client, settings: Settings) {
         })
     };
     let pod_triggers = {
-        let (services, memberships) = (services.clone(), memberships.clone());
+        let memberships = memberships.clone();
         reflector::reflector(
             pods_writer,
             watcher(Api::<Pod>::all(client.clone()), config.clone()),
         )
         .default_backoff()
-        .map_ok(move |event| match event {
-            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
-                memberships.update(&services, &pod)
-            }
-            watcher::Event::Delete(pod) => memberships.forget(&pod),
-            watcher::Event::Init | watcher::Event::InitDone => Vec::new(),
-        })
-    };
-    let slice_triggers = watcher(Api::<EndpointSlice>::all(client.clone()), slices_config)
-        .default_backoff()
         .touched_objects()
-        .map_ok(|slice| slice_service(&slice).into_iter().collect());
+        .map_ok(move |pod| memberships.of(&pod))
+    };
+    let slice_triggers = reflector::reflector(
+        slices_writer,
+        watcher(Api::<EndpointSlice>::all(client.clone()), slices_config),
+    )
+    .default_backoff()
+    .touched_objects()
+    .map_ok(|slice| slice_service(&slice).into_iter().collect());
     let node_triggers = {
-        let (services, pods, memberships) = (services.clone(), pods.clone(), memberships.clone());
+        let pods = pods.clone();
         reflector::reflector(
             nodes_writer,
             watcher(Api::<Node>::all(client.clone()), config),
@@ -115,7 +117,7 @@ pub async fn run(client: Client, settings: Settings) {
                     pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref())
                         == Some(name.as_str())
                 })
-                .flat_map(|pod| memberships.update(&services, pod))
+                .flat_map(|pod| memberships.of(pod))
                 .collect()
         })
     };
@@ -171,47 +173,44 @@ fn slice_service(slice: &EndpointSlice) -> Option<ObjectRef<Service>> {
     Some(ObjectRef::new(name).within(&slice.namespace()?))
 }
 
-/// Which Services each pod was last seen to belong to, so a pod whose labels changed also
-/// triggers the Services it left (upstream's `getPodServiceMemberships` of old and new pod).
-#[derive(Default)]
+/// The Services a pod event concerns (upstream's `getPodServiceMemberships` of the old and
+/// the new pod): those whose selector matches it now, and those whose slices list it, which
+/// covers a pod relabelled out of a selector and a deleted pod without remembering pods.
+#[derive(Clone)]
 struct Memberships {
-    by_pod: Mutex<BTreeMap<PodKey, HashSet<ObjectRef<Service>>>>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
 }
 
-/// A pod's namespace and name.
-type PodKey = (String, String);
-
 impl Memberships {
-    /// The Services `pod` belongs to now and belonged to before; remembers the former.
-    fn update(&self, services: &Store<Service>, pod: &Pod) -> Vec<ObjectRef<Service>> {
+    fn of(&self, pod: &Pod) -> Vec<ObjectRef<Service>> {
         let namespace = pod.namespace().unwrap_or_default();
-        let now: HashSet<ObjectRef<Service>> = services
+        let name = pod.name_any();
+        let in_namespace = |object_namespace: Option<String>| {
+            object_namespace.as_deref() == Some(namespace.as_str())
+        };
+        let selected = self
+            .services
             .state()
-            .iter()
-            .filter(|service| service.namespace().as_deref() == Some(namespace.as_str()))
-            .filter(|service| sync::selects(service, pod))
-            .map(|service| ObjectRef::from_obj(service.as_ref()))
-            .collect();
-        let key = (namespace, pod.name_any());
-        let mut by_pod = self
-            .by_pod
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let before = by_pod.insert(key, now.clone()).unwrap_or_default();
-        now.union(&before).cloned().collect()
-    }
-
-    /// The Services a deleted pod belonged to; forgets it.
-    fn forget(&self, pod: &Pod) -> Vec<ObjectRef<Service>> {
-        let key = (pod.namespace().unwrap_or_default(), pod.name_any());
-        let mut by_pod = self
-            .by_pod
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        by_pod
-            .remove(&key)
-            .unwrap_or_default()
             .into_iter()
-            .collect()
+            .filter(|service| in_namespace(service.namespace()) && sync::selects(service, pod))
+            .map(|service| ObjectRef::from_obj(service.as_ref()));
+        let listed = self
+            .slices
+            .state()
+            .into_iter()
+            .filter(|slice| in_namespace(slice.namespace()))
+            .filter(|slice| {
+                slice.endpoints.iter().any(|endpoint| {
+                    endpoint
+                        .target_ref
+                        .as_ref()
+                        .and_then(|target| target.name.as_deref())
+                        == Some(name.as_str())
+                })
+            })
+            .filter_map(|slice| slice_service(&slice));
+        let unique: HashSet<ObjectRef<Service>> = selected.chain(listed).collect();
+        unique.into_iter().collect()
     }
 }
