@@ -218,8 +218,9 @@ async fn orphan_deletion_keeps_dependents() -> anyhow::Result<()> {
         vec![reference(&parent, false), reference(&other, false)],
     )
     .await?;
-    // Let the garbage collector see the dependents before the owner goes.
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // Let the garbage collector's watches deliver the dependents before the owner goes (an
+    // owner orphaned before its dependents reach the graph loses them, as upstream's).
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
 
     server.ok(&[
         "delete",

@@ -22,12 +22,15 @@ pub mod resources;
 use std::sync::{Arc, Mutex};
 
 use kube::Client;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use collect::{Collector, Outcome};
 use graph::Graph;
 use queue::WorkQueue;
 use resources::Resources;
+
+/// How long the workers wait for every monitor's first listing.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Workers on each queue (upstream's `--concurrent-gc-syncs` is 20; the API here is local).
 const WORKERS: usize = 4;
@@ -39,6 +42,7 @@ pub async fn run(client: Client) {
     let deletes = Arc::new(WorkQueue::default());
     let orphans = Arc::new(WorkQueue::default());
     let (changes, mut incoming) = mpsc::unbounded_channel();
+    let (synced_sender, synced) = watch::channel(false);
     let collector = Arc::new(Collector::new(
         client.clone(),
         graph.clone(),
@@ -61,21 +65,35 @@ pub async fn run(client: Client) {
     };
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
-        workers.push(tokio::spawn(work(
-            deletes.clone(),
-            collector.clone(),
-            false,
-        )));
-        workers.push(tokio::spawn(work(orphans.clone(), collector.clone(), true)));
+        for (queue, orphan) in [(&deletes, false), (&orphans, true)] {
+            let worker = work(queue.clone(), collector.clone(), orphan, synced.clone());
+            workers.push(tokio::spawn(worker));
+        }
     }
     tokio::select! {
         () = builder => {},
-        () = monitors::run(client, resources, changes) => {},
+        () = monitors::run(client, resources, changes, synced_sender) => {},
     }
     workers.iter().for_each(tokio::task::JoinHandle::abort);
 }
 
-async fn work(queue: Arc<WorkQueue>, collector: Arc<Collector>, orphan: bool) {
+async fn work(
+    queue: Arc<WorkQueue>,
+    collector: Arc<Collector>,
+    orphan: bool,
+    mut synced: watch::Receiver<bool>,
+) {
+    // As upstream: no decision on a partial graph (an owner being orphaned or deleted in the
+    // foreground before its dependents were listed would lose them), unless listing takes
+    // unreasonably long.
+    if tokio::time::timeout(SYNC_TIMEOUT, synced.wait_for(|synced| *synced))
+        .await
+        .is_err()
+    {
+        log::warn!(
+            "garbage collector: not every resource listed within {SYNC_TIMEOUT:?}; collecting anyway"
+        );
+    }
     loop {
         let uid = queue.next().await;
         let result = if orphan {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -13,6 +14,7 @@ use kube::core::PartialObjectMeta;
 use kube::discovery::ApiResource;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 
 use super::graph::{Change, Identity, Observed, Owner, Uid};
 use super::resources::Resources;
@@ -25,8 +27,10 @@ pub(crate) async fn run(
     client: Client,
     resources: Arc<Resources>,
     changes: UnboundedSender<Change>,
+    synced: watch::Sender<bool>,
 ) {
     let mut monitors: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut first_round = true;
     loop {
         match resources.refresh().await {
             Ok(deletable) => {
@@ -39,11 +43,22 @@ pub(crate) async fn run(
                     }
                     keep
                 });
+                // The graph is synced once every monitor of the first round has listed.
+                let pending = Arc::new(AtomicUsize::new(if first_round {
+                    deletable.len()
+                } else {
+                    0
+                }));
+                if first_round && deletable.is_empty() {
+                    synced.send_replace(true);
+                }
                 for resource in deletable {
+                    let listed = first_round.then(|| (pending.clone(), synced.clone()));
                     monitors.entry(key(&resource)).or_insert_with(|| {
-                        tokio::spawn(monitor(client.clone(), resource, changes.clone()))
+                        tokio::spawn(monitor(client.clone(), resource, changes.clone(), listed))
                     });
                 }
+                first_round = false;
             }
             Err(error) => log::warn!("garbage collector: {}", super::super::chain(&error)),
         }
@@ -56,7 +71,12 @@ fn key(resource: &ApiResource) -> String {
 }
 
 /// Watches one resource and reports every object to the graph.
-async fn monitor(client: Client, resource: ApiResource, changes: UnboundedSender<Change>) {
+async fn monitor(
+    client: Client,
+    resource: ApiResource,
+    changes: UnboundedSender<Change>,
+    mut listed: Option<(Arc<AtomicUsize>, watch::Sender<bool>)>,
+) {
     let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &resource);
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -83,6 +103,11 @@ async fn monitor(client: Client, resource: ApiResource, changes: UnboundedSender
                     }
                 }
                 known = std::mem::take(&mut relisted);
+                if let Some((pending, synced)) = listed.take()
+                    && pending.fetch_sub(1, Ordering::AcqRel) == 1
+                {
+                    synced.send_replace(true);
+                }
                 continue;
             }
             Ok(watcher::Event::Apply(object)) => {
