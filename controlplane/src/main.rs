@@ -41,6 +41,8 @@ struct ControllerManagerArgs {
     /// `controller-manager.kubeconfig` that `keel-controlplane all` writes to its data dir).
     #[arg(long)]
     kubeconfig: PathBuf,
+    #[command(flatten)]
+    controllers: controllers::Options,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +78,9 @@ struct ApiServerArgs {
     /// Extra names or addresses for the serving certificate, comma-separated.
     #[arg(long, value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// The controller manager's flags (with `all`).
+    #[command(flatten)]
+    controllers: controllers::Options,
 }
 
 fn parse_cidr(text: &str) -> Result<Cidr, String> {
@@ -146,7 +151,7 @@ async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<(
     tokio::select! {
         _ = tokio::signal::ctrl_c() => log::info!("interrupted, stopping"),
         _ = terminate.recv() => log::info!("terminated, stopping"),
-        () = controllers::run(client) => bail!("the controllers stopped"),
+        () = controllers::run(client, args.controllers) => bail!("the controllers stopped"),
     }
     Ok(())
 }
@@ -272,7 +277,7 @@ async fn run_apiserver(args: ApiServerArgs, with_controllers: bool) -> anyhow::R
         };
         let url = format!("https://{}", SocketAddr::new(loopback, args.secure_port));
         let client = controller_manager_client(&pki, &args.data_dir, &url).await?;
-        tokio::spawn(controllers::run(client))
+        tokio::spawn(controllers::run(client, args.controllers))
     } else {
         tokio::spawn(std::future::pending())
     };
