@@ -7,6 +7,8 @@
 //!   [`cgroups`] (upstream's cgroup layout and values), [`sandbox`] (network namespace, veth,
 //!   IPAM), [`runtime`] (OCI bundles, runc, the keeper, logs), [`sys`] (the raw namespace and
 //!   mount calls).
+//! - [`simulate`]: many simulated nodes in one process (`keel-agent simulate`), through the
+//!   same API calls as the real agent ([`api`]).
 
 pub mod api;
 pub mod cgroups;
@@ -18,4 +20,5 @@ pub mod quantity;
 pub mod runtime;
 pub mod sandbox;
 pub mod services;
+pub mod simulate;
 pub mod sys;

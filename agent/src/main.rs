@@ -13,7 +13,8 @@
 //!
 //! It runs until SIGINT or SIGTERM and detaches everything it attached; pods keep running and
 //! the next agent adopts them. `keel-agent keeper <dir>` is the per-node keeper process the
-//! agent starts itself (see `keel_agent::runtime::keeper`).
+//! agent starts itself (see `keel_agent::runtime::keeper`). `keel-agent simulate` runs many
+//! simulated nodes against an API server instead (see `keel_agent::simulate`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -138,6 +139,12 @@ fn main() -> anyhow::Result<()> {
         keel_agent::runtime::keeper::run(std::path::Path::new(&dir))
             .with_context(|| format!("keeper in {}", dir.display()))?;
         return Ok(());
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "simulate")
+    {
+        return simulate::run(std::env::args_os().skip(2));
     }
     let args = Args::parse();
     let stop = signals::block_termination()?;
@@ -339,6 +346,9 @@ fn resolve_devices(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
 
 #[path = "cli/pods.rs"]
 mod pods;
+
+#[path = "cli/simulate.rs"]
+mod simulate;
 
 #[path = "cli/signals.rs"]
 mod signals;
