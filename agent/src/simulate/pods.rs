@@ -31,8 +31,9 @@ const WRITE_ATTEMPTS: u32 = 5;
 /// How far the simulator has taken a pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// Its Running status is being written.
+    /// Not started yet (or its Running status could not be written).
     Starting,
+    /// Its Running status is written (or being written).
     Running,
     /// Its containers are ending (exit-code annotation).
     Ending,
@@ -140,9 +141,7 @@ impl SimPods {
         let mut pods = self.pods();
         let status = pod.status.as_ref();
         let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
-        let mut new = false;
         let tracked = pods.entry(uid.to_owned()).or_insert_with(|| {
-            new = true;
             // Already Running (a previous simulator started it): keep its address.
             let ip = status
                 .and_then(|s| s.pod_ip.as_deref())
@@ -171,7 +170,9 @@ impl SimPods {
             tracked.stage = Stage::Deleting;
             return Step::Delete;
         }
-        if new && tracked.stage == Stage::Starting {
+        if tracked.stage == Stage::Starting && phase == "Pending" {
+            // Marked before the write: the watch may show the Running pod before it returns.
+            tracked.stage = Stage::Running;
             return Step::Start;
         }
         if tracked.stage == Stage::Running
@@ -196,7 +197,8 @@ impl SimPods {
                 "no pod address left on simulated node {node} for pod {}",
                 name(pod)
             );
-            self.set_stage(uid, Stage::Finished);
+            // Tried again on the pod's next event.
+            self.set_stage(uid, Stage::Starting);
             return;
         };
         let started_at = now();
@@ -207,18 +209,19 @@ impl SimPods {
         let status = simulated_status(pod, host_ip, pod_ip, started_at, None);
         for attempt in 1..=WRITE_ATTEMPTS {
             match api_pods::write_status(self.fleet.client(), pod, &status).await {
-                Ok(true) => {
-                    self.set_stage(uid, Stage::Running);
-                    return;
-                }
-                // Gone from the API: its Delete event releases the address.
-                Ok(false) => return,
+                // Written, or gone from the API (its Delete event releases the address).
+                Ok(_) => return,
                 Err(error) if attempt < WRITE_ATTEMPTS => {
                     log::debug!("cannot write pod {}'s status: {error}; retrying", name(pod));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 Err(error) => {
                     log::warn!("cannot write pod {}'s status: {error}", name(pod));
+                    self.fleet.release_pod_ip(node, pod_ip);
+                    if let Some(tracked) = self.pods().get_mut(uid) {
+                        tracked.ip = None;
+                        tracked.stage = Stage::Starting;
+                    }
                 }
             }
         }
