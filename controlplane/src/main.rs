@@ -58,6 +58,9 @@ struct ControllerArgs {
     /// Unknown and tainted unreachable (a duration: 40s, 2m).
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     node_monitor_grace_period: Duration,
+    /// The same for a node that has not reported a Ready condition yet.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    node_startup_grace_period: Duration,
     /// How often the node lifecycle controller looks at the nodes.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     node_monitor_period: Duration,
@@ -77,6 +80,7 @@ impl ControllerArgs {
             node_monitor: controllers::node_lifecycle::Timing {
                 monitor_period: self.node_monitor_period,
                 grace_period: self.node_monitor_grace_period,
+                startup_grace_period: self.node_startup_grace_period,
             },
         })
     }

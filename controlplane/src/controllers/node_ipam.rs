@@ -149,7 +149,14 @@ impl Allocator {
     async fn give(&mut self, name: &str) {
         let Some(cidr) = self.set.allocate() else {
             if self.waiting.insert(name.to_owned()) {
-                log::warn!(
+                // One warning while the set stays full, not one per node.
+                let level = if self.waiting.len() == 1 {
+                    log::Level::Warn
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
                     "node {name}: no pod CIDR left in the cluster CIDR {} (CIDRNotAvailable)",
                     self.set.cluster
                 );

@@ -1,10 +1,11 @@
 //! The node lifecycle controller, as upstream's (`pkg/controller/nodelifecycle`): every
 //! `node-monitor-period` it looks at each Node's heartbeats (its Lease in `kube-node-lease` and
 //! its Ready condition's `lastHeartbeatTime`). A node that renewed neither within
-//! `node-monitor-grace-period` gets its Ready, MemoryPressure, DiskPressure and PIDPressure
-//! conditions set to Unknown (`NodeStatusUnknown`, "Kubelet stopped posting node status.").
-//! Then, from the conditions, the taints: `node.kubernetes.io/unreachable` (Ready Unknown) or
-//! `node.kubernetes.io/not-ready` (Ready False) as `NoExecute` (taint-based eviction, see
+//! `node-monitor-grace-period` (`node-startup-grace-period` if it never reported Ready) gets
+//! its Ready, MemoryPressure, DiskPressure and PIDPressure conditions set to Unknown
+//! (`NodeStatusUnknown`, "Kubelet stopped posting node status."). Then, from the conditions,
+//! the taints: `node.kubernetes.io/unreachable` (Ready Unknown) or `node.kubernetes.io/not-ready`
+//! (Ready False) as `NoExecute` (taint-based eviction, see
 //! [`super::taint_eviction`]) and as `NoSchedule`, the pressure and `unschedulable` `NoSchedule`
 //! taints; they go when the condition clears.
 //!
@@ -50,11 +51,13 @@ const NO_SCHEDULE_TAINTS: [(&str, &str, &str); 6] = [
 /// The taint of a node with `spec.unschedulable`.
 pub const TAINT_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 
-/// kube-controller-manager's `--node-monitor-period` and `--node-monitor-grace-period`.
+/// kube-controller-manager's `--node-monitor-period`, `--node-monitor-grace-period` and
+/// `--node-startup-grace-period` (the grace of a node that never reported Ready).
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     pub monitor_period: Duration,
     pub grace_period: Duration,
+    pub startup_grace_period: Duration,
 }
 
 impl Default for Timing {
@@ -62,6 +65,7 @@ impl Default for Timing {
         Timing {
             monitor_period: Duration::from_secs(5),
             grace_period: Duration::from_secs(40),
+            startup_grace_period: Duration::from_secs(60),
         }
     }
 }
@@ -115,7 +119,12 @@ pub async fn run(client: kube::Client, timing: Timing) {
                     renewed,
                 };
             }
-            let silent = now.duration_since(seen.probed) > timing.grace_period;
+            let grace = if condition(&node, "Ready").is_some() {
+                timing.grace_period
+            } else {
+                timing.startup_grace_period
+            };
+            let silent = now.duration_since(seen.probed) > grace;
             if let Err(error) = reconcile(&nodes_api, &node, silent).await {
                 log::warn!("node lifecycle: node {name}: {}", super::chain(&error));
             }
