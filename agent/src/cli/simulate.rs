@@ -65,7 +65,7 @@ pub fn run(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()>
         let pods = SimPods::new(fleet.clone());
         let watch_nodes = tokio::spawn(fleet.clone().watch_nodes());
         let watch_pods = tokio::spawn(pods.run());
-        fleet.register_all().await;
+        fleet.register_all().await?;
         let heartbeat = tokio::spawn(fleet.heartbeat());
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -79,6 +79,19 @@ pub fn run(argv: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()>
         }
         Ok(())
     })
+}
+
+/// A DNS-1123 subdomain, what a Node's name must be.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 fn spec(args: &SimulateArgs) -> anyhow::Result<FleetSpec> {
@@ -97,6 +110,14 @@ fn spec(args: &SimulateArgs) -> anyhow::Result<FleetSpec> {
         }
         labels.insert(key.to_owned(), value.to_owned());
     }
+    let last = format!("{}{}", args.name_prefix, args.nodes - 1);
+    if !is_dns_subdomain(&last) {
+        bail!(
+            "--name-prefix {:?}: node names such as {last:?} must be lowercase letters, digits, \
+             '-' and '.', start with a letter or digit, at most 253 characters",
+            args.name_prefix
+        );
+    }
     if args.zones.iter().any(String::is_empty) {
         bail!("--zones: empty zone name");
     }
@@ -109,4 +130,41 @@ fn spec(args: &SimulateArgs) -> anyhow::Result<FleetSpec> {
         labels,
         zones: args.zones.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> anyhow::Result<FleetSpec> {
+        let argv = ["keel-agent simulate", "--kubeconfig", "k", "--nodes", "3"];
+        spec(&SimulateArgs::try_parse_from(argv.iter().chain(extra))?)
+    }
+
+    #[test]
+    fn flags_make_the_fleet_spec() {
+        let spec = parse(&["--memory", "1Gi", "--labels", "a=1,b=", "--zones", "z1,z2"]).unwrap();
+        assert_eq!(spec.memory_bytes, 1 << 30);
+        assert_eq!(spec.labels["a"], "1");
+        assert_eq!(spec.labels["b"], "");
+        assert_eq!(spec.zones, ["z1", "z2"]);
+        assert_eq!((spec.count, spec.cpus, spec.max_pods), (3, 32, 110));
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_the_reason() {
+        for (flags, says) in [
+            (&["--memory", "lots"][..], "--memory"),
+            (&["--memory", "0"], "--memory"),
+            (&["--labels", "novalue"], "--labels"),
+            (&["--labels", "=v"], "--labels"),
+            (&["--name-prefix", "Sim_"], "--name-prefix"),
+            (&["--zones", "z1,,z2"], "--zones"),
+        ] {
+            let error = parse(flags).unwrap_err().to_string();
+            assert!(error.contains(says), "{flags:?}: {error}");
+        }
+        let zero = ["keel-agent simulate", "--kubeconfig", "k", "--nodes", "0"];
+        assert!(SimulateArgs::try_parse_from(zero).is_err());
+    }
 }

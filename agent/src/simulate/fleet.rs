@@ -16,7 +16,7 @@ use kube::api::Api;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::sync::Semaphore;
 
-use super::SIMULATED_LABEL;
+use super::{SIMULATED_LABEL, SimulateError};
 use crate::api::node::{self as api_node, LEASE_RENEW, NodeFacts};
 use crate::sandbox::Ipv4Cidr;
 
@@ -176,8 +176,9 @@ impl Fleet {
         self.state().nodes.contains_key(node)
     }
 
-    /// Registers every node (Node, status, Lease), retrying each until the API server takes it.
-    pub async fn register_all(self: &Arc<Self>) {
+    /// Registers every node (Node, status, Lease), retrying each until the API server takes it;
+    /// stops at the first node the API server refuses as invalid (bad names or labels).
+    pub async fn register_all(self: &Arc<Self>) -> Result<(), SimulateError> {
         let total = self.names.len();
         let mut done = 0;
         let mut registrations = futures::stream::iter(self.names.clone())
@@ -186,17 +187,19 @@ impl Fleet {
                 async move { fleet.register(&name).await }
             })
             .buffer_unordered(REGISTER_CONCURRENCY);
-        while registrations.next().await.is_some() {
+        while let Some(registered) = registrations.next().await {
+            registered?;
             done += 1;
             if done % 500 == 0 || done == total {
                 log::info!("registered {done}/{total} simulated nodes");
             }
         }
+        Ok(())
     }
 
-    async fn register(&self, name: &str) {
+    async fn register(&self, name: &str) -> Result<(), SimulateError> {
         let Some(facts) = self.state().nodes.get(name).map(|n| n.facts.clone()) else {
-            return;
+            return Ok(());
         };
         loop {
             let registered = match api_node::register(&self.client, &facts).await {
@@ -208,7 +211,13 @@ impl Fleet {
             match registered {
                 Ok(node) => {
                     self.observe(&node);
-                    return;
+                    return Ok(());
+                }
+                Err(kube::Error::Api(status)) if status.code == 400 || status.code == 422 => {
+                    return Err(SimulateError::Refused {
+                        node: name.to_owned(),
+                        message: status.message,
+                    });
                 }
                 Err(error) => {
                     log::warn!("cannot register simulated node {name}: {error}; retrying in 2 s");
@@ -380,6 +389,59 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that is never called: these tests look at the fleet's own state.
+    fn unused_client() -> kube::Client {
+        let service = tower::service_fn(|_: http::Request<kube::client::Body>| async {
+            Err::<http::Response<kube::client::Body>, _>(std::io::Error::other("no API server"))
+        });
+        kube::Client::new(service, "default")
+    }
+
+    fn node_with_cidr(name: &str, cidr: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "uid": "u1"},
+            "spec": {"podCIDR": cidr},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn pod_addresses_come_from_the_node_cidr_once_known() {
+        let fleet = Fleet::new(unused_client(), &spec(2));
+        assert!(fleet.owns("sim-1") && !fleet.owns("sim-2"));
+        // No pod CIDR yet: the made-up range.
+        let (host, first) = fleet.assign_pod_ip("sim-0").unwrap();
+        assert_eq!(Some(host), fleet.host_ip("sim-0"));
+        assert!(fleet.fallback_range.contains(first));
+
+        fleet.observe(&node_with_cidr("sim-0", "10.244.7.0/30"));
+        assert!(
+            fleet.state().nodes["sim-0"].stale_status,
+            "not Ready in the API"
+        );
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        fleet.claim_pod_ip("sim-0", ip("10.244.7.1"));
+        assert_eq!(
+            fleet.assign_pod_ip("sim-0").map(|(_, p)| p),
+            Some(ip("10.244.7.2"))
+        );
+        assert_eq!(
+            fleet.assign_pod_ip("sim-0"),
+            None,
+            "a /30 has two pod addresses"
+        );
+        fleet.release_pod_ip("sim-0", ip("10.244.7.1"));
+        assert_eq!(
+            fleet.assign_pod_ip("sim-0").map(|(_, p)| p),
+            Some(ip("10.244.7.1"))
+        );
+        // The made-up address is freed in its own pool.
+        fleet.release_pod_ip("sim-0", first);
+        assert!(fleet.state().fallback_used.is_empty());
+        assert_eq!(fleet.assign_pod_ip("nobody"), None);
+    }
 
     fn spec(count: usize) -> FleetSpec {
         FleetSpec {

@@ -41,6 +41,6 @@ pub enum SimulateError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("bad node spec: {0}")]
-    Spec(String),
+    #[error("the API server refuses simulated node {node}: {message}")]
+    Refused { node: String, message: String },
 }
