@@ -121,6 +121,12 @@ fn wait_for_phase(server: &TestApiServer, sims: &[&Simulator], name: &str, phase
     });
 }
 
+/// The status of pod `name`'s Ready condition.
+fn pod_ready(server: &TestApiServer, name: &str) -> Option<String> {
+    let ready = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
+    get(server, &["get", "pod", name, "-o", ready])
+}
+
 /// kubectl output, when kubectl succeeds.
 fn get(server: &TestApiServer, args: &[&str]) -> Option<String> {
     let output = server.kubectl(args);
@@ -408,6 +414,11 @@ async fn a_node_that_stops_renewing_is_marked_unknown_tainted_and_its_pods_evict
         "{marked}"
     );
 
+    // The pods of a node that is no longer Ready are not ready either.
+    wait_for("pod patient not Ready", &server, &[&alive, &doomed], || {
+        pod_ready(&server, "patient").filter(|s| s == "False")
+    });
+
     // `brief` tolerates it for 5 s, then is evicted; `patient` for 300 s.
     let evicted = wait_for("pod brief evicted", &server, &[&alive, &doomed], || {
         let out = get(
@@ -515,4 +526,8 @@ async fn a_node_that_stops_renewing_is_marked_unknown_tainted_and_its_pods_evict
             (out == "True|").then_some(())
         },
     );
+    // Its pod is reported Ready again by the node.
+    wait_for("pod patient Ready again", &server, &[&alive, &back], || {
+        pod_ready(&server, "patient").filter(|s| s == "True")
+    });
 }

@@ -35,6 +35,8 @@ enum Stage {
     Starting,
     /// Its Running status is written (or being written).
     Running,
+    /// Its Running status is being written again (something else marked it not ready).
+    Refreshing,
     /// Its containers are ending (exit-code annotation).
     Ending,
     Finished,
@@ -62,6 +64,7 @@ pub struct SimPods {
 enum Step {
     None,
     Start,
+    Refresh,
     End(i32, u64),
     Delete,
 }
@@ -129,6 +132,7 @@ impl SimPods {
                     return;
                 }
                 Step::Delete => pods.delete(&pod).await,
+                Step::Refresh => pods.refresh(&pod, &uid).await,
                 Step::None => {}
             }
             drop(permit);
@@ -182,6 +186,12 @@ impl SimPods {
             tracked.stage = Stage::Ending;
             return Step::End(code, run_seconds(pod));
         }
+        if tracked.stage == Stage::Running && phase == "Running" && !ready(pod) {
+            // The node lifecycle controller marks the pods of a node it lost not ready; the
+            // node reports them again as kubelet would.
+            tracked.stage = Stage::Refreshing;
+            return Step::Refresh;
+        }
         Step::None
     }
 
@@ -225,6 +235,22 @@ impl SimPods {
                 }
             }
         }
+    }
+
+    async fn refresh(&self, pod: &Pod, uid: &str) {
+        let (node, ip, started_at) = {
+            let pods = self.pods();
+            let Some(tracked) = pods.get(uid) else { return };
+            (tracked.node.clone(), tracked.ip, tracked.started_at)
+        };
+        let (Some(host_ip), Some(pod_ip)) = (self.fleet.host_ip(&node), ip) else {
+            return;
+        };
+        let status = simulated_status(pod, host_ip, pod_ip, started_at, None);
+        if let Err(error) = api_pods::write_status(self.fleet.client(), pod, &status).await {
+            log::warn!("cannot write pod {}'s status: {error}", name(pod));
+        }
+        self.set_stage(uid, Stage::Running);
     }
 
     async fn delete(&self, pod: &Pod) {
@@ -284,6 +310,15 @@ fn name(pod: &Pod) -> String {
         pod.metadata.namespace.as_deref().unwrap_or_default(),
         pod.metadata.name.as_deref().unwrap_or_default()
     )
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {

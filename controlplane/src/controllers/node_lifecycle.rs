@@ -7,7 +7,8 @@
 //! the taints: `node.kubernetes.io/unreachable` (Ready Unknown) or `node.kubernetes.io/not-ready`
 //! (Ready False) as `NoExecute` (taint-based eviction, see
 //! [`super::taint_eviction`]) and as `NoSchedule`, the pressure and `unschedulable` `NoSchedule`
-//! taints; they go when the condition clears.
+//! taints; they go when the condition clears. When a node stops being Ready its pods' Ready
+//! condition is set False (upstream's `MarkPodsNotReady`).
 //!
 //! Not done as upstream: no zone disruption states and no eviction rate limit (every
 //! unreachable node is tainted at once, however many there are).
@@ -17,9 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -77,11 +78,14 @@ struct Health {
     probed: Instant,
     heartbeat: Option<Time>,
     renewed: Option<MicroTime>,
+    /// Ready was True when last seen: its pods are marked not ready when that ends.
+    ready: bool,
 }
 
 /// Runs the controller until it is dropped.
 pub async fn run(client: kube::Client, timing: Timing) {
     let nodes_api: Api<Node> = Api::all(client.clone());
+    let pods_api: Api<Pod> = Api::all(client.clone());
     let leases_api: Api<Lease> = Api::namespaced(client, LEASE_NAMESPACE);
     let (nodes, nodes_task) = store(nodes_api.clone(), "node lifecycle");
     let (leases, leases_task) = store(leases_api, "node lifecycle");
@@ -111,13 +115,12 @@ pub async fn run(client: kube::Client, timing: Timing) {
                 probed: now,
                 heartbeat: heartbeat.clone(),
                 renewed: renewed.clone(),
+                ready: is_ready(&node),
             });
             if seen.heartbeat != heartbeat || seen.renewed != renewed {
-                *seen = Health {
-                    probed: now,
-                    heartbeat,
-                    renewed,
-                };
+                seen.probed = now;
+                seen.heartbeat = heartbeat;
+                seen.renewed = renewed;
             }
             let grace = if condition(&node, "Ready").is_some() {
                 timing.grace_period
@@ -125,11 +128,69 @@ pub async fn run(client: kube::Client, timing: Timing) {
                 timing.startup_grace_period
             };
             let silent = now.duration_since(seen.probed) > grace;
-            if let Err(error) = reconcile(&nodes_api, &node, silent).await {
-                log::warn!("node lifecycle: node {name}: {}", super::chain(&error));
+            let ready = match reconcile(&nodes_api, &node, silent).await {
+                Ok(updated) => is_ready(&updated),
+                Err(error) => {
+                    log::warn!("node lifecycle: node {name}: {}", super::chain(&error));
+                    continue;
+                }
+            };
+            if seen.ready
+                && !ready
+                && let Err(error) = mark_pods_not_ready(&pods_api, &name).await
+            {
+                // Tried again at the next pass.
+                log::warn!(
+                    "node lifecycle: pods of node {name}: {}",
+                    super::chain(&error)
+                );
+                continue;
             }
+            seen.ready = ready;
         }
     }
+}
+
+fn is_ready(node: &Node) -> bool {
+    condition(node, "Ready").is_some_and(|c| c.status == "True")
+}
+
+/// Upstream's `MarkPodsNotReady`: the pods of a node that is no longer Ready get their Ready
+/// condition False (so Services stop sending them traffic), until their node reports again.
+async fn mark_pods_not_ready(pods: &Api<Pod>, node: &str) -> Result<(), kube::Error> {
+    let on_node = pods
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await?;
+    let now = Time(jiff::Timestamp::now());
+    for pod in on_node.items {
+        let Some(mut conditions) = pod.status.as_ref().and_then(|s| s.conditions.clone()) else {
+            continue;
+        };
+        let Some(ready) = conditions
+            .iter_mut()
+            .find(|c| c.type_ == "Ready" && c.status == "True")
+        else {
+            continue;
+        };
+        ready.status = "False".to_owned();
+        ready.last_transition_time = Some(now.clone());
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let patch = json!({
+            "metadata": {"resourceVersion": pod.metadata.resource_version},
+            "status": {"conditions": conditions},
+        });
+        let api: Api<Pod> = Api::namespaced(pods.clone().into_client(), namespace);
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => log::info!("node {node}: pod {namespace}/{name} marked not ready"),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 fn condition<'a>(node: &'a Node, type_: &str) -> Option<&'a NodeCondition> {
@@ -222,7 +283,7 @@ pub fn desired_taints(node: &Node, now: &Time) -> Vec<Taint> {
 }
 
 /// Marks a silent node's conditions Unknown, then makes its taints follow its conditions.
-async fn reconcile(nodes: &Api<Node>, node: &Arc<Node>, silent: bool) -> Result<(), kube::Error> {
+async fn reconcile(nodes: &Api<Node>, node: &Arc<Node>, silent: bool) -> Result<Node, kube::Error> {
     let name = node.metadata.name.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
     let mut node = (**node).clone();
@@ -258,11 +319,11 @@ async fn reconcile(nodes: &Api<Node>, node: &Arc<Node>, silent: bool) -> Result<
             "metadata": {"resourceVersion": node.metadata.resource_version},
             "spec": {"taints": taints},
         });
-        nodes
+        node = nodes
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     }
-    Ok(())
+    Ok(node)
 }
 
 #[cfg(test)]
