@@ -10,6 +10,8 @@
 //! - [`reset`]: `keel-agent reset`, what a stopped agent made on its node removed.
 //! - [`probe`]: container startup, liveness and readiness probes (the schedule and thresholds,
 //!   and the `httpGet`, `tcpSocket` and `exec` probers).
+//! - [`simulate`]: many simulated nodes in one process (`keel-agent simulate`), through the
+//!   same API calls as the real agent ([`api`]).
 
 pub mod api;
 pub mod cgroups;
@@ -23,4 +25,5 @@ pub mod reset;
 pub mod runtime;
 pub mod sandbox;
 pub mod services;
+pub mod simulate;
 pub mod sys;

@@ -16,7 +16,8 @@
 //! disturbing traffic (`--cleanup-bpf` removes them). It runs until SIGINT or SIGTERM; pods
 //! keep running and the next agent adopts them. `keel-agent keeper <dir>` is the per-node keeper process the
 //! agent starts itself (see `keel_agent::runtime::keeper`); `keel-agent reset` removes what a
-//! stopped agent left (see `keel_agent::reset`).
+//! stopped agent left (see `keel_agent::reset`); `keel-agent simulate` runs many simulated nodes
+//! against an API server instead (see `keel_agent::simulate`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -194,6 +195,12 @@ fn main() -> anyhow::Result<()> {
         .is_some_and(|first| first == "reset")
     {
         return reset(ResetArgs::parse_from(std::env::args_os().skip(1)));
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "simulate")
+    {
+        return simulate::run(std::env::args_os().skip(2));
     }
     let args = Args::parse();
     if args.cleanup_bpf {
@@ -438,6 +445,9 @@ fn resolve_devices(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
 
 #[path = "cli/pods.rs"]
 mod pods;
+
+#[path = "cli/simulate.rs"]
+mod simulate;
 
 #[path = "cli/signals.rs"]
 mod signals;

@@ -42,7 +42,86 @@ struct ControllerManagerArgs {
     #[arg(long)]
     kubeconfig: PathBuf,
     #[command(flatten)]
-    controllers: controllers::Options,
+    controllers: ControllerArgs,
+}
+
+/// kube-controller-manager's flags.
+#[derive(Debug, Args)]
+struct ControllerArgs {
+    /// CIDR pod networks are carved from (node IPAM gives each node a subnet of it).
+    #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cidr)]
+    cluster_cidr: Cidr,
+    /// The prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// How long a node may go without renewing its Lease or status before it is marked
+    /// Unknown and tainted unreachable (a duration: 40s, 2m).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
+    /// The same for a node that has not reported a Ready condition yet.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    node_startup_grace_period: Duration,
+    /// How often the node lifecycle controller looks at the nodes.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    node_monitor_period: Duration,
+    /// Most endpoints in one EndpointSlice.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    max_endpoints_per_slice: u16,
+}
+
+impl ControllerArgs {
+    fn config(&self) -> anyhow::Result<controllers::Config> {
+        let cidrs =
+            controllers::node_ipam::CidrSet::new(self.cluster_cidr, self.node_cidr_mask_size)?;
+        log::info!(
+            "cluster CIDR {} (node IPAM, /{} per node)",
+            self.cluster_cidr,
+            self.node_cidr_mask_size
+        );
+        Ok(controllers::Config {
+            node_cidrs: Some(cidrs),
+            node_monitor: controllers::node_lifecycle::Timing {
+                monitor_period: self.node_monitor_period,
+                grace_period: self.node_monitor_grace_period,
+                startup_grace_period: self.node_startup_grace_period,
+            },
+            endpointslice: controllers::endpointslice::Settings {
+                max_endpoints_per_slice: usize::from(self.max_endpoints_per_slice),
+            },
+        })
+    }
+}
+
+/// A Go-style duration as kube-controller-manager's flags take: `500ms`, `40s`, `5m`, `1h`, or
+/// a combination (`1m30s`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (such as 40s, 500ms, 2m)");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        total += unit * u32::try_from(number).map_err(|_| bad())?;
+        rest = &rest[unit_len..];
+    }
+    if total.is_zero() {
+        return Err(format!("{text:?}: must be more than zero"));
+    }
+    Ok(total)
 }
 
 #[derive(Debug, Args)]
@@ -69,18 +148,15 @@ struct ApiServerArgs {
     /// Port range NodePorts are allocated from.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     service_node_port_range: RangeInclusive<u16>,
-    /// CIDR pod networks are carved from (used by the node IPAM controller).
-    #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cidr)]
-    cluster_cidr: Cidr,
+    /// The controllers' flags (used by `all`).
+    #[command(flatten)]
+    controllers: ControllerArgs,
     /// Static bearer tokens: CSV lines `token,user,uid,"group1,group2"`.
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
     /// Extra names or addresses for the serving certificate, comma-separated.
     #[arg(long, value_delimiter = ',')]
     tls_san: Vec<String>,
-    /// The controller manager's flags (with `all`).
-    #[command(flatten)]
-    controllers: controllers::Options,
 }
 
 fn parse_cidr(text: &str) -> Result<Cidr, String> {
@@ -136,6 +212,7 @@ fn main() {
 }
 
 async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
+    let config = args.controllers.config()?;
     let path = &args.kubeconfig;
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
         .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
@@ -151,7 +228,7 @@ async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<(
     tokio::select! {
         _ = tokio::signal::ctrl_c() => log::info!("interrupted, stopping"),
         _ = terminate.recv() => log::info!("terminated, stopping"),
-        () = controllers::run(client, args.controllers) => bail!("the controllers stopped"),
+        () = controllers::run(client, config) => bail!("the controllers stopped"),
     }
     Ok(())
 }
@@ -245,11 +322,12 @@ async fn run_apiserver(args: ApiServerArgs, with_controllers: bool) -> anyhow::R
         service_cidr: args.service_cluster_ip_range,
         node_ports: args.service_node_port_range,
     };
-    log::info!(
-        "cluster CIDR {} (for node IPAM), service CIDR {}",
-        args.cluster_cidr,
-        allocator.service_cidr
-    );
+    log::info!("service CIDR {}", allocator.service_cidr);
+    let controller_config = if with_controllers {
+        Some(args.controllers.config()?)
+    } else {
+        None
+    };
     let server = Arc::new(ApiServer::new(
         store,
         tokens,
@@ -269,7 +347,7 @@ async fn run_apiserver(args: ApiServerArgs, with_controllers: bool) -> anyhow::R
     );
     tokio::spawn(server.clone().run_system_loop());
     let serve = tokio::spawn(server.serve(listener, tls));
-    let controllers = if with_controllers {
+    let controllers = if let Some(config) = controller_config {
         let loopback = if args.bind_address.is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {
@@ -277,7 +355,7 @@ async fn run_apiserver(args: ApiServerArgs, with_controllers: bool) -> anyhow::R
         };
         let url = format!("https://{}", SocketAddr::new(loopback, args.secure_port));
         let client = controller_manager_client(&pki, &args.data_dir, &url).await?;
-        tokio::spawn(controllers::run(client, args.controllers))
+        tokio::spawn(controllers::run(client, config))
     } else {
         tokio::spawn(std::future::pending())
     };
@@ -293,4 +371,20 @@ async fn run_apiserver(args: ApiServerArgs, with_controllers: bool) -> anyhow::R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_as_go_writes_them() {
+        assert_eq!(parse_duration("40s"), Ok(Duration::from_secs(40)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "40", "s", "4x", "0s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 }

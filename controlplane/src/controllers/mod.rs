@@ -6,30 +6,46 @@
 //! * [`garbagecollector`]: deletes objects whose owners are gone; foreground and orphan
 //!   deletion.
 //! * [`serviceaccount`]: a `default` ServiceAccount in every namespace.
+//! * [`node_lifecycle`]: marks nodes that stopped reporting Unknown and taints them.
+//! * [`taint_eviction`]: deletes pods from nodes whose `NoExecute` taints they do not tolerate.
+//! * [`node_ipam`]: gives each node a pod CIDR from the cluster CIDR.
 
 pub mod endpointslice;
 pub mod garbagecollector;
 pub mod namespace;
+pub mod node_ipam;
+pub mod node_lifecycle;
+mod reflect;
 pub mod serviceaccount;
+pub mod taint_eviction;
 
-/// The controller manager's flags (upstream's names).
-#[derive(Debug, Clone, clap::Args)]
-pub struct Options {
-    /// Most endpoints in one EndpointSlice.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub max_endpoints_per_slice: u16,
+/// What the controllers are configured with (kube-controller-manager's flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--cluster-cidr` and `--node-cidr-mask-size`, checked; `None`: no node IPAM.
+    pub node_cidrs: Option<node_ipam::CidrSet>,
+    /// `--node-monitor-period`, `--node-monitor-grace-period`.
+    pub node_monitor: node_lifecycle::Timing,
+    /// `--max-endpoints-per-slice`.
+    pub endpointslice: endpointslice::Settings,
 }
 
 /// Runs every controller on `client`, concurrently, until one of them stops.
-pub async fn run(client: kube::Client, options: Options) {
-    let endpointslice = endpointslice::Settings {
-        max_endpoints_per_slice: usize::from(options.max_endpoints_per_slice),
+pub async fn run(client: kube::Client, config: Config) {
+    let node_ipam = async {
+        match config.node_cidrs {
+            Some(cidrs) => node_ipam::run(client.clone(), cidrs).await,
+            None => std::future::pending().await,
+        }
     };
     tokio::select! {
         () = namespace::run(client.clone()) => log::error!("the namespace controller stopped"),
-        () = endpointslice::run(client.clone(), endpointslice) => log::error!("the endpointslice controller stopped"),
+        () = endpointslice::run(client.clone(), config.endpointslice) => log::error!("the endpointslice controller stopped"),
         () = garbagecollector::run(client.clone()) => log::error!("the garbage collector stopped"),
-        () = serviceaccount::run(client) => log::error!("the serviceaccount controller stopped"),
+        () = serviceaccount::run(client.clone()) => log::error!("the serviceaccount controller stopped"),
+        () = node_lifecycle::run(client.clone(), config.node_monitor) => log::error!("the node lifecycle controller stopped"),
+        () = taint_eviction::run(client.clone()) => log::error!("the taint eviction controller stopped"),
+        () = node_ipam => log::error!("the node IPAM controller stopped"),
     }
 }
 

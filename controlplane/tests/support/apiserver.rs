@@ -21,10 +21,18 @@ pub struct TestApiServer {
     pub port: u16,
     data_dir: TempDir,
     pub etcd: TestEtcd,
+    /// More `keel-controlplane all` flags, kept for restarts.
+    extra_args: Vec<String>,
 }
 
 impl TestApiServer {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts it with more `keel-controlplane all` flags.
+    pub async fn start_with(extra_args: &[&str]) -> anyhow::Result<Self> {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         let kubectl = kubectl_path();
         assert!(
             kubectl.exists(),
@@ -34,12 +42,13 @@ impl TestApiServer {
         let etcd = TestEtcd::start().await?;
         let data_dir = tempfile::Builder::new().prefix("keel-cp-").tempdir()?;
         let port = free_port()?;
-        let child = spawn(data_dir.path(), etcd.endpoint(), port)?;
+        let child = spawn(data_dir.path(), etcd.endpoint(), port, &extra_args)?;
         let mut server = Self {
             child,
             port,
             data_dir,
             etcd,
+            extra_args,
         };
         server.wait_ready()?;
         Ok(server)
@@ -60,7 +69,12 @@ impl TestApiServer {
 
     /// Starts the API server again on the same port and data.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
-        self.child = spawn(self.data_dir.path(), self.etcd.endpoint(), self.port)?;
+        self.child = spawn(
+            self.data_dir.path(),
+            self.etcd.endpoint(),
+            self.port,
+            &self.extra_args,
+        )?;
         self.wait_ready()
     }
 
@@ -180,7 +194,7 @@ fn kubectl_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(KUBECTL))
 }
 
-fn spawn(data_dir: &Path, etcd: &str, port: u16) -> anyhow::Result<Child> {
+fn spawn(data_dir: &Path, etcd: &str, port: u16, extra_args: &[String]) -> anyhow::Result<Child> {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
@@ -194,6 +208,7 @@ fn spawn(data_dir: &Path, etcd: &str, port: u16) -> anyhow::Result<Child> {
         .arg(format!("--data-dir={}", data_dir.display()))
         .arg("--bind-address=127.0.0.1")
         .arg(format!("--secure-port={port}"))
+        .args(extra_args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
