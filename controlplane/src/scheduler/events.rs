@@ -1,13 +1,14 @@
-//! Events about pods as the scheduler reports them (`events.k8s.io/v1`, reporting
-//! controller `default-scheduler`); a repeat of the same event within six minutes updates
-//! the first one's `series` instead of creating another, as client-go's event recorder does.
+//! Events about pods as the scheduler reports them: core/v1 Events with `source.component`,
+//! `reportingComponent` `default-scheduler` and action `Scheduling` (the API serves no
+//! `events.k8s.io/v1` yet). A repeat of the same event within six minutes raises the first
+//! one's `count` and `lastTimestamp` instead of creating another, as client-go's correlator
+//! does.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use k8s_openapi::api::events::v1::{Event, EventSeries};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource as _};
@@ -46,13 +47,13 @@ impl Recorder {
         }
     }
 
-    /// Records `reason` / `note` about `pod` (`kind`: `Normal` or `Warning`).
+    /// Records `reason` / `message` about `pod` (`kind`: `Normal` or `Warning`).
     pub async fn publish(
         &self,
         pod: &Pod,
         kind: &str,
         reason: &str,
-        note: &str,
+        message: &str,
     ) -> Result<(), kube::Error> {
         let namespace = pod
             .metadata
@@ -61,18 +62,14 @@ impl Recorder {
             .unwrap_or_else(|| "default".to_owned());
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        let key = (uid, reason.to_owned(), note.to_owned());
+        let key = (uid, reason.to_owned(), message.to_owned());
         let mut sent = self.sent.lock().await;
         sent.retain(|_, event| event.at.elapsed() < SERIES_WINDOW);
-        let now = MicroTime(Timestamp::now());
+        let now = Timestamp::now();
         if let Some(previous) = sent.get_mut(&key) {
             previous.count += 1;
             previous.at = Instant::now();
-            let series = EventSeries {
-                count: previous.count,
-                last_observed_time: now.clone(),
-            };
-            let patch = json!({"series": series});
+            let patch = json!({"count": previous.count, "lastTimestamp": Time(now)});
             match api
                 .patch(
                     &previous.name,
@@ -90,7 +87,7 @@ impl Recorder {
         let name = format!(
             "{}.{:x}",
             pod.metadata.name.as_deref().unwrap_or("pod"),
-            Timestamp::now().as_nanosecond()
+            now.as_nanosecond()
         );
         let event = Event {
             metadata: ObjectMeta {
@@ -98,14 +95,21 @@ impl Recorder {
                 namespace: Some(namespace),
                 ..Default::default()
             },
-            event_time: Some(now),
-            action: Some("Scheduling".to_owned()),
+            involved_object: reference(pod),
             reason: Some(reason.to_owned()),
-            note: Some(note.to_owned()),
+            message: Some(message.to_owned()),
             type_: Some(kind.to_owned()),
-            regarding: Some(reference(pod)),
-            reporting_controller: Some(COMPONENT.to_owned()),
+            action: Some("Scheduling".to_owned()),
+            source: Some(EventSource {
+                component: Some(COMPONENT.to_owned()),
+                host: None,
+            }),
+            reporting_component: Some(COMPONENT.to_owned()),
             reporting_instance: Some(self.instance.clone()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            count: Some(1),
             ..Default::default()
         };
         api.create(&PostParams::default(), &event).await?;

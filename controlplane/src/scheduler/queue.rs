@@ -25,6 +25,9 @@ enum Place {
     Backoff,
     Unschedulable,
     InFlight,
+    /// Assumed on a node; its binding is being written. It stays until the watch shows it
+    /// bound (or deleted), so a failed binding keeps counting its attempts.
+    Binding,
 }
 
 #[derive(Debug)]
@@ -231,9 +234,11 @@ impl Queue {
         self.wake.notify_one();
     }
 
-    /// The pod was assumed on a node: it leaves the queue.
-    pub fn done(&self, uid: &str) {
-        self.remove(uid);
+    /// The pod was assumed on a node: it waits for its binding.
+    pub fn binding(&self, uid: &str) {
+        if let Some(entry) = self.lock().entries.get_mut(uid) {
+            entry.place = Place::Binding;
+        }
     }
 
     /// Pods per place, for tests and logs: (active, backoff, unschedulable, in flight).

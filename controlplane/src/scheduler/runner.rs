@@ -261,9 +261,9 @@ fn schedule_one(shared: &Arc<Shared>, picker: &mut Picker, pod: Arc<Pod>) {
         }
     };
     match decision {
-        None => shared.queue.done(&uid),
+        None => shared.queue.remove(&uid),
         Some(Ok(node)) => {
-            shared.queue.done(&uid);
+            shared.queue.binding(&uid);
             tokio::spawn(bind(shared.clone(), pod, node));
         }
         Some(Err(FitError(message))) => {
@@ -294,15 +294,8 @@ async fn bind(shared: Arc<Shared>, pod: Arc<Pod>, node: String) {
         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     });
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), &namespace);
-    let body = match serde_json::to_vec(&binding) {
-        Ok(body) => body,
-        Err(error) => {
-            log::error!("scheduler: cannot encode the binding of {namespace}/{name}: {error}");
-            return;
-        }
-    };
     let result: Result<serde_json::Value, kube::Error> = api
-        .create_subresource("binding", &name, &PostParams::default(), &body)
+        .create_subresource("binding", &name, &PostParams::default(), &binding)
         .await;
     match result {
         Ok(_) => {
@@ -329,6 +322,10 @@ async fn bind(shared: Arc<Shared>, pod: Arc<Pod>, node: String) {
                 shared.queue.move_all_unschedulable();
                 return;
             }
+            let error = match &error {
+                kube::Error::Api(status) => status.message.clone(),
+                other => other.to_string(),
+            };
             log::warn!("scheduler: binding {namespace}/{name} to {node}: {error}");
             shared.queue.retry(pod.clone());
             let message = format!("running Bind plugin \"DefaultBinder\": {error}");
