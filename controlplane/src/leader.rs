@@ -200,7 +200,10 @@ impl Elector {
             let left = self.config.renew_deadline.saturating_sub(renewed.elapsed());
             match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
                 Ok(Ok(true)) => renewed = Instant::now(),
-                Ok(Ok(false)) => return,
+                // Another holder: lost at once. A conflicting write with this candidate
+                // still the holder (its own earlier write landed late): try again.
+                Ok(Ok(false)) if !self.observed_holder_is_me() => return,
+                Ok(Ok(false)) => {}
                 Ok(Err(error)) => {
                     log::warn!("leader election: {}", crate::controllers::chain(&error))
                 }
@@ -210,6 +213,13 @@ impl Elector {
                 return;
             }
         }
+    }
+
+    fn observed_holder_is_me(&self) -> bool {
+        self.observed
+            .record
+            .as_ref()
+            .is_some_and(|(holder, _, _)| *holder == self.config.identity)
     }
 
     /// Gives the Lease up (holder cleared, duration 1 s) if this candidate holds it.

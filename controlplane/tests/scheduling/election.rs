@@ -2,7 +2,7 @@
 //! server (started alone, so no scheduler of its own competes): one holds the
 //! `kube-system/kube-scheduler` Lease and binds; after it is killed with SIGKILL the other
 //! takes the Lease over (once it has gone unrenewed for the lease duration) and binding
-//! resumes.
+//! resumes. A leader stopped with SIGTERM releases the Lease for the next one.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -163,6 +163,42 @@ async fn one_scheduler_leads_and_the_other_takes_over_when_it_dies() -> anyhow::
                 && event["reason"] == "Scheduled"),
         "no Scheduled event for the pod bound after the takeover"
     );
+
+    // SIGTERM the new leader: it releases the Lease on its way out, and a third candidate
+    // takes it without waiting for it to expire.
+    schedulers.push(Scheduler::start(&server, "scheduler-c")?);
+    let third = wait_for(&server, "the third identity", || schedulers[2].identity());
+    let pid = i32::try_from(schedulers[follower].child.id())?;
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = schedulers[follower].child.wait()?;
+    assert!(
+        status.success(),
+        "the scheduler exited with {status} on SIGTERM"
+    );
+    assert!(
+        schedulers[follower]
+            .log()
+            .contains("released lease kube-system/kube-scheduler"),
+        "{}",
+        schedulers[follower].log()
+    );
+    let released_to = wait_for(&server, "the third scheduler to take the lease", || {
+        let current = lease(&server);
+        (current["spec"]["holderIdentity"] == third.as_str()).then_some(current)
+    });
+    assert_eq!(
+        released_to["spec"]["leaseTransitions"]
+            .as_i64()
+            .unwrap_or(0),
+        transitions + 2
+    );
+    server.ok_with_input(
+        &["apply", "-f", "-"],
+        &pod_manifest("last", "{app: x}", "100m", ""),
+    );
+    assert_eq!(wait_bound(&server, &["last"])["last"], "n1");
+    assert!(schedulers[2].log().contains("bound default/last to n1"));
     schedulers.clear();
     Ok(())
 }
