@@ -14,12 +14,32 @@ pub const REASON_EXISTING_ANTI_AFFINITY: &str =
     "node(s) didn't satisfy existing pods anti-affinity rules";
 const HARD_POD_AFFINITY_WEIGHT: i64 = 1;
 
-/// Counts per topology domain `(key, value)`.
-type DomainCounts = HashMap<(String, String), i64>;
+/// Counts per topology domain: key, then value (looked up by `&str`, no allocation).
+#[derive(Debug, Default)]
+struct DomainCounts(HashMap<String, HashMap<String, i64>>);
 
-fn bump(counts: &mut DomainCounts, node: &NodeInfo, key: &str, by: i64) {
-    if let Some(value) = node.labels().get(key) {
-        *counts.entry((key.to_owned(), value.clone())).or_insert(0) += by;
+impl DomainCounts {
+    fn bump(&mut self, node: &NodeInfo, key: &str, by: i64) {
+        if let Some(value) = node.labels().get(key) {
+            *self
+                .0
+                .entry(key.to_owned())
+                .or_default()
+                .entry(value.clone())
+                .or_insert(0) += by;
+        }
+    }
+
+    fn get(&self, key: &str, value: &str) -> i64 {
+        self.0
+            .get(key)
+            .and_then(|values| values.get(value))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -59,7 +79,7 @@ impl FilterState {
             for existing in &node.pods {
                 for term in &existing.affinity.required_anti {
                     if term.matches(pod, own_labels) {
-                        bump(&mut state.existing_anti, node, &term.topology_key, 1);
+                        state.existing_anti.bump(node, &term.topology_key, 1);
                     }
                 }
                 if !incoming_terms {
@@ -73,12 +93,12 @@ impl FilterState {
                         .all(|term| term.matches(existing, labels))
                 {
                     for term in &state.required {
-                        bump(&mut state.affinity, node, &term.topology_key, 1);
+                        state.affinity.bump(node, &term.topology_key, 1);
                     }
                 }
                 for term in &state.required_anti {
                     if term.matches(existing, labels) {
-                        bump(&mut state.anti, node, &term.topology_key, 1);
+                        state.anti.bump(node, &term.topology_key, 1);
                     }
                 }
             }
@@ -90,11 +110,7 @@ impl FilterState {
     pub fn filter(&self, node: &NodeInfo) -> Result<(), Rejection> {
         let labels = node.labels();
         let count = |counts: &DomainCounts, key: &str| -> i64 {
-            labels
-                .get(key)
-                .and_then(|value| counts.get(&(key.to_owned(), value.clone())))
-                .copied()
-                .unwrap_or(0)
+            labels.get(key).map_or(0, |value| counts.get(key, value))
         };
         if !self.required.is_empty() {
             let satisfied = self.required.iter().all(|term| {
@@ -119,11 +135,9 @@ impl FilterState {
             return Err(Rejection::unschedulable(REASON_ANTI_AFFINITY));
         }
         if !self.existing_anti.is_empty()
-            && labels.iter().any(|(key, value)| {
-                self.existing_anti
-                    .get(&(key.clone(), value.clone()))
-                    .is_some_and(|count| *count > 0)
-            })
+            && labels
+                .iter()
+                .any(|(key, value)| self.existing_anti.get(key, value) > 0)
         {
             return Err(Rejection::unschedulable(REASON_EXISTING_ANTI_AFFINITY));
         }
@@ -143,7 +157,7 @@ impl ScoreState {
         let own = &pod.affinity;
         let preferring = !own.preferred.is_empty() || !own.preferred_anti.is_empty();
         let own_labels = cache.namespace_labels(&pod.namespace);
-        let mut sums = DomainCounts::new();
+        let mut sums = DomainCounts::default();
         for node in cache.nodes() {
             if (!preferring && node.pods_with_affinity == 0) || node.labels().is_empty() {
                 continue;
@@ -152,7 +166,7 @@ impl ScoreState {
                 let labels = cache.namespace_labels(&existing.namespace);
                 let mut add = |term: &AffinityTerm, who: &PodInfo, ns: &_, weight: i64| {
                     if term.matches(who, ns) {
-                        bump(&mut sums, node, &term.topology_key, weight);
+                        sums.bump(node, &term.topology_key, weight);
                     }
                 };
                 for (weight, term) in &own.preferred {
@@ -179,7 +193,7 @@ impl ScoreState {
     pub fn score(&self, node: &NodeInfo) -> i64 {
         node.labels()
             .iter()
-            .filter_map(|(key, value)| self.sums.get(&(key.clone(), value.clone())))
+            .map(|(key, value)| self.sums.get(key, value))
             .sum()
     }
 }

@@ -367,6 +367,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn failed_bindings_back_off_longer_each_time() {
+        let queue = Queue::default();
+        queue.add_or_update(pod("a", 0));
+        for attempt in 1..=3 {
+            let popped = queue.pop().await;
+            queue.binding(uid(&popped));
+            assert_eq!(queue.counts(), (0, 0, 0, 0), "waiting for its binding");
+            // A cluster change does not disturb a pod whose binding is in flight.
+            queue.move_all_unschedulable();
+            queue.retry(popped);
+            let state = queue.lock();
+            assert_eq!(state.entries["a"].attempts, attempt);
+            drop(state);
+            assert_eq!(queue.counts(), (0, 1, 0, 0));
+        }
+        // Bound at last: the watch removes it.
+        queue.remove("a");
+        assert!(!queue.contains("a"));
+    }
+
+    #[tokio::test]
     async fn a_move_during_the_attempt_sends_the_pod_to_backoff() {
         let queue = Queue::default();
         queue.add_or_update(pod("a", 0));
