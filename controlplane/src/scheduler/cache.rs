@@ -9,6 +9,8 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm, WeightedPodAffinityTerm};
 
 use super::resources::{self, NonZero, Resources};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
 use super::selectors::{Labels, Selector};
 
 /// A host port a pod's container asks for: protocol, address (`0.0.0.0` for any) and port.
@@ -297,6 +299,10 @@ pub struct Cache {
     nodes: BTreeMap<String, NodeInfo>,
     placements: HashMap<String, Placement>,
     namespaces: HashMap<String, Labels>,
+    /// Service selectors by namespace, then name (for default spreading).
+    services: HashMap<String, HashMap<String, Labels>>,
+    /// ReplicaSet and StatefulSet selectors by (kind, namespace, name).
+    controllers: HashMap<(String, String, String), LabelSelector>,
 }
 
 impl Cache {
@@ -412,6 +418,66 @@ impl Cache {
     /// Forgets a deleted namespace.
     pub fn remove_namespace(&mut self, name: &str) {
         self.namespaces.remove(name);
+    }
+
+    /// Records a Service's selector (`None`: the Service selects no pods itself).
+    pub fn set_service(&mut self, namespace: &str, name: &str, selector: Option<Labels>) {
+        let services = self.services.entry(namespace.to_owned()).or_default();
+        match selector {
+            Some(selector) => services.insert(name.to_owned(), selector),
+            None => services.remove(name),
+        };
+    }
+
+    /// Records a ReplicaSet's or StatefulSet's selector (`None`: deleted).
+    pub fn set_controller(
+        &mut self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        selector: Option<LabelSelector>,
+    ) {
+        let key = (kind.to_owned(), namespace.to_owned(), name.to_owned());
+        match selector {
+            Some(selector) => self.controllers.insert(key, selector),
+            None => self.controllers.remove(&key),
+        };
+    }
+
+    /// Upstream's `DefaultSelector`: the selectors of the Services that select the pod,
+    /// and of the ReplicaSet or StatefulSet that controls it; `None` when that is empty.
+    pub fn default_spread_selector(&self, pod: &PodInfo) -> Option<Selector> {
+        let mut merged = Labels::new();
+        for selector in self
+            .services
+            .get(&pod.namespace)
+            .into_iter()
+            .flat_map(HashMap::values)
+        {
+            if Selector::from_labels(selector).matches(&pod.labels) {
+                merged.extend(selector.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        let mut selector = Selector::from_labels(&merged);
+        let owner = pod
+            .pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|owner| owner.controller == Some(true));
+        if let Some(owner) = owner
+            && owner.api_version == "apps/v1"
+            && (owner.kind == "ReplicaSet" || owner.kind == "StatefulSet")
+            && let Some(controller) = self.controllers.get(&(
+                owner.kind.clone(),
+                pod.namespace.clone(),
+                owner.name.clone(),
+            ))
+        {
+            selector = selector.and(Selector::new(Some(controller)));
+        }
+        (!selector.is_empty()).then_some(selector)
     }
 
     /// Labels of a namespace (none if unknown).

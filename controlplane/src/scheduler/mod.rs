@@ -1,5 +1,6 @@
 //! The scheduler (upstream's kube-scheduler with its default profile): a kube-rs client of
-//! the API, never of etcd. It watches nodes, pods and namespaces into [`cache::Cache`],
+//! the API, never of etcd. It watches nodes, pods, namespaces (and the selectors of Services,
+//! ReplicaSets and StatefulSets, for default spreading) into [`cache::Cache`],
 //! queues the pods that name no node (and ask for `default-scheduler` or `keel-scheduler`)
 //! in [`queue::Queue`], picks a node for each with upstream's filters and scores
 //! ([`algorithm`]) and binds it (`pods/{name}/binding`); a pod that fits nowhere gets a

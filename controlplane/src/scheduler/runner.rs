@@ -1,6 +1,6 @@
-//! The running scheduler: three watches (nodes; pods not finished, as upstream's field
-//! selector `status.phase!=Succeeded,status.phase!=Failed`; namespaces) keep the cache and
-//! the queue current, and one loop takes pods from the queue, decides under the cache lock,
+//! The running scheduler: watches (nodes; pods not finished, as upstream's field selector
+//! `status.phase!=Succeeded,status.phase!=Failed`; namespaces; the selectors of Services,
+//! ReplicaSets and StatefulSets for default spreading) keep the cache and the queue current, and one loop takes pods from the queue, decides under the cache lock,
 //! assumes the pod on its node and hands the binding to its own task, so the next pod is
 //! decided while the binding is written. The only writes are bindings, events and the
 //! `PodScheduled` condition of pods that fit nowhere.
@@ -10,7 +10,8 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt as _;
@@ -74,10 +75,59 @@ pub async fn run(client: Client) {
             move |event| on_pod(&shared, &synced, &mut seen, event)
         },
     );
-    let namespaces = watch(Api::<Namespace>::all(client), watcher::Config::default(), {
-        let shared = shared.clone();
-        move |event| on_namespace(&shared, event)
-    });
+    let namespaces = watch(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        {
+            let shared = shared.clone();
+            move |event| on_namespace(&shared, event)
+        },
+    );
+    // Selectors for the default spreading of pods without constraints of their own.
+    let services = watch(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        {
+            let shared = shared.clone();
+            move |event| {
+                on_selector(&shared, event, |cache, service: &Service, gone| {
+                    let selector = service.spec.as_ref().and_then(|spec| spec.selector.clone());
+                    let meta = &service.metadata;
+                    cache.set_service(
+                        meta.namespace.as_deref().unwrap_or_default(),
+                        meta.name.as_deref().unwrap_or_default(),
+                        if gone { None } else { selector },
+                    );
+                });
+            }
+        },
+    );
+    let replica_sets = watch(
+        Api::<ReplicaSet>::all(client.clone()),
+        watcher::Config::default(),
+        {
+            let shared = shared.clone();
+            move |event| {
+                on_selector(&shared, event, |cache, set: &ReplicaSet, gone| {
+                    let selector = set.spec.as_ref().map(|spec| spec.selector.clone());
+                    set_controller(cache, "ReplicaSet", &set.metadata, selector, gone);
+                });
+            }
+        },
+    );
+    let stateful_sets = watch(
+        Api::<StatefulSet>::all(client),
+        watcher::Config::default(),
+        {
+            let shared = shared.clone();
+            move |event| {
+                on_selector(&shared, event, |cache, set: &StatefulSet, gone| {
+                    let selector = set.spec.as_ref().map(|spec| spec.selector.clone());
+                    set_controller(cache, "StatefulSet", &set.metadata, selector, gone);
+                });
+            }
+        },
+    );
     let schedule = async {
         if synced.acquire_many(2).await.is_err() {
             return;
@@ -92,7 +142,15 @@ pub async fn run(client: Client) {
             schedule_one(&shared, &mut picker, pod);
         }
     };
-    tokio::join!(nodes, pods, namespaces, schedule);
+    tokio::join!(
+        nodes,
+        pods,
+        namespaces,
+        services,
+        replica_sets,
+        stateful_sets,
+        schedule
+    );
 }
 
 async fn watch<K>(api: Api<K>, config: watcher::Config, mut handle: impl FnMut(Event<K>))
@@ -239,6 +297,31 @@ fn on_namespace(shared: &Shared, event: Event<Namespace>) {
             .cache()
             .remove_namespace(namespace.metadata.name.as_deref().unwrap_or_default()),
     }
+}
+
+fn on_selector<K>(shared: &Shared, event: Event<K>, record: impl Fn(&mut Cache, &K, bool)) {
+    match event {
+        Event::Init | Event::InitDone => {}
+        Event::InitApply(object) | Event::Apply(object) => {
+            record(&mut shared.cache(), &object, false)
+        }
+        Event::Delete(object) => record(&mut shared.cache(), &object, true),
+    }
+}
+
+fn set_controller(
+    cache: &mut Cache,
+    kind: &str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    gone: bool,
+) {
+    cache.set_controller(
+        kind,
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+        if gone { None } else { selector },
+    );
 }
 
 fn schedule_one(shared: &Arc<Shared>, picker: &mut Picker, pod: Arc<Pod>) {

@@ -64,6 +64,29 @@ impl Selector {
         }
     }
 
+    /// The selector `key = value` for every pair (an empty set selects everything).
+    pub fn from_labels(labels: &Labels) -> Self {
+        Self {
+            requirements: labels
+                .iter()
+                .map(|(key, value)| Requirement::In(key.clone(), vec![value.clone()]))
+                .collect(),
+            nothing: false,
+        }
+    }
+
+    /// Both selectors' requirements.
+    pub fn and(mut self, other: Selector) -> Self {
+        self.nothing |= other.nothing;
+        self.requirements.extend(other.requirements);
+        self
+    }
+
+    /// Whether the selector has no requirement (and so selects everything).
+    pub fn is_empty(&self) -> bool {
+        !self.nothing && self.requirements.is_empty()
+    }
+
     /// Adds `key in (value)` for each of `keys` the pod carries (`matchLabelKeys`), or
     /// `key notin (value)` when `mismatch`.
     pub fn with_label_keys(mut self, keys: &[String], labels: &Labels, mismatch: bool) -> Self {

@@ -3,7 +3,9 @@
 //! constraints score (fewer matching pods in the node's domain scores higher). Pods are
 //! counted in the pod's namespace, on nodes that carry every topology key of the
 //! constraints and pass the node inclusion policies (node affinity honoured, taints ignored,
-//! by default). Cluster-level default constraints are not applied.
+//! by default). A pod with no constraints at all is scored with upstream's system default
+//! constraints (hostname skew 3, zone skew 5, `ScheduleAnyway`) over the pods its Services,
+//! ReplicaSet or StatefulSet select.
 
 use std::collections::{HashMap, HashSet};
 
@@ -17,6 +19,25 @@ pub const REASON_CONSTRAINTS: &str = "node(s) didn't match pod topology spread c
 pub const REASON_MISSING_LABEL: &str =
     "node(s) didn't match pod topology spread constraints (missing required label)";
 const HOSTNAME: &str = "kubernetes.io/hostname";
+const ZONE: &str = "topology.kubernetes.io/zone";
+
+/// Upstream's system default constraints, over the pod's default selector.
+fn default_constraints(pod: &PodInfo, cache: &Cache) -> Vec<Constraint> {
+    let Some(selector) = cache.default_spread_selector(pod) else {
+        return Vec::new();
+    };
+    [(HOSTNAME, 3), (ZONE, 5)]
+        .into_iter()
+        .map(|(key, max_skew)| Constraint {
+            max_skew,
+            topology_key: key.to_owned(),
+            selector: selector.clone(),
+            min_domains: 1,
+            honor_affinity: true,
+            honor_taints: false,
+        })
+        .collect()
+}
 
 /// One compiled constraint.
 #[derive(Debug, Clone)]
@@ -171,16 +192,27 @@ impl ScoreState {
         cache: &Cache,
         feasible: &[&NodeInfo],
     ) -> Option<Self> {
-        let constraints = constraints(pod, spec, "ScheduleAnyway");
+        let explicit = spec
+            .topology_spread_constraints
+            .as_ref()
+            .is_some_and(|constraints| !constraints.is_empty());
+        // Only the pod's own constraints require nodes to carry every key.
+        let (constraints, require_all) = if explicit {
+            (constraints(pod, spec, "ScheduleAnyway"), true)
+        } else {
+            (default_constraints(pod, cache), false)
+        };
         if constraints.is_empty() {
             return None;
         }
         let mut ignored = HashSet::new();
         let mut counts = vec![HashMap::new(); constraints.len()];
         let mut sizes = vec![0_usize; constraints.len()];
+        // A missing key counts as the domain "" (upstream's map lookup of a missing label).
+        let value_of = |labels: &Labels, key: &str| labels.get(key).cloned().unwrap_or_default();
         for node in feasible {
             let labels = node.labels();
-            if !has_all_keys(labels, &constraints) {
+            if require_all && !has_all_keys(labels, &constraints) {
                 ignored.insert(node.name.clone());
                 continue;
             }
@@ -188,23 +220,27 @@ impl ScoreState {
                 if constraint.topology_key == HOSTNAME {
                     continue;
                 }
-                let value = &labels[&constraint.topology_key];
-                if !counts[index].contains_key(value) {
-                    counts[index].insert(value.clone(), 0);
+                let value = value_of(labels, &constraint.topology_key);
+                if let std::collections::hash_map::Entry::Vacant(slot) = counts[index].entry(value)
+                {
+                    slot.insert(0);
                     sizes[index] += 1;
                 }
             }
         }
         for node in cache.nodes() {
             let labels = node.labels();
-            if !has_all_keys(labels, &constraints) {
+            if require_all && !has_all_keys(labels, &constraints) {
                 continue;
             }
             for (index, constraint) in constraints.iter().enumerate() {
                 if constraint.topology_key == HOSTNAME || !included(constraint, spec, node) {
                     continue;
                 }
-                if let Some(count) = counts[index].get_mut(&labels[&constraint.topology_key]) {
+                let value = labels
+                    .get(&constraint.topology_key)
+                    .map_or("", String::as_str);
+                if let Some(count) = counts[index].get_mut(value) {
                     *count += count_matching(node, &constraint.selector, &pod.namespace);
                 }
             }
@@ -351,6 +387,41 @@ mod tests {
             state.filter(&pod, cache.node("bare").expect("bare")),
             Err(Rejection::unresolvable(REASON_MISSING_LABEL))
         );
+    }
+
+    #[test]
+    fn replica_set_pods_spread_by_default() {
+        let mut cache = cache_with(&[("a1", "a"), ("b1", "b")], &[("p1", "a1"), ("p2", "a1")]);
+        let selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+            serde_json::from_value(json!({"matchLabels": {"app": "web"}})).expect("selector");
+        cache.set_controller("ReplicaSet", "default", "web-1", Some(selector));
+        let pod = PodInfo::new(Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "new", "namespace": "default", "uid": "new", "labels": {"app": "web"},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1",
+                        "uid": "rs", "controller": true}]},
+                "spec": {"containers": [{"name": "c"}]}
+            }))
+            .expect("pod"),
+        ));
+        let spec = pod.pod.spec.clone().expect("spec");
+        let nodes: Vec<&NodeInfo> = cache.nodes().collect();
+        let state = ScoreState::new(&pod, &spec, &cache, &nodes).expect("default constraints");
+        let mut scores: Vec<i64> = nodes.iter().map(|node| state.score(&pod, node)).collect();
+        state.normalize(&nodes, &mut scores);
+        assert!(scores[1] > scores[0], "{scores:?}");
+        // Without an owner or a Service, nothing to spread over.
+        let orphan = incoming("DoNotSchedule", "zone", None);
+        let mut orphan_spec = orphan.pod.spec.clone().expect("spec");
+        orphan_spec.topology_spread_constraints = None;
+        assert!(ScoreState::new(&orphan, &orphan_spec, &cache, &nodes).is_none());
+        cache.set_service(
+            "default",
+            "web",
+            Some([("app".to_owned(), "web".to_owned())].into()),
+        );
+        let nodes: Vec<&NodeInfo> = cache.nodes().collect();
+        assert!(ScoreState::new(&orphan, &orphan_spec, &cache, &nodes).is_some());
     }
 
     #[test]
