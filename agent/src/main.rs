@@ -13,7 +13,8 @@
 //!
 //! It runs until SIGINT or SIGTERM and detaches everything it attached; pods keep running and
 //! the next agent adopts them. `keel-agent keeper <dir>` is the per-node keeper process the
-//! agent starts itself (see `keel_agent::runtime::keeper`).
+//! agent starts itself (see `keel_agent::runtime::keeper`); `keel-agent reset` removes what a
+//! stopped agent left (see `keel_agent::reset`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -123,6 +124,42 @@ enum XdpModeArg {
     Generic,
 }
 
+/// `keel-agent reset`: removes what an agent with these settings made on this node (its
+/// containers, keeper, mounts, network namespaces, cgroups and root dir). Run it once the
+/// agent has stopped.
+#[derive(Debug, Parser)]
+#[command(name = "keel-agent reset")]
+struct ResetArgs {
+    /// The stopped agent's `--root-dir`.
+    #[arg(long, default_value = "/var/lib/keel")]
+    root_dir: PathBuf,
+    /// The stopped agent's `--cgroup-root`.
+    #[arg(long, default_value = "/")]
+    cgroup_root: String,
+    /// The runc binary.
+    #[arg(long, default_value = "runc")]
+    runc: PathBuf,
+}
+
+fn reset(args: ResetArgs) -> anyhow::Result<()> {
+    let cgroups = keel_agent::cgroups::CgroupManager::detect(&args.cgroup_root)?;
+    let report = keel_agent::reset::reset(&args.root_dir, &cgroups, &args.runc)
+        .with_context(|| format!("resetting the agent of {}", args.root_dir.display()))?;
+    log::info!(
+        "reset {}: {} containers deleted, keeper {}, {} mounts unmounted, {} cgroups removed",
+        args.root_dir.display(),
+        report.containers,
+        if report.keeper_killed {
+            "killed"
+        } else {
+            "not running"
+        },
+        report.mounts,
+        report.cgroups
+    );
+    Ok(())
+}
+
 /// How often the services file is checked for changes.
 const FILE_POLL: Duration = Duration::from_secs(1);
 /// How often idle tracked flows are collected.
@@ -138,6 +175,12 @@ fn main() -> anyhow::Result<()> {
         keel_agent::runtime::keeper::run(std::path::Path::new(&dir))
             .with_context(|| format!("keeper in {}", dir.display()))?;
         return Ok(());
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "reset")
+    {
+        return reset(ResetArgs::parse_from(std::env::args_os().skip(1)));
     }
     let args = Args::parse();
     let stop = signals::block_termination()?;

@@ -5,12 +5,19 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::Mutex;
 
+use super::NodeApi;
+use super::routes::{Body, find, not_found, pod_not_found, text};
 use super::websocket::{OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, read_frame, write_frame};
 use crate::runtime::runc::Runc;
 
@@ -174,6 +181,85 @@ pub async fn session(upgraded: Upgraded, runc: Runc, id: String, options: ExecOp
     let mut writer = writer.lock().await;
     let _ = write_frame(&mut *writer, OP_CLOSE, &1000_u16.to_be_bytes(), None).await;
     let _ = writer.shutdown().await;
+}
+
+/// Upgrades to a WebSocket and runs the command in the container.
+pub(super) fn upgrade(api: &NodeApi, mut request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["exec", namespace, name, container] = segments.as_slice() else {
+        return not_found();
+    };
+    let options = ExecOptions::from_query(request.uri().query().unwrap_or(""));
+    if options.tty {
+        return text(StatusCode::BAD_REQUEST, "tty is not supported yet\n");
+    }
+    if options.command.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least one command for the container\n",
+        );
+    }
+    let headers = request.headers();
+    let offered = headers
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(',')
+        .map(|p| p.trim().to_owned())
+        .collect::<Vec<_>>();
+    let Some(protocol) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "a WebSocket upgrade with one of {:?} is required\n",
+                PROTOCOLS
+            ),
+        );
+    };
+    let Some(key) = headers
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+    };
+    let accept = super::websocket::accept_key(key);
+    let Some(pod) = find(api, namespace, name) else {
+        return pod_not_found(namespace, name);
+    };
+    let running = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .into_iter()
+        .flatten()
+        .find(|s| s.name == *container && s.state.as_ref().is_some_and(|st| st.running.is_some()));
+    let Some(id) = running
+        .and_then(|s| s.container_id)
+        .and_then(|id| id.rsplit("://").next().map(str::to_owned))
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not running in pod {name}\n"),
+        );
+    };
+    let upgrade = hyper::upgrade::on(&mut request);
+    let runc = api.runc.clone();
+    let v5 = *protocol == PROTOCOLS[0];
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => session(upgraded, runc, id, options, v5).await,
+            Err(error) => log::debug!("node API: exec upgrade failed: {error}"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .header("sec-websocket-protocol", *protocol)
+        .body(Full::new(Bytes::new()).boxed())
+        .expect("a valid response")
 }
 
 #[cfg(test)]

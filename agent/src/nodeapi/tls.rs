@@ -60,7 +60,11 @@ pub fn server_config(
     let key = rustls_pemfile::private_key(&mut read(&key_path)?.as_slice())
         .map_err(|e| invalid(&key_path, e.to_string()))?
         .ok_or_else(|| invalid(&key_path, "no private key in it".to_owned()))?;
-    let mut config = rustls::ServerConfig::builder()
+    // An explicit provider: no process-wide default needs to be installed first.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(&cert_path, e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| invalid(&cert_path, e.to_string()))?;
