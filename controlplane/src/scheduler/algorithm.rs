@@ -85,16 +85,20 @@ pub fn schedule(
             }
         }
     } else {
+        // Rounds of one chunk per thread, until enough nodes are feasible.
         let ordered: Vec<&NodeInfo> = order().collect();
-        let verdicts = filter_parallel(&cycle, &ordered);
-        for (node, verdict) in ordered.iter().zip(verdicts) {
-            examined += 1;
-            match verdict {
-                Ok(()) => feasible.push(node),
-                Err(rejection) => rejected.push(rejection),
-            }
-            if feasible.len() >= wanted {
-                break;
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        'rounds: for round in ordered.chunks(FILTER_CHUNK * threads) {
+            let verdicts = filter_parallel(&cycle, round, threads);
+            for (node, verdict) in round.iter().zip(verdicts) {
+                examined += 1;
+                match verdict {
+                    Ok(()) => feasible.push(node),
+                    Err(rejection) => rejected.push(rejection),
+                }
+                if feasible.len() >= wanted {
+                    break 'rounds;
+                }
             }
         }
     }
@@ -109,9 +113,12 @@ pub fn schedule(
     Ok(feasible[select(&totals, picker)].name.clone())
 }
 
-fn filter_parallel(cycle: &Cycle<'_>, nodes: &[&NodeInfo]) -> Vec<Result<(), Rejection>> {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let chunk = nodes.len().div_ceil(threads).max(FILTER_CHUNK);
+fn filter_parallel(
+    cycle: &Cycle<'_>,
+    nodes: &[&NodeInfo],
+    threads: usize,
+) -> Vec<Result<(), Rejection>> {
+    let chunk = nodes.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = nodes
             .chunks(chunk)
