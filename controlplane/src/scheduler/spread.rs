@@ -209,7 +209,6 @@ impl ScoreState {
         let mut counts = vec![HashMap::new(); constraints.len()];
         let mut sizes = vec![0_usize; constraints.len()];
         // A missing key counts as the domain "" (upstream's map lookup of a missing label).
-        let value_of = |labels: &Labels, key: &str| labels.get(key).cloned().unwrap_or_default();
         for node in feasible {
             let labels = node.labels();
             if require_all && !has_all_keys(labels, &constraints) {
@@ -220,10 +219,11 @@ impl ScoreState {
                 if constraint.topology_key == HOSTNAME {
                     continue;
                 }
-                let value = value_of(labels, &constraint.topology_key);
-                if let std::collections::hash_map::Entry::Vacant(slot) = counts[index].entry(value)
-                {
-                    slot.insert(0);
+                let value = labels
+                    .get(&constraint.topology_key)
+                    .map_or("", String::as_str);
+                if !counts[index].contains_key(value) {
+                    counts[index].insert(value.to_owned(), 0);
                     sizes[index] += 1;
                 }
             }
