@@ -1,6 +1,6 @@
-//! `keel-controlplane`: Keel's API server and controller manager (the scheduler joins them in
-//! the same binary). `keel-controlplane all` runs every component in one process;
-//! `keel-controlplane apiserver` and `keel-controlplane controller-manager` one each.
+//! `keel-controlplane`: Keel's API server, controller manager and scheduler.
+//! `keel-controlplane all` runs every component in one process; `keel-controlplane apiserver`,
+//! `keel-controlplane controller-manager` and `keel-controlplane scheduler` one each.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
-use keel_controlplane::controllers;
+use keel_controlplane::leader::{self, LeaseConfig};
 use keel_controlplane::pki::Pki;
 use keel_controlplane::server::allocator::{Allocator, Cidr};
 use keel_controlplane::server::auth::Tokens;
 use keel_controlplane::server::{ApiServer, tls};
 use keel_controlplane::storage::Store;
+use keel_controlplane::{controllers, scheduler};
 
 #[derive(Debug, Parser)]
 #[command(name = "keel-controlplane", version, about = "Keel's control plane")]
@@ -26,23 +27,106 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Component {
-    /// Every control-plane component in one process: the API server and the controller
-    /// manager, which reaches the API server over loopback as `system:kube-controller-manager`.
-    All(ApiServerArgs),
+    /// Every control-plane component in one process: the API server, the controller manager
+    /// and the scheduler, which reach the API server over loopback as
+    /// `system:kube-controller-manager` and `system:kube-scheduler`.
+    All(AllArgs),
     /// The API server alone.
     Apiserver(ApiServerArgs),
     /// The controller manager alone, a client of the API server named by `--kubeconfig`.
     ControllerManager(ControllerManagerArgs),
+    /// The scheduler alone, a client of the API server named by `--kubeconfig`.
+    Scheduler(ControllerManagerArgs),
+}
+
+#[derive(Debug, Args)]
+struct AllArgs {
+    #[command(flatten)]
+    apiserver: ApiServerArgs,
+    #[command(flatten)]
+    election: ElectionArgs,
+}
+
+#[derive(Debug, Args)]
+struct ElectionArgs {
+    /// Run the component's work only while holding its Lease in kube-system (upstream's
+    /// default), so that several copies can run and one acts.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    leader_elect: bool,
 }
 
 #[derive(Debug, Args)]
 struct ControllerManagerArgs {
     /// The kubeconfig to reach the API server with (for example the
-    /// `controller-manager.kubeconfig` that `keel-controlplane all` writes to its data dir).
+    /// `controller-manager.kubeconfig` or `scheduler.kubeconfig` that `keel-controlplane all`
+    /// writes to its data dir).
     #[arg(long)]
     kubeconfig: PathBuf,
     #[command(flatten)]
     controllers: ControllerArgs,
+    #[command(flatten)]
+    election: ElectionArgs,
+}
+
+/// A control-plane component that runs as a client of the API server.
+#[derive(Debug, Clone, Copy)]
+enum Client {
+    ControllerManager,
+    Scheduler,
+}
+
+impl Client {
+    fn lease(self) -> &'static str {
+        match self {
+            Client::ControllerManager => "kube-controller-manager",
+            Client::Scheduler => "kube-scheduler",
+        }
+    }
+
+    fn user(self) -> &'static str {
+        match self {
+            Client::ControllerManager => "system:kube-controller-manager",
+            Client::Scheduler => "system:kube-scheduler",
+        }
+    }
+
+    fn kubeconfig_file(self) -> &'static str {
+        match self {
+            Client::ControllerManager => "controller-manager.kubeconfig",
+            Client::Scheduler => "scheduler.kubeconfig",
+        }
+    }
+
+    /// Runs the component on `client` (while leading, when `leader_elect`) until `shutdown`.
+    async fn run(
+        self,
+        client: kube::Client,
+        leader_elect: bool,
+        config: controllers::Config,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let work = {
+            let client = client.clone();
+            move || {
+                let client = client.clone();
+                let config = config.clone();
+                async move {
+                    match self {
+                        Client::ControllerManager => controllers::run(client, config).await,
+                        Client::Scheduler => scheduler::run(client).await,
+                    }
+                }
+            }
+        };
+        if leader_elect {
+            leader::run_while_leading(client, LeaseConfig::new(self.lease()), work, shutdown).await;
+        } else {
+            tokio::select! {
+                () = work() => {}
+                () = shutdown => {}
+            }
+        }
+    }
 }
 
 /// kube-controller-manager's flags.
@@ -200,9 +284,10 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match cli.component {
-            Component::All(args) => run_apiserver(args, true).await,
-            Component::Apiserver(args) => run_apiserver(args, false).await,
-            Component::ControllerManager(args) => run_controller_manager(args).await,
+            Component::All(args) => run_apiserver(args.apiserver, Some(args.election)).await,
+            Component::Apiserver(args) => run_apiserver(args, None).await,
+            Component::ControllerManager(args) => run_client(Client::ControllerManager, args).await,
+            Component::Scheduler(args) => run_client(Client::Scheduler, args).await,
         }
     });
     if let Err(error) = result {
@@ -211,7 +296,7 @@ fn main() {
     }
 }
 
-async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<()> {
+async fn run_client(component: Client, args: ControllerManagerArgs) -> anyhow::Result<()> {
     let config = args.controllers.config()?;
     let path = &args.kubeconfig;
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -219,17 +304,18 @@ async fn run_controller_manager(args: ControllerManagerArgs) -> anyhow::Result<(
     let client = client_from(kubeconfig)
         .await
         .with_context(|| format!("kubeconfig {}", path.display()))?;
-    log::info!(
-        "controller manager: reaching the API through {}",
-        path.display()
-    );
+    log::info!("{component:?}: reaching the API through {}", path.display());
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => log::info!("interrupted, stopping"),
-        _ = terminate.recv() => log::info!("terminated, stopping"),
-        () = controllers::run(client, config) => bail!("the controllers stopped"),
-    }
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => log::info!("interrupted, stopping"),
+            _ = terminate.recv() => log::info!("terminated, stopping"),
+        }
+    };
+    component
+        .run(client, args.election.leader_elect, config, shutdown)
+        .await;
     Ok(())
 }
 
@@ -240,22 +326,25 @@ async fn client_from(kubeconfig: kube::config::Kubeconfig) -> anyhow::Result<kub
     kube::Client::try_from(config).context("cannot make an API client")
 }
 
-/// Writes `data_dir/controller-manager.kubeconfig` (user `system:kube-controller-manager`)
+/// Writes the component's kubeconfig into `data_dir` (`controller-manager.kubeconfig` for
+/// `system:kube-controller-manager`, `scheduler.kubeconfig` for `system:kube-scheduler`)
 /// for `server_url` and returns a client made from it.
-async fn controller_manager_client(
+async fn component_client(
+    component: Client,
     pki: &Pki,
     data_dir: &std::path::Path,
     server_url: &str,
 ) -> anyhow::Result<kube::Client> {
-    let path = data_dir.join("controller-manager.kubeconfig");
-    let text =
-        pki.write_client_kubeconfig(&path, server_url, "system:kube-controller-manager", None)?;
+    let path = data_dir.join(component.kubeconfig_file());
+    let text = pki.write_client_kubeconfig(&path, server_url, component.user(), None)?;
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)
         .with_context(|| format!("kubeconfig {}", path.display()))?;
     client_from(kubeconfig).await
 }
 
-async fn run_apiserver(args: ApiServerArgs, with_controllers: bool) -> anyhow::Result<()> {
+/// Runs the API server; with `clients` (`keel-controlplane all`) also the controller manager
+/// and the scheduler over loopback.
+async fn run_apiserver(args: ApiServerArgs, clients: Option<ElectionArgs>) -> anyhow::Result<()> {
     let advertise = args
         .advertise_address
         .unwrap_or(if args.bind_address.is_unspecified() {
@@ -323,7 +412,7 @@ async fn run_apiserver(args: ApiServerArgs, with_controllers: bool) -> anyhow::R
         node_ports: args.service_node_port_range,
     };
     log::info!("service CIDR {}", allocator.service_cidr);
-    let controller_config = if with_controllers {
+    let controller_config = if clients.is_some() {
         Some(args.controllers.config()?)
     } else {
         None
@@ -347,17 +436,33 @@ async fn run_apiserver(args: ApiServerArgs, with_controllers: bool) -> anyhow::R
     );
     tokio::spawn(server.clone().run_system_loop());
     let serve = tokio::spawn(server.serve(listener, tls));
-    let controllers = if let Some(config) = controller_config {
+    // Each client component stops (releasing its Lease) when `stopping` is notified.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let mut components = tokio::task::JoinSet::new();
+    if let (Some(election), Some(config)) = (clients, controller_config) {
         let loopback = if args.bind_address.is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {
             args.bind_address
         };
         let url = format!("https://{}", SocketAddr::new(loopback, args.secure_port));
-        let client = controller_manager_client(&pki, &args.data_dir, &url).await?;
-        tokio::spawn(controllers::run(client, config))
-    } else {
-        tokio::spawn(std::future::pending())
+        for component in [Client::ControllerManager, Client::Scheduler] {
+            let client = component_client(component, &pki, &args.data_dir, &url).await?;
+            let stopping = stopping.clone();
+            let leader_elect = election.leader_elect;
+            let config = config.clone();
+            components.spawn(async move {
+                let shutdown = async move { stopping.notified().await };
+                component.run(client, leader_elect, config, shutdown).await;
+                component
+            });
+        }
+    }
+    let component_ended = async {
+        match components.join_next().await {
+            Some(ended) => ended,
+            None => std::future::pending().await,
+        }
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
@@ -365,11 +470,17 @@ async fn run_apiserver(args: ApiServerArgs, with_controllers: bool) -> anyhow::R
         _ = tokio::signal::ctrl_c() => log::info!("interrupted, stopping"),
         _ = terminate.recv() => log::info!("terminated, stopping"),
         result = serve => result.context("the server task failed")?,
-        result = controllers => {
-            result.context("the controller manager failed")?;
-            bail!("the controller manager stopped");
+        ended = component_ended => {
+            let component = ended.context("a control-plane component failed")?;
+            bail!("the {component:?} stopped");
         }
     }
+    // Leaders give up their Leases so that another control plane takes over at once.
+    stopping.notify_waiters();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while components.join_next().await.is_some() {}
+    })
+    .await;
     Ok(())
 }
 
