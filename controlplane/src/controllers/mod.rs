@@ -2,12 +2,20 @@
 //! each a watcher feeding an idempotent reconcile, as upstream's kube-controller-manager.
 //!
 //! * [`namespace`]: empties namespaces being deleted, then finalizes them.
+//! * [`replicaset`]: keeps each ReplicaSet's pods at its replica count.
 
+mod events;
+mod expectations;
 pub mod namespace;
+mod ownership;
+pub mod replicaset;
 
-/// Runs every controller on `client` until one of them stops.
+/// Runs every controller on `client`, concurrently, until all of them stop.
 pub async fn run(client: kube::Client) {
-    namespace::run(client).await;
+    tokio::join!(
+        namespace::run(client.clone()),
+        replicaset::run(client.clone()),
+    );
 }
 
 /// An error and its sources on one line: `what failed: why: root cause`.
