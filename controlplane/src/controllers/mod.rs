@@ -3,7 +3,9 @@
 //!
 //! * [`namespace`]: empties namespaces being deleted, then finalizes them.
 //! * [`replicaset`]: keeps each ReplicaSet's pods at its replica count.
+//! * [`deployment`]: rolls Deployments out through ReplicaSets.
 
+pub mod deployment;
 mod events;
 mod expectations;
 pub mod namespace;
@@ -15,6 +17,7 @@ pub async fn run(client: kube::Client) {
     tokio::join!(
         namespace::run(client.clone()),
         replicaset::run(client.clone()),
+        deployment::run(client.clone()),
     );
 }
 

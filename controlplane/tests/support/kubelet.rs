@@ -119,25 +119,56 @@ pub async fn mark_ready(client: &Client, namespace: &str, name: &str) -> anyhow:
     Ok(())
 }
 
-/// Marks every pod of one namespace ready as it appears, until dropped.
+/// Marks every pod of one namespace ready as it appears, until dropped. It runs on its own
+/// thread with its own runtime and client, so a test may block (on kubectl, say) meanwhile.
 #[derive(Debug)]
 pub struct FakeKubelet {
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     paused: Arc<AtomicBool>,
 }
 
 impl FakeKubelet {
-    /// Starts watching `namespace`. With `node`, pods are bound to it first (the Node must
-    /// exist, see [`create_node`]) and bound pods being deleted are finally deleted.
-    pub fn start(client: Client, namespace: &str, node: Option<&str>) -> Self {
+    /// Starts watching `namespace` with the credentials in `kubeconfig`. With `node`, pods
+    /// are bound to it first (the Node must exist, see [`create_node`]) and bound pods being
+    /// deleted are finally deleted.
+    pub fn start(kubeconfig: &std::path::Path, namespace: &str, node: Option<&str>) -> Self {
         let paused = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(run(
-            client,
-            namespace.to_owned(),
-            node.map(str::to_owned),
-            paused.clone(),
-        ));
-        Self { task, paused }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let kubeconfig = kubeconfig.to_owned();
+        let namespace = namespace.to_owned();
+        let node = node.map(str::to_owned);
+        let flag = paused.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("fake kubelet: no runtime: {error}");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let client = match client(&kubeconfig).await {
+                    Ok(client) => client,
+                    Err(error) => {
+                        eprintln!("fake kubelet: no client: {error:#}");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    () = run(client, namespace, node, flag) => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+            paused,
+        }
     }
 
     /// Stops marking new pods ready (they stay Pending) until [`Self::resume`].
@@ -154,7 +185,12 @@ impl FakeKubelet {
 
 impl Drop for FakeKubelet {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -182,7 +218,7 @@ async fn run(client: Client, namespace: String, node: Option<String>, paused: Ar
             }
             continue;
         }
-        if paused.load(Ordering::SeqCst) || already_ready(&pod) {
+        if paused.load(Ordering::SeqCst) || is_ready(&pod) {
             continue;
         }
         let uid = pod.uid().unwrap_or_default();
@@ -205,7 +241,8 @@ async fn run(client: Client, namespace: String, node: Option<String>, paused: Ar
     }
 }
 
-fn already_ready(pod: &Pod) -> bool {
+/// Whether the pod's Ready condition is true.
+pub fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|status| status.conditions.as_deref())

@@ -59,6 +59,41 @@ impl Cluster {
         self.server.ok(&all)
     }
 
+    /// `kubectl rollout status` of `target`, which must succeed within `timeout`; on failure
+    /// the panic shows the control plane's log.
+    pub fn rollout_status(&self, target: &str, timeout: &str) {
+        let timeout = format!("--timeout={timeout}");
+        let args = [
+            "-n",
+            self.namespace.as_str(),
+            "rollout",
+            "status",
+            target,
+            &timeout,
+        ];
+        let output = self.server.kubectl(&args);
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed:\n{}{}\nobjects:\n{}\ncontrol plane log:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(
+                &self
+                    .server
+                    .kubectl(&[
+                        "-n",
+                        self.namespace.as_str(),
+                        "get",
+                        "deploy,rs,pods",
+                        "-o",
+                        "yaml"
+                    ])
+                    .stdout
+            ),
+            tail(&self.server.log(), 80)
+        );
+    }
+
     pub fn kubectl_with_input(&self, args: &[&str], input: &str) -> String {
         let mut all = vec!["-n", self.namespace.as_str()];
         all.extend_from_slice(args);

@@ -53,7 +53,7 @@ fn owned_by<'a>(pods: &'a [Pod], uid: &str) -> Vec<&'a Pod> {
 #[tokio::test]
 async fn replicaset_adopts_replaces_releases_and_scales() -> anyhow::Result<()> {
     let cluster = Cluster::start("rs").await?;
-    let _kubelet = FakeKubelet::start(cluster.client.clone(), "rs", None);
+    let _kubelet = FakeKubelet::start(&cluster.server.kubeconfig(), "rs", None);
     cluster.kubectl_with_input(&["apply", "-f", "-"], ORPHAN);
     cluster.kubectl_with_input(&["apply", "-f", "-"], REPLICASET);
     let replicasets: Api<ReplicaSet> = Api::namespaced(cluster.client.clone(), "rs");
@@ -168,7 +168,7 @@ async fn replicaset_adopts_replaces_releases_and_scales() -> anyhow::Result<()> 
 async fn replicaset_scales_down_unready_pods_first() -> anyhow::Result<()> {
     let cluster = Cluster::start("rs-order").await?;
     crate::kubelet::create_node(&cluster.client, "node-a").await?;
-    let kubelet = FakeKubelet::start(cluster.client.clone(), "rs-order", Some("node-a"));
+    let kubelet = FakeKubelet::start(&cluster.server.kubeconfig(), "rs-order", Some("node-a"));
     let on_node = REPLICASET.replace("replicas: 3", "replicas: 2").replace(
         "    spec:\n      containers:",
         "    spec:\n      nodeName: node-a\n      containers:",

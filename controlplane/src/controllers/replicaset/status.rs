@@ -64,13 +64,18 @@ pub fn calculate(
     }
     ReplicaSetStatus {
         replicas: count(&|_| true),
-        fully_labeled_replicas: Some(count(&|pod| pods::fully_labeled(pod, &template_labels))),
-        ready_replicas: Some(count(&pods::is_ready)),
-        available_replicas: Some(count(&|pod| pods::is_available(pod, min_ready, now))),
+        // `omitempty` upstream: 0 is left out.
+        fully_labeled_replicas: nonzero(count(&|pod| pods::fully_labeled(pod, &template_labels))),
+        ready_replicas: nonzero(count(&pods::is_ready)),
+        available_replicas: nonzero(count(&|pod| pods::is_available(pod, min_ready, now))),
         observed_generation: replicaset.metadata.generation,
         conditions: (!conditions.is_empty()).then_some(conditions),
         terminating_replicas: old.terminating_replicas,
     }
+}
+
+fn nonzero(count: i32) -> Option<i32> {
+    (count != 0).then_some(count)
 }
 
 /// Writes the status if it changed. Returns when to look again for pods that are ready but
