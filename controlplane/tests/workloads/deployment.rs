@@ -435,3 +435,64 @@ async fn pause_resume_history_limit_and_progress_deadline() -> anyhow::Result<()
     assert_eq!(status.updated_replicas, Some(1));
     Ok(())
 }
+
+/// Scaling in the middle of a rollout spreads the change over the old and the new
+/// ReplicaSet in proportion to their sizes (upstream's proportional scaling).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_mid_rollout_is_proportional() -> anyhow::Result<()> {
+    let cluster = Cluster::start("proportional").await?;
+    let kubelet = FakeKubelet::start(&cluster.server.kubeconfig(), "proportional", None);
+    cluster.kubectl_with_input(&["apply", "-f", "-"], &deployment(10, SURGE_ONE, "", ""));
+    cluster.rollout_status("deployment/web", "120s");
+    let first = replicasets(&cluster).await?;
+    let old_name = first[0].name_any();
+
+    // The new pod never gets ready: the rollout stays at old 10, new 1.
+    kubelet.pause();
+    cluster.kubectl(&[
+        "set",
+        "image",
+        "deployment/web",
+        "web=registry.local/busybox:1.37",
+    ]);
+    let new_name = cluster
+        .until("a new replicaset of 1", || async {
+            let all = replicasets(&cluster).await?;
+            Ok(all
+                .iter()
+                .find(|rs| rs.name_any() != old_name && spec_replicas(rs) == 1)
+                .map(|rs| rs.name_any()))
+        })
+        .await;
+
+    // 10 -> 20 with maxSurge 1: 21 allowed, 10 to add; old gets round(10*21/11) = 19,
+    // new round(1*21/11) = 2.
+    cluster.kubectl(&["scale", "deployment/web", "--replicas=20"]);
+    cluster
+        .until("old 19, new 2", || async {
+            let all = replicasets(&cluster).await?;
+            let size = |name: &str| {
+                all.iter()
+                    .find(|rs| rs.name_any() == name)
+                    .map(spec_replicas)
+            };
+            Ok((size(&old_name) == Some(19) && size(&new_name) == Some(2)).then_some(()))
+        })
+        .await;
+    let scaling = cluster.event_messages("ScalingReplicaSet").await?;
+    assert!(
+        scaling.contains(&format!("Scaled up replica set {old_name} from 10 to 19")),
+        "{scaling:?}"
+    );
+    let max = replicasets(&cluster)
+        .await?
+        .iter()
+        .filter_map(|rs| {
+            rs.annotations()
+                .get("deployment.kubernetes.io/max-replicas")
+                .cloned()
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(max, ["21", "21"]);
+    Ok(())
+}

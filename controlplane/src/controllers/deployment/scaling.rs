@@ -127,8 +127,9 @@ impl Sync<'_> {
         {
             *first = (*first + to_add - added).max(0);
         }
+        let operation = if to_add < 0 { "down" } else { "up" };
         for (replicaset, size) in sorted.iter().zip(sizes) {
-            self.scale(replicaset, size, "proportionally").await?;
+            self.scale(replicaset, size, operation).await?;
         }
         Ok(())
     }
