@@ -9,13 +9,20 @@
 //! * [`node_lifecycle`]: marks nodes that stopped reporting Unknown and taints them.
 //! * [`taint_eviction`]: deletes pods from nodes whose `NoExecute` taints they do not tolerate.
 //! * [`node_ipam`]: gives each node a pod CIDR from the cluster CIDR.
+//! * [`replicaset`]: keeps each ReplicaSet's pods at its replica count.
+//! * [`deployment`]: rolls Deployments out through ReplicaSets.
 
+pub mod deployment;
 pub mod endpointslice;
+mod events;
+mod expectations;
 pub mod garbagecollector;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
+mod ownership;
 mod reflect;
+pub mod replicaset;
 pub mod serviceaccount;
 pub mod taint_eviction;
 
@@ -46,6 +53,8 @@ pub async fn run(client: kube::Client, config: Config) {
         () = node_lifecycle::run(client.clone(), config.node_monitor) => log::error!("the node lifecycle controller stopped"),
         () = taint_eviction::run(client.clone()) => log::error!("the taint eviction controller stopped"),
         () = node_ipam => log::error!("the node IPAM controller stopped"),
+        () = replicaset::run(client.clone()) => log::error!("the replicaset controller stopped"),
+        () = deployment::run(client.clone()) => log::error!("the deployment controller stopped"),
     }
 }
 
