@@ -2,12 +2,21 @@
 //! each a watcher feeding an idempotent reconcile, as upstream's kube-controller-manager.
 //!
 //! * [`namespace`]: empties namespaces being deleted, then finalizes them.
+//! * [`daemonset`], [`job`]: workload controllers, sharing [`workload`].
 
+pub mod daemonset;
+pub mod job;
 pub mod namespace;
+pub mod workload;
 
-/// Runs every controller on `client` until one of them stops.
+/// Runs every controller on `client`, concurrently, until one of them stops.
 pub async fn run(client: kube::Client) {
-    namespace::run(client).await;
+    let controllers: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = vec![
+        Box::pin(namespace::run(client.clone())),
+        Box::pin(daemonset::run(client.clone())),
+        Box::pin(job::run(client.clone())),
+    ];
+    futures::future::select_all(controllers).await;
 }
 
 /// An error and its sources on one line: `what failed: why: root cause`.
