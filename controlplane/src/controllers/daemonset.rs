@@ -22,7 +22,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt as _};
 use serde_json::json;
 
-use super::workload::{self, CONTROLLER_REVISION_HASH, Error, History, PodControl};
+use super::workload::{self, CONTROLLER_REVISION_HASH, Error, PodControl};
 
 /// Runs the DaemonSet controller until its watch streams end.
 pub async fn run(client: Client) {
@@ -68,28 +68,17 @@ async fn reconcile(cached: Arc<DaemonSet>, context: Arc<PodControl>) -> Result<A
     let uid = daemonset.uid().unwrap_or_default();
     let spec = daemonset.spec.clone().unwrap_or_default();
     let selector = workload::selector_query(&spec.selector);
-    let template_labels = spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|metadata| metadata.labels.clone())
-        .unwrap_or_default();
-    let mut template = serde_json::to_value(&spec.template).map_err(|error| Error::Invalid {
-        object: workload::describe(&daemonset),
-        reason: error.to_string(),
-    })?;
-    template["$patch"] = json!("replace");
     let collision = daemonset.status.as_ref().and_then(|s| s.collision_count);
     let history = workload::sync_history(
         client,
         &daemonset,
         &selector,
-        &template_labels,
-        json!({"spec": {"template": template}}),
+        &spec.template,
+        CONTROLLER_REVISION_HASH,
         collision,
     )
     .await?;
-    let hash = History::hash(&history.current).to_owned();
+    let hash = history.hash.clone();
 
     let nodes: Vec<Node> = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
@@ -131,14 +120,11 @@ async fn reconcile(cached: Arc<DaemonSet>, context: Arc<PodControl>) -> Result<A
         roll(&context, &daemonset, &states, &hash).await?;
     }
 
-    let in_use: Vec<&str> = states
+    let in_use: Vec<String> = states
         .iter()
         .flat_map(|state| state.pods.iter())
-        .filter_map(|pod| {
-            pod.labels()
-                .get(CONTROLLER_REVISION_HASH)
-                .map(String::as_str)
-        })
+        .filter_map(|pod| pod.labels().get(CONTROLLER_REVISION_HASH))
+        .map(|hash| format!("{}-{hash}", daemonset.name_any()))
         .collect();
     workload::prune_history(
         client,

@@ -2,11 +2,12 @@
 //! each a watcher feeding an idempotent reconcile, as upstream's kube-controller-manager.
 //!
 //! * [`namespace`]: empties namespaces being deleted, then finalizes them.
-//! * [`daemonset`], [`job`]: workload controllers, sharing [`workload`].
+//! * [`daemonset`], [`statefulset`], [`job`]: workload controllers, sharing [`workload`].
 
 pub mod daemonset;
 pub mod job;
 pub mod namespace;
+pub mod statefulset;
 pub mod workload;
 
 /// Runs every controller on `client`, concurrently, until one of them stops.
@@ -14,6 +15,7 @@ pub async fn run(client: kube::Client) {
     let controllers: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = vec![
         Box::pin(namespace::run(client.clone())),
         Box::pin(daemonset::run(client.clone())),
+        Box::pin(statefulset::run(client.clone())),
         Box::pin(job::run(client.clone())),
     ];
     futures::future::select_all(controllers).await;

@@ -215,13 +215,24 @@ impl PodControl {
         owner: &K,
         pod: &Pod,
     ) -> Result<Pod, Error> {
+        self.create_as(owner, pod, |name| format!("Created pod: {name}"))
+            .await
+    }
+
+    /// Creates `pod`; the `SuccessfulCreate` event's message is `message(pod name)`.
+    pub async fn create_as<K: Resource<DynamicType = ()>>(
+        &self,
+        owner: &K,
+        pod: &Pod,
+        message: impl FnOnce(&str) -> String,
+    ) -> Result<Pod, Error> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let created = pods
             .create(&PostParams::default(), pod)
             .await
             .map_err(Error::api(format!("creating a pod in {namespace}")))?;
-        let message = format!("Created pod: {}", created.name_any());
+        let message = message(&created.name_any());
         self.recorder
             .normal(owner, "SuccessfulCreate", message)
             .await;
@@ -233,6 +244,17 @@ impl PodControl {
         &self,
         owner: &K,
         pod: &Pod,
+    ) -> Result<(), Error> {
+        self.delete_as(owner, pod, |name| format!("Deleted pod: {name}"))
+            .await
+    }
+
+    /// Deletes a pod; the `SuccessfulDelete` event's message is `message(pod name)`.
+    pub async fn delete_as<K: Resource<DynamicType = ()>>(
+        &self,
+        owner: &K,
+        pod: &Pod,
+        message: impl FnOnce(&str) -> String,
     ) -> Result<(), Error> {
         let namespace = pod.namespace().unwrap_or_default();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
@@ -246,7 +268,7 @@ impl PodControl {
                 });
             }
         }
-        let message = format!("Deleted pod: {}", pod.name_any());
+        let message = message(&pod.name_any());
         self.recorder
             .normal(owner, "SuccessfulDelete", message)
             .await;
@@ -339,7 +361,8 @@ pub fn template_hash(template: &Value, collision_count: Option<i32>) -> String {
         }
     };
     feed(template.to_string().as_bytes());
-    if let Some(count) = collision_count {
+    // A zero count hashes as none: status writes `collisionCount: 0` after the first pass.
+    if let Some(count) = collision_count.filter(|count| *count != 0) {
         feed(&count.to_le_bytes());
     }
     hash.to_string()
@@ -348,36 +371,62 @@ pub fn template_hash(template: &Value, collision_count: Option<i32>) -> String {
         .collect()
 }
 
+/// The label a StatefulSet's ControllerRevisions carry with their hash (upstream's
+/// `history.ControllerRevisionHashLabel`); DaemonSets use [`CONTROLLER_REVISION_HASH`].
+pub const REVISION_HASH_LABEL: &str = "controller.kubernetes.io/hash";
+
 /// The revision history of an owner: its ControllerRevisions, oldest first, and the one
 /// matching the current template (created, or renumbered to be the newest, as needed).
 #[derive(Debug)]
 pub struct History {
     pub revisions: Vec<ControllerRevision>,
     pub current: ControllerRevision,
+    /// The hash of `current`.
+    pub hash: String,
 }
 
 impl History {
-    /// The hash label of a revision.
-    pub fn hash(revision: &ControllerRevision) -> &str {
-        revision
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(CONTROLLER_REVISION_HASH))
-            .map_or("", String::as_str)
+    /// The revision named `name`.
+    pub fn named(&self, name: &str) -> Option<&ControllerRevision> {
+        self.revisions
+            .iter()
+            .find(|revision| revision.metadata.name.as_deref() == Some(name))
     }
 }
 
-/// Brings `owner`'s ControllerRevisions up to date with `data` (the patch upstream stores:
-/// `{"spec": {"template": ..., "$patch": "replace"}}`), labelled with `labels` (the template's).
+/// What a revision stores: `{"spec": {"template": <template>, "$patch": "replace"}}` (the
+/// patch upstream's `getPatch` keeps).
+pub fn revision_data(template: &PodTemplateSpec) -> Value {
+    let mut template = serde_json::to_value(template).unwrap_or_default();
+    template["$patch"] = Value::from("replace");
+    serde_json::json!({"spec": {"template": template}})
+}
+
+/// The pod template a revision stores.
+pub fn revision_template(revision: &ControllerRevision) -> Option<PodTemplateSpec> {
+    let mut template = revision.data.as_ref()?.0.pointer("/spec/template")?.clone();
+    if let Some(object) = template.as_object_mut() {
+        object.remove("$patch");
+    }
+    serde_json::from_value(template).ok()
+}
+
+/// Brings `owner`'s ControllerRevisions up to date with `template` (stored as
+/// [`revision_data`]), labelled with the template's labels and the hash under `hash_label`.
 pub async fn sync_history<K: Resource<DynamicType = ()>>(
     client: &Client,
     owner: &K,
     selector: &str,
-    labels: &BTreeMap<String, String>,
-    data: Value,
+    template: &PodTemplateSpec,
+    hash_label: &str,
     collision_count: Option<i32>,
 ) -> Result<History, Error> {
+    let data = revision_data(template);
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|metadata| metadata.labels.clone())
+        .unwrap_or_default();
     let namespace = owner.meta().namespace.clone().unwrap_or_default();
     let uid = owner.meta().uid.clone().unwrap_or_default();
     let owner_name = owner.meta().name.clone().unwrap_or_default();
@@ -394,10 +443,11 @@ pub async fn sync_history<K: Resource<DynamicType = ()>>(
         .collect();
     revisions.sort_by_key(|revision| revision.revision);
     let hash = template_hash(&data, collision_count);
+    let name = format!("{owner_name}-{hash}");
     let next = revisions.last().map_or(1, |last| last.revision + 1);
     let existing = revisions
         .iter()
-        .position(|revision| History::hash(revision) == hash);
+        .position(|revision| revision.metadata.name.as_deref() == Some(name.as_str()));
     let current = match existing {
         Some(position) if position + 1 == revisions.len() => revisions[position].clone(),
         Some(position) => {
@@ -405,21 +455,20 @@ pub async fn sync_history<K: Resource<DynamicType = ()>>(
             let mut revision = revisions.remove(position);
             revision.revision = next;
             let updated = api
-                .replace(&revision.name_any(), &PostParams::default(), &revision)
+                .replace(&name, &PostParams::default(), &revision)
                 .await
                 .map_err(Error::api(format!(
-                    "renumbering controllerrevision {namespace}/{}",
-                    revision.name_any()
+                    "renumbering controllerrevision {namespace}/{name}"
                 )))?;
             revisions.push(updated.clone());
             updated
         }
         None => {
-            let mut revision_labels = labels.clone();
-            revision_labels.insert(CONTROLLER_REVISION_HASH.into(), hash.clone());
+            let mut revision_labels = labels;
+            revision_labels.insert(hash_label.into(), hash.clone());
             let revision = ControllerRevision {
                 metadata: ObjectMeta {
-                    name: Some(format!("{owner_name}-{hash}")),
+                    name: Some(name.clone()),
                     namespace: Some(namespace.clone()),
                     labels: Some(revision_labels),
                     owner_references: Some(vec![controller_reference(owner)]),
@@ -432,28 +481,33 @@ pub async fn sync_history<K: Resource<DynamicType = ()>>(
                 .create(&PostParams::default(), &revision)
                 .await
                 .map_err(Error::api(format!(
-                    "creating controllerrevision {namespace}/{owner_name}-{hash}"
+                    "creating controllerrevision {namespace}/{name}"
                 )))?;
             revisions.push(created.clone());
             created
         }
     };
-    Ok(History { revisions, current })
+    Ok(History {
+        revisions,
+        current,
+        hash,
+    })
 }
 
-/// Deletes the oldest revisions beyond `limit` that no live pod uses (`in_use` holds hashes).
+/// Deletes the oldest revisions beyond `limit`, except the current one and those named in
+/// `in_use` (revisions live pods still run).
 pub async fn prune_history(
     client: &Client,
     history: &History,
-    in_use: &[&str],
+    in_use: &[String],
     limit: i32,
 ) -> Result<(), Error> {
     let removable: Vec<&ControllerRevision> = history
         .revisions
         .iter()
         .filter(|revision| {
-            revision.metadata.uid != history.current.metadata.uid
-                && !in_use.contains(&History::hash(revision))
+            let name = revision.metadata.name.clone().unwrap_or_default();
+            revision.metadata.uid != history.current.metadata.uid && !in_use.contains(&name)
         })
         .collect();
     let excess = removable
@@ -621,6 +675,7 @@ mod tests {
         assert_eq!(one, template_hash(&serde_json::json!({"a": 1}), None));
         assert_ne!(one, template_hash(&serde_json::json!({"a": 2}), None));
         assert_ne!(one, template_hash(&serde_json::json!({"a": 1}), Some(1)));
+        assert_eq!(one, template_hash(&serde_json::json!({"a": 1}), Some(0)));
         assert!(
             one.bytes()
                 .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))

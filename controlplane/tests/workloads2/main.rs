@@ -11,6 +11,7 @@ mod server;
 
 mod daemonset;
 mod job;
+mod statefulset;
 
 use std::time::{Duration, Instant};
 
