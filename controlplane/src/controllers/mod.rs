@@ -2,8 +2,10 @@
 //! each a watcher feeding an idempotent reconcile, as upstream's kube-controller-manager.
 //!
 //! * [`namespace`]: empties namespaces being deleted, then finalizes them.
-//! * [`daemonset`], [`statefulset`], [`job`]: workload controllers, sharing [`workload`].
+//! * [`daemonset`], [`statefulset`], [`job`], [`cronjob`]: workload controllers, sharing
+//!   [`workload`].
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod job;
 pub mod namespace;
@@ -17,6 +19,7 @@ pub async fn run(client: kube::Client) {
         Box::pin(daemonset::run(client.clone())),
         Box::pin(statefulset::run(client.clone())),
         Box::pin(job::run(client.clone())),
+        Box::pin(cronjob::run(client.clone())),
     ];
     futures::future::select_all(controllers).await;
 }

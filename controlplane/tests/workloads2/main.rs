@@ -9,6 +9,7 @@ mod kubelet;
 #[path = "../support/apiserver.rs"]
 mod server;
 
+mod cronjob;
 mod daemonset;
 mod job;
 mod statefulset;
