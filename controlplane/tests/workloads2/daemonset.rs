@@ -93,3 +93,84 @@ fn pinned_node(pod: &k8s_openapi::api::core::v1::Pod) -> String {
     assert_eq!(field["operator"], "In");
     field["values"][0].as_str().unwrap_or_default().to_owned()
 }
+
+/// Plays the kubelet for one poll: live pods reported ready, graceful deletions finished;
+/// returns the live pods' (node, revision hash).
+async fn live_pods(kubelet: &super::FakeKubelet) -> anyhow::Result<BTreeSet<(String, String)>> {
+    kubelet.finish_deletions("default").await?;
+    let mut live = BTreeSet::new();
+    for pod in kubelet.list("default", "app=agent").await? {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+            kubelet.run_ready(&pod).await?;
+        }
+        let hash = pod.labels().get("controller-revision-hash").cloned();
+        live.insert((pinned_node(&pod), hash.unwrap_or_default()));
+    }
+    Ok(live)
+}
+
+#[tokio::test]
+async fn template_changes_roll_out_and_pods_leave_nodes_that_stop_fitting() -> anyhow::Result<()> {
+    let (server, kubelet) = start().await?;
+    create_nodes(&server, &["node-a", "node-b"], "");
+    server.ok_with_input(&["apply", "-f", "-"], AGENT);
+    let deadline = Deadline::new(&server, "two ready daemon pods", Duration::from_secs(60));
+    let first_hash = loop {
+        let live = live_pods(&kubelet).await?;
+        let status = get_json(&server, &["get", "ds", "agent"])["status"].clone();
+        if live.len() == 2 && status["numberReady"] == 2 {
+            break live
+                .first()
+                .map(|(_, hash)| hash.clone())
+                .unwrap_or_default();
+        }
+        deadline.tick().await?;
+    };
+
+    // A new image: every node's pod is replaced by one with the new revision's hash.
+    server.ok(&[
+        "set",
+        "image",
+        "ds/agent",
+        "main=registry.local/busybox:1.37",
+    ]);
+    let deadline = Deadline::new(
+        &server,
+        "the new template on both nodes",
+        Duration::from_secs(60),
+    );
+    loop {
+        let live = live_pods(&kubelet).await?;
+        let status = get_json(&server, &["get", "ds", "agent"])["status"].clone();
+        let hashes: BTreeSet<&String> = live.iter().map(|(_, hash)| hash).collect();
+        if live.len() == 2
+            && hashes.len() == 1
+            && !hashes.contains(&first_hash)
+            && status["updatedNumberScheduled"] == 2
+            && status["numberAvailable"] == 2
+        {
+            break;
+        }
+        deadline.tick().await?;
+    }
+    let revisions = server.ok(&["get", "controllerrevisions", "-o", "name"]);
+    assert_eq!(revisions.lines().count(), 2, "{revisions}");
+
+    // An untolerated NoExecute taint evicts; a deleted node loses its pod.
+    server.ok(&["taint", "node", "node-a", "dedicated=infra:NoExecute"]);
+    server.ok(&["delete", "node", "node-b"]);
+    let deadline = Deadline::new(&server, "no node fits any more", Duration::from_secs(60));
+    loop {
+        let live = live_pods(&kubelet).await?;
+        let status = get_json(&server, &["get", "ds", "agent"])["status"].clone();
+        if live.is_empty() && status["desiredNumberScheduled"] == 0 {
+            assert_eq!(status["currentNumberScheduled"], 0, "{status}");
+            break;
+        }
+        deadline.tick().await?;
+    }
+    Ok(())
+}

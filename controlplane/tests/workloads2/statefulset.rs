@@ -150,3 +150,69 @@ async fn pods_start_in_order_with_their_claims_and_leave_from_the_top() -> anyho
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn rolling_update_replaces_pods_from_the_highest_ordinal() -> anyhow::Result<()> {
+    let (server, kubelet) = start().await?;
+    let parallel = WEB.replace(
+        "  serviceName: web\n",
+        "  serviceName: web\n  podManagementPolicy: Parallel\n",
+    );
+    server.ok_with_input(&["apply", "-f", "-"], &parallel);
+    let status =
+        |server: &super::TestApiServer| get_json(server, &["get", "sts", "web"])["status"].clone();
+    let deadline = Deadline::new(&server, "three ready pods", Duration::from_secs(60));
+    let first = loop {
+        let pods = kubelet.list("default", "app=web").await?;
+        for pod in &pods {
+            if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+                kubelet.run_ready(pod).await?;
+            }
+        }
+        let status = status(&server);
+        if status["readyReplicas"] == 3 {
+            break status["currentRevision"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        deadline.tick().await?;
+    };
+
+    server.ok(&[
+        "set",
+        "image",
+        "sts/web",
+        "main=registry.local/busybox:1.37",
+    ]);
+    let mut replaced: Vec<String> = Vec::new();
+    let deadline = Deadline::new(&server, "the rolling update done", Duration::from_secs(90));
+    loop {
+        kubelet.finish_deletions("default").await?;
+        for pod in kubelet.list("default", "app=web").await? {
+            let revision = pod
+                .labels()
+                .get("controller-revision-hash")
+                .cloned()
+                .unwrap_or_default();
+            if revision != first && !replaced.contains(&pod.name_any()) {
+                replaced.push(pod.name_any());
+            }
+            if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+                kubelet.run_ready(&pod).await?;
+            }
+        }
+        let status = status(&server);
+        if status["updatedReplicas"] == 3 && status["readyReplicas"] == 3 {
+            assert_eq!(
+                status["currentRevision"], status["updateRevision"],
+                "{status}"
+            );
+            assert_ne!(status["currentRevision"], first.as_str(), "{status}");
+            break;
+        }
+        deadline.tick().await?;
+    }
+    assert_eq!(replaced, ["web-2", "web-1", "web-0"]);
+    Ok(())
+}
