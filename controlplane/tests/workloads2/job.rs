@@ -140,3 +140,47 @@ async fn failing_pods_hit_the_backoff_limit() -> anyhow::Result<()> {
     assert!(events.contains("BackoffLimitExceeded"), "{events}");
     Ok(())
 }
+
+#[tokio::test]
+async fn indexed_jobs_complete_every_index() -> anyhow::Result<()> {
+    let (server, kubelet) = start().await?;
+    let manifest = WORK
+        .replace("name: work", "name: shards")
+        .replace(
+            "parallelism: 2",
+            "parallelism: 3\n  completionMode: Indexed",
+        )
+        .replace("completions: 5", "completions: 3");
+    server.ok_with_input(&["apply", "-f", "-"], &manifest);
+    let deadline = Deadline::new(&server, "every index completed", Duration::from_secs(60));
+    let job = loop {
+        for pod in kubelet
+            .list("default", "batch.kubernetes.io/job-name=shards")
+            .await?
+        {
+            if phase(&pod) == Some("Succeeded") {
+                continue;
+            }
+            let index = pod.labels()["batch.kubernetes.io/job-completion-index"].clone();
+            assert_eq!(
+                pod.annotations()
+                    .get("batch.kubernetes.io/job-completion-index"),
+                Some(&index)
+            );
+            let spec = pod.spec.clone().unwrap_or_default();
+            assert_eq!(spec.hostname, Some(format!("shards-{index}")));
+            assert!(pod.name_any().starts_with(&format!("shards-{index}-")));
+            let env = spec.containers[0].env.clone().unwrap_or_default();
+            assert!(env.iter().any(|var| var.name == "JOB_COMPLETION_INDEX"));
+            kubelet.finish(&pod, 0).await?;
+        }
+        let job = get_json(&server, &["get", "job", "shards"]);
+        if true_condition(&job, "Complete").is_some() {
+            break job;
+        }
+        deadline.tick().await?;
+    };
+    assert_eq!(job["status"]["completedIndexes"], "0-2", "{job}");
+    assert_eq!(job["status"]["succeeded"], 3, "{job}");
+    Ok(())
+}
