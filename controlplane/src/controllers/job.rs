@@ -75,6 +75,11 @@ async fn reconcile(cached: Arc<Job>, context: Arc<PodControl>) -> Result<Action,
     let mut uncounted_failed = uncounted.failed.take().unwrap_or_default();
     let mut completed = logic::parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
     let mut recorded = false;
+    // Pods removed after the Job met its success criteria are released, not counted as
+    // failures (upstream since success policies).
+    let succeeded_already =
+        logic::has_condition(&job, "SuccessCriteriaMet") || logic::has_condition(&job, "Complete");
+    let mut released: Vec<String> = Vec::new();
     for pod in all.iter().filter(|pod| holds_finalizer(pod)) {
         let pod_uid = pod.uid().unwrap_or_default();
         if uncounted_succeeded.contains(&pod_uid) || uncounted_failed.contains(&pod_uid) {
@@ -86,6 +91,11 @@ async fn reconcile(cached: Arc<Job>, context: Arc<PodControl>) -> Result<Action,
                 completed.insert(index);
             }
             recorded = true;
+        } else if succeeded_already
+            && workload::terminating(pod)
+            && workload::phase(pod) != "Failed"
+        {
+            released.push(pod_uid);
         } else if pod_failed(pod) {
             uncounted_failed.push(pod_uid);
             recorded = true;
@@ -104,7 +114,10 @@ async fn reconcile(cached: Arc<Job>, context: Arc<PodControl>) -> Result<Action,
     }
     for pod in all.iter().filter(|pod| holds_finalizer(pod)) {
         let pod_uid = pod.uid().unwrap_or_default();
-        if uncounted_succeeded.contains(&pod_uid) || uncounted_failed.contains(&pod_uid) {
+        if uncounted_succeeded.contains(&pod_uid)
+            || uncounted_failed.contains(&pod_uid)
+            || released.contains(&pod_uid)
+        {
             remove_finalizer(client, pod).await?;
         }
     }
