@@ -217,6 +217,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<apps::v1::ReplicaSet>(workload(&["rs"], &[Status, Scale])),
         info::<apps::v1::StatefulSet>(workload(&["sts"], &[Status, Scale])),
         info::<apps::v1::DaemonSet>(workload(&["ds"], &[Status])),
+        info::<apps::v1::ControllerRevision>(PLAIN),
         info::<batch::v1::Job>(workload(&[], &[Status])),
         info::<batch::v1::CronJob>(workload(&["cj"], &[Status])),
         info::<discovery::v1::EndpointSlice>(PLAIN),

@@ -11,12 +11,17 @@
 //! * [`node_ipam`]: gives each node a pod CIDR from the cluster CIDR.
 //! * [`replicaset`]: keeps each ReplicaSet's pods at its replica count.
 //! * [`deployment`]: rolls Deployments out through ReplicaSets.
+//! * [`daemonset`], [`statefulset`], [`job`], [`cronjob`]: workload controllers, sharing
+//!   [`workload`].
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 mod events;
 mod expectations;
 pub mod garbagecollector;
+pub mod job;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
@@ -24,7 +29,9 @@ mod ownership;
 mod reflect;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod taint_eviction;
+pub mod workload;
 
 /// What the controllers are configured with (kube-controller-manager's flags).
 #[derive(Debug, Clone)]
@@ -55,6 +62,10 @@ pub async fn run(client: kube::Client, config: Config) {
         () = node_ipam => log::error!("the node IPAM controller stopped"),
         () = replicaset::run(client.clone()) => log::error!("the replicaset controller stopped"),
         () = deployment::run(client.clone()) => log::error!("the deployment controller stopped"),
+        () = daemonset::run(client.clone()) => log::error!("the daemonset controller stopped"),
+        () = statefulset::run(client.clone()) => log::error!("the statefulset controller stopped"),
+        () = job::run(client.clone()) => log::error!("the job controller stopped"),
+        () = cronjob::run(client.clone()) => log::error!("the cronjob controller stopped"),
     }
 }
 
