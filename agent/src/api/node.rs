@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -41,6 +42,8 @@ pub struct NodeFacts {
     pub machine_id: String,
     pub boot_id: String,
     pub runtime_version: String,
+    /// The node API's port (`status.daemonEndpoints.kubeletEndpoint.Port`).
+    pub kubelet_port: Option<u16>,
 }
 
 impl NodeFacts {
@@ -76,6 +79,7 @@ impl NodeFacts {
             machine_id: read("/etc/machine-id"),
             boot_id: read("/proc/sys/kernel/random/boot_id"),
             runtime_version: "runc://1".to_owned(),
+            kubelet_port: None,
         }
     }
 }
@@ -159,6 +163,11 @@ pub fn status(facts: &NodeFacts, since: &BTreeMap<String, Time>) -> NodeStatus {
         allocatable: Some(resources),
         addresses: Some(addresses),
         conditions: Some(conditions(since)),
+        daemon_endpoints: facts.kubelet_port.map(|port| NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(port),
+            }),
+        }),
         node_info: Some(NodeSystemInfo {
             architecture: match std::env::consts::ARCH {
                 "x86_64" => "amd64",

@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 
 use hyper::upgrade::Upgraded;
@@ -223,7 +221,7 @@ pub(super) fn upgrade(api: &NodeApi, mut request: Request<Incoming>) -> Response
     else {
         return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
     };
-    let accept = super::websocket::accept_key(key);
+    let key = key.to_owned();
     let Some(pod) = find(api, namespace, name) else {
         return pod_not_found(namespace, name);
     };
@@ -252,14 +250,7 @@ pub(super) fn upgrade(api: &NodeApi, mut request: Request<Incoming>) -> Response
             Err(error) => log::debug!("node API: exec upgrade failed: {error}"),
         }
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-accept", accept)
-        .header("sec-websocket-protocol", *protocol)
-        .body(Full::new(Bytes::new()).boxed())
-        .expect("a valid response")
+    super::websocket::switching_protocols(&key, protocol)
 }
 
 #[cfg(test)]
