@@ -185,28 +185,33 @@ fn kubectl_exec_and_port_forward_reach_the_pod_through_the_api_server() {
         stderr_of(&failing)
     );
 
-    // kubectl port-forward (SPDY tunnelled in WebSocket through the API server), two
-    // connections in a row.
-    let forward = Background::kubectl(
-        &node,
-        &control_plane,
-        &["port-forward", "pod/web", "18080:80"],
-    );
-    forward
-        .read_until(Duration::from_secs(30), |line| {
-            line.contains("Forwarding from 127.0.0.1:18080 -> 80")
-        })
-        .unwrap_or_else(|seen| panic!("port-forward did not start: {seen:?}"));
-    for _ in 0..2 {
-        assert_eq!(
-            node.curl("http://127.0.0.1:18080/").as_deref(),
-            Some("hello through port-forward\n"),
-            "agent log:\n{}\ncontrol plane log:\n{}",
-            node.agent_log(),
-            control_plane.log()
+    // kubectl port-forward: SPDY tunnelled in WebSocket through the API server (kubectl
+    // 1.32's default), then plain SPDY proxied as it is (its fallback); two connections each.
+    for (env, local) in [
+        (None, "18080"),
+        (Some(("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")), "18081"),
+    ] {
+        let forward = Background::kubectl_with_env(
+            &node,
+            &control_plane,
+            env.as_slice(),
+            &["port-forward", "pod/web", &format!("{local}:80")],
         );
+        forward
+            .read_until(Duration::from_secs(30), |line| {
+                line.contains(&format!("Forwarding from 127.0.0.1:{local} -> 80"))
+            })
+            .unwrap_or_else(|seen| panic!("port-forward ({env:?}) did not start: {seen:?}"));
+        for _ in 0..2 {
+            assert_eq!(
+                node.curl(&format!("http://127.0.0.1:{local}/")).as_deref(),
+                Some("hello through port-forward\n"),
+                "{env:?}; agent log:\n{}\ncontrol plane log:\n{}",
+                node.agent_log(),
+                control_plane.log()
+            );
+        }
     }
-    drop(forward);
 
     // The node API takes only clients with a certificate from the cluster CA.
     let anonymous = node

@@ -39,12 +39,23 @@ pub struct Background {
 impl Background {
     /// Starts kubectl with `args` in the node's network namespace.
     pub fn kubectl(node: &TestNode, control_plane: &TestControlPlane, args: &[&str]) -> Self {
+        Self::kubectl_with_env(node, control_plane, &[], args)
+    }
+
+    /// Starts kubectl with `args` and environment variables `env`.
+    pub fn kubectl_with_env(
+        node: &TestNode,
+        control_plane: &TestControlPlane,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", node.host.netns()))
             .arg("kubectl")
             .arg("--kubeconfig")
             .arg(control_plane.kubeconfig())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
