@@ -213,6 +213,32 @@ fn kubectl_exec_and_port_forward_reach_the_pod_through_the_api_server() {
         }
     }
 
+    // Nothing listens on port 81: kubelet's error comes back on the error stream.
+    let refused = Background::kubectl(
+        &node,
+        &control_plane,
+        &["port-forward", "pod/web", "18082:81"],
+    );
+    refused
+        .read_until(Duration::from_secs(30), |line| {
+            line.contains("Forwarding from 127.0.0.1:18082")
+        })
+        .unwrap_or_else(|seen| panic!("port-forward did not start: {seen:?}"));
+    assert_eq!(node.curl("http://127.0.0.1:18082/"), None);
+    refused
+        .read_until(Duration::from_secs(30), |line| {
+            line.contains("error forwarding port 81 to pod web_default")
+                && line.contains("failed to connect to localhost:81")
+        })
+        .unwrap_or_else(|seen| panic!("no forwarding error: {seen:?}"));
+    drop(refused);
+    let no_container = control_plane.kubectl(&["exec", "web", "-c", "nope", "--", "true"]);
+    assert!(
+        stderr_of(&no_container).contains("container nope is not valid for pod web"),
+        "{}",
+        stderr_of(&no_container)
+    );
+
     // The node API takes only clients with a certificate from the cluster CA.
     let anonymous = node
         .host

@@ -29,7 +29,7 @@ pub fn api_node(tag: &str) -> (TestNode, TestControlPlane) {
     (node, control_plane)
 }
 
-/// A kubectl left running; its stdout lines arrive on `lines`. Killed on drop.
+/// A kubectl left running; its stdout and stderr lines arrive on `lines`. Killed on drop.
 #[derive(Debug)]
 pub struct Background {
     child: Child,
@@ -58,19 +58,23 @@ impl Background {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("kubectl");
-        let stdout = child.stdout.take().expect("piped");
         let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().expect("piped"));
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().expect("piped"));
+        for output in [stdout, stderr] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(output).lines() {
+                    let Ok(line) = line else { break };
+                    if sender.send(line).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
         Self { child, lines }
     }
 

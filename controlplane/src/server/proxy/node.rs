@@ -224,7 +224,14 @@ fn title_case(method: &str) -> String {
 pub fn relay_body(mut body: Incoming) -> Body {
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
-        while let Some(Ok(frame)) = body.frame().await {
+        loop {
+            // A client gone while the node says nothing (an idle `logs -f`) ends the relay
+            // too, closing the node connection.
+            let frame = tokio::select! {
+                () = sender.closed() => break,
+                frame = body.frame() => frame,
+            };
+            let Some(Ok(frame)) = frame else { break };
             if let Ok(data) = frame.into_data()
                 && sender.send(data).await.is_err()
             {
