@@ -67,6 +67,22 @@ fn kubectl_logs_reads_follows_tails_and_picks_containers_as_upstream() {
     );
     drop(follow);
 
+    // kubectl attach: the output from now on, not what was written before.
+    let before = control_plane.kubectl_ok(&["logs", "talk", "-c", "count", "--tail=1"], None);
+    let last = number(before.trim());
+    let attach = Background::kubectl(&node, &control_plane, &["attach", "talk", "-c", "count"]);
+    let seen = attach
+        .read_until(Duration::from_secs(30), |line| {
+            line.starts_with("line ") && number(line) > last + 1
+        })
+        .unwrap_or_else(|seen| panic!("attach saw only {seen:?} (last before: {last})"));
+    let first = seen.iter().find(|line| line.starts_with("line ")).unwrap();
+    assert!(
+        number(first) >= last,
+        "attach replayed old output: {seen:?}"
+    );
+    drop(attach);
+
     // Two containers and none named: upstream's 400, through the raw API (kubectl itself
     // picks the first container).
     let raw = control_plane.kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods/talk/log"]);

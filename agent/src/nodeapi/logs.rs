@@ -218,12 +218,12 @@ impl Follow {
     }
 }
 
-fn newest_instance(dir: &Path) -> Option<u32> {
+pub(super) fn newest_instance(dir: &Path) -> Option<u32> {
     instances(dir).last().map(|(number, _)| *number)
 }
 
 /// Whether the pod `uid` is still on the node and runs `container`.
-fn running(statuses: &Statuses, uid: &str, container: &str) -> bool {
+pub(super) fn running(statuses: &Statuses, uid: &str, container: &str) -> bool {
     statuses
         .lock()
         .expect("statuses lock")

@@ -6,6 +6,8 @@
 //!   `previous`, `sinceSeconds`, `limitBytes` ([`logs`], [`cri`], [`follow`]);
 //! - `GET /stats/summary`: CPU and memory from cgroups ([`stats`]);
 //! - `/exec/<ns>/<pod>/<container>` over WebSocket (`v5.channel.k8s.io`, no TTY yet; [`exec`]);
+//! - `/attach/<ns>/<pod>/<container>` over WebSocket: the container's output from now on
+//!   (no stdin, no TTY; [`attach`]);
 //! - `/portForward/<ns>/<pod>` over SPDY/3.1 or WebSocket `v4.channel.k8s.io` ([`portforward`]);
 //! - anything else: 404.
 //!
@@ -14,6 +16,7 @@
 //! kubeconfig's CA) only clients with a certificate from it, in an admin group, get in;
 //! without one every client does (and the agent listens on loopback only).
 
+pub mod attach;
 pub mod auth;
 pub mod cri;
 pub mod exec;

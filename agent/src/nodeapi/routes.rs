@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use k8s_openapi::api::core::v1::Pod;
 
 use super::auth::{self, AuthError, ClientIdentity};
-use super::{NodeApi, exec, logs, portforward, stats};
+use super::{NodeApi, attach, exec, logs, portforward, stats};
 
 pub(super) type Body = BoxBody<Bytes, Infallible>;
 
@@ -58,6 +58,7 @@ pub(super) async fn handle(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["exec", _, _, _] => exec::upgrade(api, request),
+        ["attach", _, _, _] => attach::upgrade(api, request),
         ["portForward", _, _] => portforward::upgrade(api, request),
         ["healthz"] | ["pods"] | ["stats", "summary"] | ["containerLogs", _, _, _]
             if request.method() != Method::GET =>

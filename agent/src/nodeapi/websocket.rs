@@ -121,6 +121,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result
     }
 }
 
+/// Ends a server's side of a WebSocket: a normal-closure close frame, then the stream's
+/// shutdown; errors ignored (the peer may be gone already).
+pub async fn close<W: AsyncWrite + Unpin>(writer: &mut W) {
+    let _ = write_frame(writer, OP_CLOSE, &1000_u16.to_be_bytes(), None).await;
+    let _ = writer.shutdown().await;
+}
+
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,

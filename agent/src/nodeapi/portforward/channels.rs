@@ -145,9 +145,7 @@ async fn session(upgraded: Upgraded, target: Target, ports: Vec<u16>) {
         () = inbound => {}
         () = async { while tasks.join_next().await.is_some() {} } => {}
     }
-    let mut writer = writer.lock().await;
-    let _ = write_frame(&mut *writer, OP_CLOSE, &1000_u16.to_be_bytes(), None).await;
-    let _ = writer.shutdown().await;
+    crate::nodeapi::websocket::close(&mut *writer.lock().await).await;
 }
 
 #[cfg(test)]
