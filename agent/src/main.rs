@@ -86,11 +86,15 @@ struct Args {
     /// The node API's port (kubelet's, HTTPS); 0: no node API.
     #[arg(long, default_value_t = 10250)]
     node_api_port: u16,
-    /// The address the node API listens on (kubelet's `--address`). Loopback by default, not
-    /// kubelet's 0.0.0.0: the node API does not authenticate its clients yet, and it runs
-    /// commands in containers.
-    #[arg(long = "address", default_value = "127.0.0.1")]
-    node_api_address: std::net::IpAddr,
+    /// The address the node API listens on (kubelet's `--address`). Default: every address
+    /// (kubelet's 0.0.0.0) when clients are authenticated (a client CA, given or from the
+    /// kubeconfig), else loopback only: the node API runs commands in containers.
+    #[arg(long = "address")]
+    node_api_address: Option<std::net::IpAddr>,
+    /// The CA (PEM) whose client certificates the node API takes (kubelet's flag); default:
+    /// the kubeconfig's CA.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
     /// The node API's certificate (PEM); without it a self-signed one is made under
     /// `--root-dir`/pki.
     #[arg(long, requires = "tls_private_key_file")]

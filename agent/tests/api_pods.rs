@@ -9,26 +9,7 @@ use std::time::Duration;
 use keel_testhost::cluster::TestControlPlane;
 use keel_testhost::node::TestNode;
 use support::agent_binary;
-
-/// A test node whose agent runs against a control plane in the same network namespace, once
-/// its Node is registered.
-fn api_node(tag: &str) -> (TestNode, TestControlPlane) {
-    let mut node = TestNode::new(tag, agent_binary());
-    let control_plane = TestControlPlane::start(&node);
-    node.extra_args = vec![
-        "--kubeconfig".into(),
-        control_plane.kubeconfig().display().to_string(),
-    ];
-    node.start_agent();
-    node.wait_for("node1 registered", Duration::from_secs(60), || {
-        control_plane
-            .kubectl(&["get", "node", "node1"])
-            .status
-            .success()
-            .then_some(())
-    });
-    (node, control_plane)
-}
+use support::cluster::api_node;
 
 #[test]
 fn the_agent_registers_its_node_runs_a_bound_pod_and_reports_its_status() {

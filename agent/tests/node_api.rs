@@ -63,6 +63,8 @@ impl Node {
                 "/",
             ),
             runc: Runc::new(Path::new("runc"), &dir.path().join("runc")),
+            netns_dir: dir.path().join("netns"),
+            require_client_certificate: false,
         };
         let mut config = NodeApiConfig::new(TlsFiles::SelfSigned {
             dir: dir.path().join("pki"),

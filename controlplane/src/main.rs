@@ -417,13 +417,12 @@ async fn run_apiserver(args: ApiServerArgs, clients: Option<ElectionArgs>) -> an
     } else {
         None
     };
-    let server = Arc::new(ApiServer::new(
-        store,
-        tokens,
-        allocator,
-        advertise,
-        args.secure_port,
-    ));
+    let kubelet_client = keel_controlplane::server::proxy::node::client_config(&pki.kubelet_client)
+        .map_err(|error| anyhow::anyhow!("cannot set up TLS towards node agents: {error}"))?;
+    let server = Arc::new(
+        ApiServer::new(store, tokens, allocator, advertise, args.secure_port)
+            .with_kubelet_client(kubelet_client),
+    );
     server
         .bootstrap()
         .await

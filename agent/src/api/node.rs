@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -45,6 +46,8 @@ pub struct NodeFacts {
     pub max_pods: u32,
     /// Labels beyond the well-known ones (`kubernetes.io/hostname`, `os`, `arch`).
     pub labels: BTreeMap<String, String>,
+    /// The node API's port (`status.daemonEndpoints.kubeletEndpoint.Port`).
+    pub kubelet_port: Option<u16>,
 }
 
 impl NodeFacts {
@@ -82,6 +85,7 @@ impl NodeFacts {
             runtime_version: "runc://1".to_owned(),
             max_pods: MAX_PODS,
             labels: BTreeMap::new(),
+            kubelet_port: None,
         }
     }
 }
@@ -165,6 +169,11 @@ pub fn status(facts: &NodeFacts, since: &BTreeMap<String, Time>) -> NodeStatus {
         allocatable: Some(resources),
         addresses: Some(addresses),
         conditions: Some(conditions(since)),
+        daemon_endpoints: facts.kubelet_port.map(|port| NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(port),
+            }),
+        }),
         node_info: Some(NodeSystemInfo {
             architecture: match std::env::consts::ARCH {
                 "x86_64" => "amd64",

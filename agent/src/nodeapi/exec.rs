@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 
 use hyper::upgrade::Upgraded;
@@ -178,9 +176,53 @@ pub async fn session(upgraded: Upgraded, runc: Runc, id: String, options: ExecOp
         exit_status(&options.command, status).to_string().as_bytes(),
     )
     .await;
-    let mut writer = writer.lock().await;
-    let _ = write_frame(&mut *writer, OP_CLOSE, &1000_u16.to_be_bytes(), None).await;
-    let _ = writer.shutdown().await;
+    super::websocket::close(&mut *writer.lock().await).await;
+}
+
+/// The `Sec-WebSocket-Key` and the channel protocol (one of [`PROTOCOLS`]) of a WebSocket
+/// upgrade, or the answer refusing it.
+pub(super) fn negotiate(
+    request: &Request<Incoming>,
+) -> Result<(String, &'static str), Box<Response<Body>>> {
+    let headers = request.headers();
+    let offered = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .collect::<Vec<_>>();
+    let Some(protocol) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            format!("a WebSocket upgrade with one of {PROTOCOLS:?} is required\n"),
+        )));
+    };
+    let Some(key) = headers
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key\n",
+        )));
+    };
+    Ok((key.to_owned(), protocol))
+}
+
+/// The runtime's id of `container` in `pod`, if it is running.
+pub(super) fn running_container(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    container: &str,
+) -> Option<String> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .into_iter()
+        .flatten()
+        .find(|s| s.name == container && s.state.as_ref().is_some_and(|st| st.running.is_some()))
+        .and_then(|s| s.container_id)
+        .and_then(|id| id.rsplit("://").next().map(str::to_owned))
 }
 
 /// Upgrades to a WebSocket and runs the command in the container.
@@ -200,44 +242,15 @@ pub(super) fn upgrade(api: &NodeApi, mut request: Request<Incoming>) -> Response
             "you must specify at least one command for the container\n",
         );
     }
-    let headers = request.headers();
-    let offered = headers
-        .get("sec-websocket-protocol")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(',')
-        .map(|p| p.trim().to_owned())
-        .collect::<Vec<_>>();
-    let Some(protocol) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "a WebSocket upgrade with one of {:?} is required\n",
-                PROTOCOLS
-            ),
-        );
+    let (key, protocol) = match negotiate(&request) {
+        Ok(negotiated) => negotiated,
+        Err(response) => return *response,
     };
-    let Some(key) = headers
-        .get("sec-websocket-key")
-        .and_then(|v| v.to_str().ok())
-    else {
-        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+    let pod = match find(api, namespace, name) {
+        Some(pod) => pod,
+        None => return pod_not_found(namespace, name),
     };
-    let accept = super::websocket::accept_key(key);
-    let Some(pod) = find(api, namespace, name) else {
-        return pod_not_found(namespace, name);
-    };
-    let running = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.clone())
-        .into_iter()
-        .flatten()
-        .find(|s| s.name == *container && s.state.as_ref().is_some_and(|st| st.running.is_some()));
-    let Some(id) = running
-        .and_then(|s| s.container_id)
-        .and_then(|id| id.rsplit("://").next().map(str::to_owned))
-    else {
+    let Some(id) = running_container(&pod, container) else {
         return text(
             StatusCode::BAD_REQUEST,
             format!("container {container} is not running in pod {name}\n"),
@@ -245,21 +258,14 @@ pub(super) fn upgrade(api: &NodeApi, mut request: Request<Incoming>) -> Response
     };
     let upgrade = hyper::upgrade::on(&mut request);
     let runc = api.runc.clone();
-    let v5 = *protocol == PROTOCOLS[0];
+    let v5 = protocol == PROTOCOLS[0];
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => session(upgraded, runc, id, options, v5).await,
             Err(error) => log::debug!("node API: exec upgrade failed: {error}"),
         }
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-accept", accept)
-        .header("sec-websocket-protocol", *protocol)
-        .body(Full::new(Bytes::new()).boxed())
-        .expect("a valid response")
+    super::websocket::switching_protocols(&key, protocol)
 }
 
 #[cfg(test)]

@@ -64,7 +64,20 @@ pub(super) async fn container_logs(
         let message = if options.previous {
             format!("previous terminated container \"{container}\" in pod \"{name}\" not found\n")
         } else {
-            format!("container \"{container}\" in pod \"{name}\" is waiting to start\n")
+            // kubelet names the reason the container waits for (`ContainerCreating` until
+            // it has a status).
+            let reason = pod
+                .status
+                .as_ref()
+                .and_then(|status| {
+                    let statuses = status.container_statuses.iter().flatten();
+                    statuses
+                        .chain(status.init_container_statuses.iter().flatten())
+                        .find(|s| s.name == container)
+                        .and_then(|s| s.state.as_ref()?.waiting.as_ref()?.reason.clone())
+                })
+                .unwrap_or_else(|| "ContainerCreating".to_owned());
+            format!("container \"{container}\" in pod \"{name}\" is waiting to start: {reason}\n")
         };
         return text(StatusCode::BAD_REQUEST, message);
     };
@@ -205,12 +218,12 @@ impl Follow {
     }
 }
 
-fn newest_instance(dir: &Path) -> Option<u32> {
+pub(super) fn newest_instance(dir: &Path) -> Option<u32> {
     instances(dir).last().map(|(number, _)| *number)
 }
 
 /// Whether the pod `uid` is still on the node and runs `container`.
-fn running(statuses: &Statuses, uid: &str, container: &str) -> bool {
+pub(super) fn running(statuses: &Statuses, uid: &str, container: &str) -> bool {
     statuses
         .lock()
         .expect("statuses lock")

@@ -6,17 +6,23 @@
 //!   `previous`, `sinceSeconds`, `limitBytes` ([`logs`], [`cri`], [`follow`]);
 //! - `GET /stats/summary`: CPU and memory from cgroups ([`stats`]);
 //! - `/exec/<ns>/<pod>/<container>` over WebSocket (`v5.channel.k8s.io`, no TTY yet; [`exec`]);
+//! - `/attach/<ns>/<pod>/<container>` over WebSocket: the container's output from now on
+//!   (no stdin, no TTY; [`attach`]);
+//! - `/portForward/<ns>/<pod>` over SPDY/3.1 or WebSocket `v4.channel.k8s.io` ([`portforward`]);
 //! - anything else: 404.
 //!
 //! [`server`] owns the listener (TLS from [`tls`], HTTP/1.1 and HTTP/2) and shutdown; [`routes`]
-//! picks the handler after [`auth::authorize`], which lets every client in until kubelet's
-//! authn/authz comes with the cluster work.
+//! picks the handler after [`auth::authorize`]: with a client CA (`--client-ca-file`, or the
+//! kubeconfig's CA) only clients with a certificate from it, in an admin group, get in;
+//! without one every client does (and the agent listens on loopback only).
 
+pub mod attach;
 pub mod auth;
 pub mod cri;
 pub mod exec;
 pub mod follow;
 mod logs;
+pub mod portforward;
 mod routes;
 pub mod server;
 pub mod stats;
@@ -43,6 +49,11 @@ pub struct NodeApi {
     pub node_name: String,
     pub cgroups: crate::cgroups::CgroupManager,
     pub runc: crate::runtime::runc::Runc,
+    /// Where the pods' network namespaces are bound (`<root-dir>/netns/<uid>`).
+    pub netns_dir: PathBuf,
+    /// Whether clients must present a certificate from the client CA (the TLS configuration
+    /// verifies the certificates presented).
+    pub require_client_certificate: bool,
 }
 
 impl NodeApi {

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use k8s_openapi::api::core::v1::Pod;
 
 use super::auth::{self, AuthError, ClientIdentity};
-use super::{NodeApi, exec, logs, stats};
+use super::{NodeApi, attach, exec, logs, portforward, stats};
 
 pub(super) type Body = BoxBody<Bytes, Infallible>;
 
@@ -41,7 +41,12 @@ pub(super) async fn handle(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let path = request.uri().path().to_owned();
-    match auth::authorize(client, request.method(), &path) {
+    match auth::authorize(
+        client,
+        api.require_client_certificate,
+        request.method(),
+        &path,
+    ) {
         Ok(()) => {}
         Err(error @ AuthError::Unauthenticated) => {
             return text(StatusCode::UNAUTHORIZED, format!("{error}\n"));
@@ -53,6 +58,8 @@ pub(super) async fn handle(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["exec", _, _, _] => exec::upgrade(api, request),
+        ["attach", _, _, _] => attach::upgrade(api, request),
+        ["portForward", _, _] => portforward::upgrade(api, request),
         ["healthz"] | ["pods"] | ["stats", "summary"] | ["containerLogs", _, _, _]
             if request.method() != Method::GET =>
         {

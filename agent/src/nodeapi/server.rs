@@ -45,17 +45,21 @@ pub struct NodeApiConfig {
     /// The node's addresses, put in a self-signed certificate beside the node's name
     /// ([`NodeApi::node_name`]).
     pub node_addresses: Vec<IpAddr>,
+    /// The CA client certificates must come from; `None`: no client authentication.
+    pub client_ca: Option<tls::ClientCa>,
 }
 
 impl NodeApiConfig {
-    /// Port 10250 on loopback, as the agent's `--address` defaults: kubelet listens on every
-    /// address, but [`authorize`](super::auth::authorize) does not check clients yet and
-    /// `/exec` runs commands in containers.
+    /// Port 10250 on loopback, as the agent's `--address` defaults without a client CA:
+    /// kubelet listens on every address, but without a CA
+    /// [`authorize`](super::auth::authorize) checks no client and `/exec` runs commands in
+    /// containers.
     pub fn new(tls: TlsFiles) -> NodeApiConfig {
         NodeApiConfig {
             bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PORT),
             tls,
             node_addresses: Vec::new(),
+            client_ca: None,
         }
     }
 }
@@ -71,8 +75,17 @@ pub struct NodeApiServer {
 
 impl NodeApiServer {
     /// Loads or makes the certificate and binds the listener.
-    pub async fn bind(config: NodeApiConfig, api: NodeApi) -> Result<NodeApiServer, ServerError> {
-        let tls = tls::server_config(&config.tls, &api.node_name, &config.node_addresses)?;
+    pub async fn bind(
+        config: NodeApiConfig,
+        mut api: NodeApi,
+    ) -> Result<NodeApiServer, ServerError> {
+        api.require_client_certificate |= config.client_ca.is_some();
+        let tls = tls::server_config(
+            &config.tls,
+            &api.node_name,
+            &config.node_addresses,
+            config.client_ca.as_ref(),
+        )?;
         let listener =
             TcpListener::bind(config.bind)
                 .await

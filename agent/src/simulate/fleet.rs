@@ -78,6 +78,8 @@ impl FleetSpec {
                     runtime_version: "keel-simulated://1".to_owned(),
                     max_pods: self.max_pods,
                     labels,
+                    // No node API: logs and exec of simulated pods are not served.
+                    kubelet_port: None,
                     name,
                 }
             })

@@ -4,6 +4,7 @@
     reason = "each test binary uses a different part of the support code"
 )]
 
+pub mod cluster;
 pub mod curl;
 pub mod packet;
 pub mod pinned;
