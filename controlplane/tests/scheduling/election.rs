@@ -2,7 +2,8 @@
 //! server (started alone, so no scheduler of its own competes): one holds the
 //! `kube-system/kube-scheduler` Lease and binds; after it is killed with SIGKILL the other
 //! takes the Lease over (once it has gone unrenewed for the lease duration) and binding
-//! resumes. A leader stopped with SIGTERM releases the Lease for the next one.
+//! resumes. A leader stopped with SIGTERM releases the Lease for the next one. The same for
+//! two `keel-controlplane controller-manager` processes on `kube-controller-manager`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use crate::etcd::die_with_parent;
 use crate::{TestApiServer, add_node, get_json, pod_manifest, wait_bound, wait_for};
 
-/// A scheduler process, killed on drop.
+/// A scheduler (or controller-manager) process, killed on drop.
 struct Scheduler {
     child: Child,
     log: PathBuf,
@@ -18,11 +19,20 @@ struct Scheduler {
 
 impl Scheduler {
     fn start(server: &TestApiServer, name: &str) -> anyhow::Result<Self> {
+        Self::start_component(server, "scheduler", name)
+    }
+
+    /// `keel-controlplane <component> --kubeconfig ...`, logging to `<name>.log`.
+    fn start_component(
+        server: &TestApiServer,
+        component: &str,
+        name: &str,
+    ) -> anyhow::Result<Self> {
         let log = server.data_dir().join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_keel-controlplane"));
         command
-            .arg("scheduler")
+            .arg(component)
             .arg(format!("--kubeconfig={}", server.kubeconfig().display()))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -63,15 +73,11 @@ impl Drop for Scheduler {
 }
 
 fn lease(server: &TestApiServer) -> serde_json::Value {
-    let output = server.kubectl(&[
-        "get",
-        "lease",
-        "kube-scheduler",
-        "-n",
-        "kube-system",
-        "-o",
-        "json",
-    ]);
+    lease_named(server, "kube-scheduler")
+}
+
+fn lease_named(server: &TestApiServer, name: &str) -> serde_json::Value {
+    let output = server.kubectl(&["get", "lease", name, "-n", "kube-system", "-o", "json"]);
     if output.status.success() {
         serde_json::from_slice(&output.stdout).unwrap_or_default()
     } else {
@@ -200,5 +206,73 @@ async fn one_scheduler_leads_and_the_other_takes_over_when_it_dies() -> anyhow::
     assert_eq!(wait_bound(&server, &["last"])["last"], "n1");
     assert!(schedulers[2].log().contains("bound default/last to n1"));
     schedulers.clear();
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_controller_manager_acts_and_the_other_takes_over_when_it_dies() -> anyhow::Result<()> {
+    let server = TestApiServer::start_apiserver_only().await?;
+    let managers = [
+        Scheduler::start_component(&server, "controller-manager", "controller-manager-a")?,
+        Scheduler::start_component(&server, "controller-manager", "controller-manager-b")?,
+    ];
+    let identities: Vec<String> = managers
+        .iter()
+        .map(|manager| wait_for(&server, "the managers' identities", || manager.identity()))
+        .collect();
+    let holder = wait_for(&server, "a holder of kube-controller-manager", || {
+        lease_named(&server, "kube-controller-manager")["spec"]["holderIdentity"]
+            .as_str()
+            .filter(|holder| !holder.is_empty())
+            .map(str::to_owned)
+    });
+    let leader = identities
+        .iter()
+        .position(|identity| *identity == holder)
+        .unwrap_or_else(|| panic!("holder {holder} is neither of {identities:?}"));
+    let follower = 1 - leader;
+    let [mut a, mut b] = managers;
+    let (leading, following) = if leader == 0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+
+    // Only the leader acts: the ServiceAccount controller gives a new namespace its `default`.
+    server.ok(&["create", "namespace", "first"]);
+    wait_for(&server, "the leader to create first/default", || {
+        leading
+            .log()
+            .contains("serviceaccount first/default created")
+            .then_some(())
+    });
+    assert!(
+        !following.log().contains("serviceaccount first/default"),
+        "the follower acted:\n{}",
+        following.log()
+    );
+
+    // SIGKILL the leader: the other takes the Lease once it expires, and acts.
+    let transitions = lease_named(&server, "kube-controller-manager")["spec"]["leaseTransitions"]
+        .as_i64()
+        .unwrap_or(0);
+    leading.child.kill()?;
+    leading.child.wait()?;
+    let taken = wait_for(&server, "the follower to take the lease", || {
+        let current = lease_named(&server, "kube-controller-manager");
+        (current["spec"]["holderIdentity"] == identities[follower].as_str()).then_some(current)
+    });
+    assert_eq!(
+        taken["spec"]["leaseTransitions"].as_i64().unwrap_or(0),
+        transitions + 1,
+        "{taken}"
+    );
+    server.ok(&["create", "namespace", "second"]);
+    wait_for(&server, "the new leader to create second/default", || {
+        following
+            .log()
+            .contains("serviceaccount second/default created")
+            .then_some(())
+    });
     Ok(())
 }
