@@ -7,6 +7,11 @@
 //!   [`cgroups`] (upstream's cgroup layout and values), [`sandbox`] (network namespace, veth,
 //!   IPAM), [`runtime`] (OCI bundles, runc, the keeper, logs), [`sys`] (the raw namespace and
 //!   mount calls).
+//! - [`reset`]: `keel-agent reset`, what a stopped agent made on its node removed.
+//! - [`probe`]: container startup, liveness and readiness probes (the schedule and thresholds,
+//!   and the `httpGet`, `tcpSocket` and `exec` probers).
+//! - [`simulate`]: many simulated nodes in one process (`keel-agent simulate`), through the
+//!   same API calls as the real agent ([`api`]).
 
 pub mod api;
 pub mod cgroups;
@@ -14,8 +19,11 @@ pub mod dataplane;
 pub mod image;
 pub mod nodeapi;
 pub mod pods;
+pub mod probe;
 pub mod quantity;
+pub mod reset;
 pub mod runtime;
 pub mod sandbox;
 pub mod services;
+pub mod simulate;
 pub mod sys;

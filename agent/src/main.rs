@@ -11,9 +11,13 @@
 //! - `--pod-manifest-path`: static pods, run with runc in their own network namespaces and
 //!   cgroups, images pulled from OCI registries (see `keel_agent::pods`).
 //!
-//! It runs until SIGINT or SIGTERM and detaches everything it attached; pods keep running and
-//! the next agent adopts them. `keel-agent keeper <dir>` is the per-node keeper process the
-//! agent starts itself (see `keel_agent::runtime::keeper`).
+//! The eBPF dataplane is pinned under `--bpf-root`: programs stay attached and maps keep
+//! their entries when the agent exits or is killed, and the next agent takes them over without
+//! disturbing traffic (`--cleanup-bpf` removes them). It runs until SIGINT or SIGTERM; pods
+//! keep running and the next agent adopts them. `keel-agent keeper <dir>` is the per-node keeper process the
+//! agent starts itself (see `keel_agent::runtime::keeper`); `keel-agent reset` removes what a
+//! stopped agent left (see `keel_agent::reset`); `keel-agent simulate` runs many simulated nodes
+//! against an API server instead (see `keel_agent::simulate`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,14 +25,14 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Parser, ValueEnum};
 use keel_agent::dataplane::{
-    CtTimeouts, LbAlgorithm, LoadBalancing, ServiceDataplane, StatsDataplane, TableSize,
-    XdpAttachMode,
+    CtTimeouts, DEFAULT_BPF_ROOT, Dataplane, LbAlgorithm, LoadBalancing, TableSize, XdpAttachMode,
+    remove_pins,
 };
 use keel_agent::services::{Node, ServicesFile, desired_state};
 
 #[derive(Debug, Parser)]
 #[command(name = "keel-agent", version, about = "Keel's node agent")]
-#[command(group(ArgGroup::new("work").required(true).multiple(true).args(["devices", "services_file", "pod_manifest_path", "kubeconfig"])))]
+#[command(group(ArgGroup::new("work").required(true).multiple(true).args(["devices", "services_file", "pod_manifest_path", "kubeconfig", "cleanup_bpf"])))]
 struct Args {
     /// Interfaces that get the XDP and TC programs (counters; with --services-file also
     /// Service load-balancing of traffic routed through the node), comma-separated.
@@ -41,18 +45,27 @@ struct Args {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     stats_interval: u64,
     /// A YAML stream of v1 Service and discovery.k8s.io/v1 EndpointSlice objects to
-    /// load-balance, re-read when it changes.
-    #[arg(long)]
+    /// load-balance, re-read when it changes (with --kubeconfig they come from the API).
+    #[arg(long, conflicts_with = "kubeconfig")]
     services_file: Option<PathBuf>,
     /// The cgroup2 group whose processes get socket-level load-balancing (default: the
     /// cgroup2 root, i.e. every process on the node).
     #[arg(long)]
     socket_lb_cgroup: Option<PathBuf>,
+    /// Where the dataplane pins its maps and links: a directory on a bpf filesystem (one is
+    /// mounted on /sys/fs/bpf if the directory is under it and none is). They outlive the
+    /// agent, so Service traffic keeps flowing while it restarts.
+    #[arg(long, default_value = DEFAULT_BPF_ROOT)]
+    bpf_root: PathBuf,
+    /// Remove everything pinned under --bpf-root (detaching every program), then exit.
+    #[arg(long)]
+    cleanup_bpf: bool,
     /// A directory of static pod manifests (one Pod per file, YAML or JSON), watched.
     #[arg(long)]
     pod_manifest_path: Option<PathBuf>,
     /// The API server's kubeconfig: register this node, run the pods bound to it, report
-    /// their status. Absent: static pods only.
+    /// their status, load-balance the Services (socket level on --socket-lb-cgroup, TC on
+    /// the --devices). Absent: static pods only.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Where the agent keeps its state: pods, network namespaces, images, runc's state.
@@ -76,11 +89,15 @@ struct Args {
     /// The node API's port (kubelet's, HTTPS); 0: no node API.
     #[arg(long, default_value_t = 10250)]
     node_api_port: u16,
-    /// The address the node API listens on (kubelet's `--address`). Loopback by default, not
-    /// kubelet's 0.0.0.0: the node API does not authenticate its clients yet, and it runs
-    /// commands in containers.
-    #[arg(long = "address", default_value = "127.0.0.1")]
-    node_api_address: std::net::IpAddr,
+    /// The address the node API listens on (kubelet's `--address`). Default: every address
+    /// (kubelet's 0.0.0.0) when clients are authenticated (a client CA, given or from the
+    /// kubeconfig), else loopback only: the node API runs commands in containers.
+    #[arg(long = "address")]
+    node_api_address: Option<std::net::IpAddr>,
+    /// The CA (PEM) whose client certificates the node API takes (kubelet's flag); default:
+    /// the kubeconfig's CA.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
     /// The node API's certificate (PEM); without it a self-signed one is made under
     /// `--root-dir`/pki.
     #[arg(long, requires = "tls_private_key_file")]
@@ -141,8 +158,46 @@ enum XdpModeArg {
     Generic,
 }
 
+/// `keel-agent reset`: removes what an agent with these settings made on this node (its
+/// containers, keeper, mounts, network namespaces, cgroups and root dir). Run it once the
+/// agent has stopped.
+#[derive(Debug, Parser)]
+#[command(name = "keel-agent reset")]
+struct ResetArgs {
+    /// The stopped agent's `--root-dir`.
+    #[arg(long, default_value = "/var/lib/keel")]
+    root_dir: PathBuf,
+    /// The stopped agent's `--cgroup-root`.
+    #[arg(long, default_value = "/")]
+    cgroup_root: String,
+    /// The runc binary.
+    #[arg(long, default_value = "runc")]
+    runc: PathBuf,
+}
+
+fn reset(args: ResetArgs) -> anyhow::Result<()> {
+    let cgroups = keel_agent::cgroups::CgroupManager::detect(&args.cgroup_root)?;
+    let report = keel_agent::reset::reset(&args.root_dir, &cgroups, &args.runc)
+        .with_context(|| format!("resetting the agent of {}", args.root_dir.display()))?;
+    log::info!(
+        "reset {}: {} containers deleted, keeper {}, {} mounts unmounted, {} cgroups removed",
+        args.root_dir.display(),
+        report.containers,
+        if report.keeper_killed {
+            "killed"
+        } else {
+            "not running"
+        },
+        report.mounts,
+        report.cgroups
+    );
+    Ok(())
+}
+
 /// How often the services file is checked for changes.
 const FILE_POLL: Duration = Duration::from_secs(1);
+/// How often the main loop looks for work (Service updates from the API among it).
+const TICK: Duration = Duration::from_millis(50);
 /// How often idle tracked flows are collected.
 const CONNTRACK_GC: Duration = Duration::from_secs(10);
 
@@ -157,36 +212,47 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("keeper in {}", dir.display()))?;
         return Ok(());
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "reset")
+    {
+        return reset(ResetArgs::parse_from(std::env::args_os().skip(1)));
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "simulate")
+    {
+        return simulate::run(std::env::args_os().skip(2));
+    }
     let args = Args::parse();
+    if args.cleanup_bpf {
+        remove_pins(&args.bpf_root)
+            .with_context(|| format!("cannot remove the pins under {}", args.bpf_root.display()))?;
+        log::info!(
+            "removed the dataplane pinned under {} (programs detached)",
+            args.bpf_root.display()
+        );
+        return Ok(());
+    }
     let stop = signals::block_termination()?;
-    let pods = if args.pod_manifest_path.is_some() || args.kubeconfig.is_some() {
+    let mut pods = if args.pod_manifest_path.is_some() || args.kubeconfig.is_some() {
         Some(pods::start(&args)?)
     } else {
         None
     };
+    let api_services = pods.as_mut().and_then(|pods| pods.services.take());
 
     let devices = resolve_devices(&args.devices)?;
-    let mut stats = None;
-    if !devices.is_empty() {
-        let xdp_mode = match args.xdp_mode {
-            XdpModeArg::Auto => XdpAttachMode::Auto,
-            XdpModeArg::Native => XdpAttachMode::Native,
-            XdpModeArg::Generic => XdpAttachMode::Generic,
-        };
-        let mut dataplane = StatsDataplane::load().context("cannot load the eBPF dataplane")?;
-        for (name, _) in &devices {
-            dataplane.attach(name, xdp_mode).with_context(|| {
-                format!("cannot attach the counters to --devices entry `{name}`")
-            })?;
-            log::info!("counting packets on {name}");
-        }
-        stats = Some(dataplane);
-    }
-
-    let mut services = match &args.services_file {
-        Some(path) => Some(ServicesFromFile::start(path.clone(), &args, &devices)?),
-        None => None,
+    let mut dataplane = if devices.is_empty() && !serves_services(&args) {
+        None
+    } else {
+        Some(start_dataplane(&args, &devices)?)
     };
+    let mut services = args.services_file.clone().map(|path| ServicesFromFile {
+        path,
+        node: node(&args),
+        seen: None,
+    });
 
     let stats_interval = Duration::from_secs(args.stats_interval);
     let mut next_report = Instant::now() + stats_interval;
@@ -195,70 +261,99 @@ fn main() -> anyhow::Result<()> {
         udp: Duration::from_secs(args.conntrack_udp_timeout),
     };
     let mut next_gc = Instant::now() + CONNTRACK_GC;
-    while !stop.wait(FILE_POLL)? {
-        if let Some(services) = &mut services {
-            services.reload_if_changed();
-            if Instant::now() >= next_gc {
-                next_gc = Instant::now() + CONNTRACK_GC;
-                match services.dataplane.collect_conntrack(timeouts) {
-                    Ok(gc) => log::debug!(
-                        "conntrack: {} entries, {} idle removed",
-                        gc.entries,
-                        gc.removed
-                    ),
-                    Err(error) => log::warn!("conntrack collection failed: {error:#}"),
+    let mut next_file_check = Instant::now();
+    loop {
+        if let (Some(updates), Some(dataplane)) = (&api_services, &mut dataplane) {
+            // Only the newest state matters; the feed already spaces them out.
+            if let Some(desired) = updates.try_iter().last() {
+                match dataplane.apply(&desired) {
+                    Ok(changed) => {
+                        log::info!("API: {} frontends ({changed} changed)", desired.len())
+                    }
+                    Err(error) => log::error!("cannot program the Services of the API: {error:#}"),
                 }
             }
         }
-        if let Some(stats) = &stats
+        if let (Some(services), Some(dataplane)) = (&mut services, &mut dataplane)
+            && Instant::now() >= next_file_check
+        {
+            next_file_check = Instant::now() + FILE_POLL;
+            services.reload_if_changed(dataplane);
+        }
+        if let Some(dataplane) = &mut dataplane
+            && serves_services(&args)
+            && Instant::now() >= next_gc
+        {
+            next_gc = Instant::now() + CONNTRACK_GC;
+            match dataplane.collect_conntrack(timeouts) {
+                Ok(gc) => log::debug!(
+                    "conntrack: {} entries, {} idle removed",
+                    gc.entries,
+                    gc.removed
+                ),
+                Err(error) => log::warn!("conntrack collection failed: {error:#}"),
+            }
+        }
+        if let Some(dataplane) = &dataplane
+            && !devices.is_empty()
             && Instant::now() >= next_report
         {
             next_report = Instant::now() + stats_interval;
-            report(stats, &devices)?;
+            report(dataplane, &devices)?;
+        }
+        if stop.wait(TICK)? {
+            break;
         }
     }
-    log::info!("stopping: detaching everything");
+    if dataplane.is_some() {
+        log::info!(
+            "stopping: the dataplane stays pinned under {} (`keel-agent --cleanup-bpf` removes it)",
+            args.bpf_root.display()
+        );
+    }
     if let Some(pods) = pods {
         pods.stop();
     }
     Ok(())
 }
 
-/// The Service dataplane fed from `--services-file`.
-struct ServicesFromFile {
-    path: PathBuf,
-    node: Node,
-    dataplane: ServiceDataplane,
-    /// Modification time and length of the version last read, good or bad.
-    seen: Option<(SystemTime, u64)>,
-}
-
-impl ServicesFromFile {
-    fn start(
-        path: PathBuf,
-        args: &Args,
-        devices: &[(String, u32)],
-    ) -> anyhow::Result<ServicesFromFile> {
+/// Opens the pinned dataplane and makes the attachments the flags ask for: counters on the
+/// `--devices`, and with Services socket load-balancing on `--socket-lb-cgroup` and TC
+/// load-balancing on the devices. Pinned attachments no longer asked for are detached.
+fn start_dataplane(args: &Args, devices: &[(String, u32)]) -> anyhow::Result<Dataplane> {
+    let mut dataplane =
+        Dataplane::open(&args.bpf_root).context("cannot load the eBPF dataplane")?;
+    let algorithm = match args.lb_algorithm {
+        LbAlgorithmArg::Random => LbAlgorithm::Random,
+        LbAlgorithmArg::Maglev => LbAlgorithm::Maglev,
+    };
+    dataplane
+        .set_load_balancing(LoadBalancing {
+            algorithm,
+            table_size: args.maglev_table_size,
+        })
+        .context("cannot set the load-balancing algorithm")?;
+    let xdp_mode = match args.xdp_mode {
+        XdpModeArg::Auto => XdpAttachMode::Auto,
+        XdpModeArg::Native => XdpAttachMode::Native,
+        XdpModeArg::Generic => XdpAttachMode::Generic,
+    };
+    for (name, _) in devices {
+        dataplane
+            .attach_counters(name, xdp_mode)
+            .with_context(|| format!("cannot attach the counters to --devices entry `{name}`"))?;
+        log::info!("counting packets on {name}");
+    }
+    if serves_services(args) {
         let cgroup = match &args.socket_lb_cgroup {
             Some(cgroup) => cgroup.clone(),
             None => {
                 let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
                     .context("cannot read /proc/self/mountinfo")?;
-                ServiceDataplane::cgroup2_root(&mountinfo)
+                Dataplane::cgroup2_root(&mountinfo)
                     .context("no cgroup2 hierarchy is mounted: give --socket-lb-cgroup")?
             }
         };
-        let mut dataplane = ServiceDataplane::load().context("cannot load the eBPF dataplane")?;
-        let algorithm = match args.lb_algorithm {
-            LbAlgorithmArg::Random => LbAlgorithm::Random,
-            LbAlgorithmArg::Maglev => LbAlgorithm::Maglev,
-        };
-        dataplane
-            .set_load_balancing(LoadBalancing {
-                algorithm,
-                table_size: args.maglev_table_size,
-            })
-            .context("cannot set the load-balancing algorithm")?;
         dataplane.attach_cgroup(&cgroup).with_context(|| {
             format!(
                 "cannot attach socket load-balancing to --socket-lb-cgroup {}",
@@ -275,21 +370,36 @@ impl ServicesFromFile {
             })?;
             log::info!("load-balancing Service traffic routed through {name}");
         }
-        let node = Node {
-            name: args.node_name.clone().or_else(host_name),
-            addresses: args.node_ip.clone(),
-        };
-        let mut services = ServicesFromFile {
-            path,
-            node,
-            dataplane,
-            seen: None,
-        };
-        services.reload_if_changed();
-        Ok(services)
     }
+    dataplane
+        .prune_stale_links()
+        .context("cannot detach pinned programs no longer configured")?;
+    Ok(dataplane)
+}
 
-    fn reload_if_changed(&mut self) {
+/// Whether the agent load-balances Services: from a file, or from the API server.
+fn serves_services(args: &Args) -> bool {
+    args.services_file.is_some() || args.kubeconfig.is_some()
+}
+
+/// This node as the Service rules see it (`externalTrafficPolicy: Local`, NodePorts).
+fn node(args: &Args) -> Node {
+    Node {
+        name: args.node_name.clone().or_else(host_name),
+        addresses: args.node_ip.clone(),
+    }
+}
+
+/// The Services of `--services-file`.
+struct ServicesFromFile {
+    path: PathBuf,
+    node: Node,
+    /// Modification time and length of the version last read, good or bad.
+    seen: Option<(SystemTime, u64)>,
+}
+
+impl ServicesFromFile {
+    fn reload_if_changed(&mut self, dataplane: &mut Dataplane) {
         let version = std::fs::metadata(&self.path)
             .ok()
             .and_then(|meta| Some((meta.modified().ok()?, meta.len())));
@@ -305,7 +415,7 @@ impl ServicesFromFile {
             }
         };
         let desired = desired_state(&file.services, &file.slices, &self.node);
-        match self.dataplane.apply(&desired) {
+        match dataplane.apply(&desired) {
             Ok(changed) => log::info!(
                 "{}: {} Services, {} frontends ({changed} changed)",
                 self.path.display(),
@@ -326,7 +436,7 @@ fn host_name() -> Option<String> {
         .map(|name| name.trim().to_owned())
 }
 
-fn report(dataplane: &StatsDataplane, devices: &[(String, u32)]) -> anyhow::Result<()> {
+fn report(dataplane: &Dataplane, devices: &[(String, u32)]) -> anyhow::Result<()> {
     let stats = dataplane.iface_stats()?;
     for (name, ifindex) in devices {
         let s = stats.get(ifindex).copied().unwrap_or_default();
@@ -367,6 +477,9 @@ fn resolve_devices(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
 
 #[path = "cli/pods.rs"]
 mod pods;
+
+#[path = "cli/simulate.rs"]
+mod simulate;
 
 #[path = "cli/signals.rs"]
 mod signals;

@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use keel_agent::dataplane::{IfaceStats, StatsDataplane, XdpAttachMode};
+use keel_agent::dataplane::{Dataplane, IfaceStats, XdpAttachMode};
 use keel_ebpf_common::IfaceCounters;
 use keel_testhost::{LinkOptions, TestNet, require_root, require_tool};
 
@@ -37,8 +37,8 @@ fn counted_exactly(mode: XdpAttachMode, echo_requests: u64, datagrams: u64) {
 
     let dataplane = node
         .enter(|| {
-            let mut dataplane = StatsDataplane::load().unwrap();
-            dataplane.attach(&interface, mode).unwrap();
+            let mut dataplane = Dataplane::load().unwrap();
+            dataplane.attach_counters(&interface, mode).unwrap();
             dataplane
         })
         .unwrap();

@@ -10,8 +10,8 @@ use aya::programs::Program;
 use keel_agent::dataplane::maglev::{TableBackend, lookup_table};
 use keel_agent::dataplane::test_run::{run_tc, run_xdp};
 use keel_agent::dataplane::{
-    Backends, CtCollection, CtTimeouts, Frontend, LbAlgorithm, LoadBalancing, Protocol,
-    ServiceDataplane, StatsDataplane, TableSize, load_object,
+    Backends, CtCollection, CtTimeouts, Dataplane, Frontend, LbAlgorithm, LoadBalancing, Protocol,
+    TableSize, load_object,
 };
 use keel_ebpf_common::conntrack::CtKey;
 use keel_ebpf_common::maglev::flow_hash;
@@ -20,6 +20,8 @@ use support::packet::{self, Endpoints};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_UNSPEC` (-1) as `BPF_PROG_TEST_RUN` reports it: "no verdict, next program".
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 const TC_ACT_REDIRECT: u32 = 7;
 const ICMP_PORT_UNREACHABLE: u8 = 3;
 /// `BPF_PROG_TEST_RUN` without a context runs the program as if on the loopback device.
@@ -81,7 +83,7 @@ fn every_program_in_the_object_passes_the_verifier() {
 #[test]
 fn xdp_stats_passes_the_frame_unchanged_and_counts_it() {
     keel_testhost::require_root();
-    let mut dataplane = StatsDataplane::load().expect("load the stats programs");
+    let mut dataplane = Dataplane::load().expect("load the stats programs");
     let frame = packet::udp(&endpoints(), 40000, 5353, b"keel test payload");
 
     let run = run_xdp(dataplane.object(), program::XDP_STATS, &frame, 5).expect("test run");
@@ -108,14 +110,17 @@ fn xdp_stats_passes_the_frame_unchanged_and_counts_it() {
 #[test]
 fn tc_stats_pass_the_frame_unchanged_and_count_by_direction() {
     keel_testhost::require_root();
-    let mut dataplane = StatsDataplane::load().expect("load the stats programs");
+    let mut dataplane = Dataplane::load().expect("load the stats programs");
     let ping = packet::icmp_echo_request(&endpoints(), 0x4b45, 1, &[0x5a; 56]);
     let datagram = packet::udp(&endpoints(), 40000, 53, b"q");
 
     let ingress = run_tc(dataplane.object(), program::TC_STATS_INGRESS, &ping, 3).unwrap();
     let egress = run_tc(dataplane.object(), program::TC_STATS_EGRESS, &datagram, 2).unwrap();
 
-    assert_eq!((ingress.verdict, egress.verdict), (TC_ACT_OK, TC_ACT_OK));
+    assert_eq!(
+        (ingress.verdict, egress.verdict),
+        (TC_ACT_UNSPEC, TC_ACT_UNSPEC)
+    );
     assert_eq!(ingress.packet, ping);
     assert_eq!(egress.packet, datagram);
     let lo = dataplane.iface_stats().unwrap()[&LOOPBACK_IFINDEX];
@@ -137,8 +142,8 @@ fn tc_stats_pass_the_frame_unchanged_and_count_by_direction() {
 }
 
 /// The Service programs loaded, with `vip:80` over TCP and UDP going to `backend`.
-fn service_on_port_80(vip: Ipv4Addr, backend: SocketAddrV4) -> ServiceDataplane {
-    let mut dataplane = ServiceDataplane::load().expect("load the Service programs");
+fn service_on_port_80(vip: Ipv4Addr, backend: SocketAddrV4) -> Dataplane {
+    let mut dataplane = Dataplane::load().expect("load the Service programs");
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         dataplane
             .upsert(
@@ -171,15 +176,15 @@ fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
         dst_ip,
     };
     // Requests go through the ingress program, replies through the egress one.
-    let through = |program: &'static str, dataplane: &mut ServiceDataplane, packet: &[u8]| {
+    let through = |program: &'static str, dataplane: &mut Dataplane, packet: &[u8]| {
         let run = run_tc(dataplane.object(), program, packet, 1).unwrap();
         assert_eq!(run.verdict, TC_ACT_OK);
         run.packet
     };
-    let run = |dataplane: &mut ServiceDataplane, packet: &[u8]| {
+    let run = |dataplane: &mut Dataplane, packet: &[u8]| {
         through(program::TC_LB_INGRESS, dataplane, packet)
     };
-    let reply = |dataplane: &mut ServiceDataplane, packet: &[u8]| {
+    let reply = |dataplane: &mut Dataplane, packet: &[u8]| {
         through(program::TC_LB_EGRESS, dataplane, packet)
     };
 
@@ -270,7 +275,7 @@ fn tc_lb_answers_a_flow_to_a_service_without_backends_with_port_unreachable() {
     keel_testhost::require_root();
     let vip = Ipv4Addr::new(10, 96, 0, 11);
     let client = Ipv4Addr::new(198, 18, 0, 1);
-    let mut dataplane = ServiceDataplane::load().expect("load the Service programs");
+    let mut dataplane = Dataplane::load().expect("load the Service programs");
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         dataplane
             .upsert(
@@ -435,7 +440,7 @@ fn tc_lb_sends_a_new_flow_to_its_maglev_entry() {
         .map(|host| SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, host), 8080))
         .collect();
     let size = TableSize::new(251).unwrap();
-    let mut dataplane = ServiceDataplane::load().expect("load the Service programs");
+    let mut dataplane = Dataplane::load().expect("load the Service programs");
     dataplane
         .set_load_balancing(LoadBalancing {
             algorithm: LbAlgorithm::Maglev,
@@ -522,7 +527,7 @@ fn tc_lb_sends_a_new_flow_to_its_maglev_entry() {
 fn only_external_frontends_get_a_maglev_table() {
     keel_testhost::require_root();
     let backends = [SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 2), 8080)];
-    let mut dataplane = ServiceDataplane::load().expect("load the Service programs");
+    let mut dataplane = Dataplane::load().expect("load the Service programs");
     dataplane
         .set_load_balancing(LoadBalancing {
             algorithm: LbAlgorithm::Maglev,
@@ -578,7 +583,7 @@ fn only_external_frontends_get_a_maglev_table() {
         dataplane.maglev_table(frontend(1)).unwrap().unwrap().len(),
         251
     );
-    let outer_entries = |dataplane: &mut ServiceDataplane| {
+    let outer_entries = |dataplane: &mut Dataplane| {
         let maps =
             aya::maps::HashOfMaps::<_, u32>::try_from(dataplane.object().map(map::MAGLEV).unwrap())
                 .unwrap();

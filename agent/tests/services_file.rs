@@ -1,6 +1,7 @@
 //! `keel-agent --services-file` end to end: the real agent binary load-balances a ClusterIP
 //! for the processes of a cgroup2 group, follows edits of the file, keeps serving through a
-//! bad edit, and detaches when stopped. Needs root.
+//! bad edit, leaves the dataplane pinned when stopped, and `--cleanup-bpf` detaches it.
+//! Needs root.
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_testhost::{Host, HostProcess, TestCgroup, require_root, require_tool};
+use keel_testhost::{Host, HostProcess, TestBpffs, TestCgroup, require_root, require_tool};
 use support::servers::{BACKEND_PORT, ServiceHosts, VIP, answer, nc_to_vip};
 
 /// A temp dir of the test's, removed on drop.
@@ -81,6 +82,8 @@ fn the_agent_load_balances_a_services_file_and_follows_its_edits() {
     let hosts = ServiceHosts::new("svcfile", 3);
     let (client, backends) = (&hosts.client, &hosts.backends);
     let cgroup = TestCgroup::new().unwrap();
+    let bpffs = TestBpffs::new().unwrap();
+    let bpf_root = bpffs.path().join("keel");
     let dir = TempDir(std::env::temp_dir().join(format!("keel-agent-test-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let file = dir.0.join("services.yaml");
@@ -95,6 +98,8 @@ fn the_agent_load_balances_a_services_file_and_follows_its_edits() {
             file.to_str().unwrap(),
             "--socket-lb-cgroup",
             cgroup.path().to_str().unwrap(),
+            "--bpf-root",
+            bpf_root.to_str().unwrap(),
         ])
         .stdout(Stdio::null())
         .stderr(log);
@@ -123,7 +128,7 @@ fn the_agent_load_balances_a_services_file_and_follows_its_edits() {
     );
     wait_for_answers(client, &cgroup, &["backend2", "backend3"], 10);
 
-    // Stopped, the agent detaches: the VIP is an unreachable address again.
+    // Stopped, the agent leaves its dataplane pinned: the VIP still leads to the backends.
     // SAFETY: signalling our own child, not yet reaped.
     unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGTERM) };
     let status = agent.child().wait().unwrap();
@@ -132,5 +137,23 @@ fn the_agent_load_balances_a_services_file_and_follows_its_edits() {
         "the agent exited with {status}; log:\n{}",
         std::fs::read_to_string(&log_path).unwrap()
     );
-    assert!(!nc_to_vip(client, Some(&cgroup)).status.success());
+    wait_for_answers(client, &cgroup, &["backend2", "backend3"], 10);
+
+    // --cleanup-bpf removes every pin: the programs detach, the VIP is unreachable again.
+    let cleanup = Command::new(env!("CARGO_BIN_EXE_keel-agent"))
+        .args(["--cleanup-bpf", "--bpf-root", bpf_root.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        cleanup.status.success(),
+        "--cleanup-bpf: {}",
+        String::from_utf8_lossy(&cleanup.stderr)
+    );
+    assert!(!bpf_root.exists(), "{:?}", bpffs.pins_under(&bpf_root));
+    // The kernel frees an unpinned link after an RCU grace period: poll.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nc_to_vip(client, Some(&cgroup)).status.success() {
+        assert!(Instant::now() < deadline, "the VIP still answers");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

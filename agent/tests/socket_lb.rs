@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use keel_agent::dataplane::{Frontend, Protocol, ServiceDataplane};
+use keel_agent::dataplane::{Dataplane, Frontend, Protocol};
 use keel_testhost::{Host, LinkOptions, TestCgroup, TestNet, require_root, require_tool};
 use support::servers::{BACKEND_PORT, NameServer, ServiceHosts, VIP, answer, nc_to_vip};
 
 /// A cgroup2 group of the test's own with the socket-level programs attached to it.
-fn socket_lb() -> (TestCgroup, ServiceDataplane) {
+fn socket_lb() -> (TestCgroup, Dataplane) {
     let cgroup = TestCgroup::new().unwrap();
-    let mut dataplane = ServiceDataplane::load().unwrap();
+    let mut dataplane = Dataplane::load().unwrap();
     dataplane.attach_cgroup(cgroup.path()).unwrap();
     (cgroup, dataplane)
 }

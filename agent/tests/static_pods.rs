@@ -458,6 +458,95 @@ fn kill_9_of_the_agent_leaves_ten_pods_running_and_the_new_agent_adopts_them() {
 }
 
 #[test]
+fn reset_after_kill_9_removes_containers_keeper_mounts_netns_and_cgroups() {
+    let mut node = TestNode::start("reset", agent_binary());
+    for n in 0..2 {
+        node.write_manifest(
+            &format!("r{n}.yaml"),
+            &pod(
+                &format!("r{n}"),
+                &node.image,
+                "  volumes: [{name: scratch, emptyDir: {medium: Memory}}]\n",
+                "  - {name: c, image: IMAGE, command: [sleep, '3600'], volumeMounts: [{name: scratch, mountPath: /scratch}]}\n",
+            ),
+        );
+    }
+    let runc_root = node.state_dir().join("runc");
+    let containers = |runc_root: &std::path::Path| {
+        let output = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(runc_root)
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).lines().count()
+    };
+    node.wait_for("two running containers", Duration::from_secs(120), || {
+        (containers(&runc_root) == 2).then_some(())
+    });
+    let pod_links = |node: &TestNode| {
+        let output = node
+            .host
+            .command("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| {
+                line.split(':')
+                    .nth(1)
+                    .is_some_and(|n| n.trim().starts_with("kp"))
+            })
+            .count()
+    };
+    assert_eq!(pod_links(&node), 2, "one veth per pod");
+    let state = node.state_dir();
+    assert!(!keel_testhost::node::mounts_under(&state).is_empty());
+    node.kill_agent();
+
+    // In the root network namespace: `ip netns exec` would hide the host's cgroup mounts,
+    // and reset needs no network (pod veths go with the pods' namespaces).
+    let output = std::process::Command::new(agent_binary())
+        .arg("reset")
+        .arg("--root-dir")
+        .arg(&state)
+        .arg("--cgroup-root")
+        .arg(&node.cgroup_root)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "keel-agent reset failed:\n{log}");
+    assert!(log.contains("2 containers deleted, keeper killed"), "{log}");
+
+    assert!(
+        !state.exists(),
+        "the root dir is gone; left: {:?}",
+        walkdir(&state)
+    );
+    // (`runc list` would make its root again: the gone root dir is the check that runc's
+    // state is gone; the removed cgroups below show that the containers' processes are.)
+    assert_eq!(
+        keel_testhost::node::mounts_under(&state),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        keel_testhost::node::keeper_pid(&state.join("keeper")),
+        None,
+        "no keeper"
+    );
+    for controller in ["memory", "cpu", "pids", "unified"] {
+        let kubepods = node.cgroup_dir(controller, "kubepods");
+        assert!(!kubepods.exists(), "{} is left", kubepods.display());
+    }
+    node.wait_for(
+        "the pods' veths to go with their netns",
+        Duration::from_secs(10),
+        || (pod_links(&node) == 0).then_some(()),
+    );
+}
+
+#[test]
 fn bad_manifests_and_bad_images_are_reported_and_other_pods_keep_running() {
     let node = TestNode::start("errors", agent_binary());
     node.write_manifest("web.yaml", &web_pod(&node.image));
@@ -696,4 +785,16 @@ fn exec_on_the_node_api_runs_a_command_in_the_container_with_stdin() {
     );
     assert_eq!(stdout.trim(), "exec-node1");
     assert_eq!(status["status"], "Success");
+}
+
+/// Every path under `dir` (for failure messages).
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        paths.push(entry.path());
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            paths.extend(walkdir(&entry.path()));
+        }
+    }
+    paths
 }

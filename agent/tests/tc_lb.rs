@@ -7,11 +7,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+
 use std::time::{Duration, Instant};
 
-use keel_agent::dataplane::{Frontend, Protocol, ServiceDataplane};
-use keel_testhost::{Host, LinkOptions, TestNet, require_root, require_tool};
-use support::servers::{BACKEND_PORT, NameServer, UdpNameServer, VIP, answer, nc_to, nc_to_vip};
+use keel_agent::dataplane::{Dataplane, Frontend, Protocol};
+use keel_testhost::{Host, TestNet, require_root, require_tool};
+use support::servers::{NameServer, RoutedHosts, UdpNameServer, VIP, answer, nc_to, nc_to_vip};
 
 /// A client host routed to the service range through a node host, and backend hosts on a
 /// switch behind the node, each with a TCP name server; the node has `tc_lb_ingress` on both
@@ -22,57 +23,30 @@ struct Routed {
     node_ip: Ipv4Addr,
     backend_hosts: Vec<Host>,
     backends: Vec<SocketAddrV4>,
-    dataplane: ServiceDataplane,
+    dataplane: Dataplane,
     _servers: Vec<NameServer>,
     _net: TestNet,
 }
 
 impl Routed {
     fn new(tag: &str, count: usize) -> Routed {
-        let mut net = TestNet::new(tag).unwrap();
-        let client = net.add_host("client").unwrap();
-        let node = net.add_host("node").unwrap();
-        let uplink = net.connect(&client, &node, LinkOptions::default()).unwrap();
-        let mut switch = net.add_switch("sw").unwrap();
-        let node_port = net
-            .plug(&node, &mut switch, LinkOptions::default())
+        let hosts = RoutedHosts::new(tag, count, "10.96.0.0/12");
+        let mut dataplane = Dataplane::load().unwrap();
+        hosts
+            .node
+            .enter(|| {
+                dataplane.attach_tc(&hosts.uplink.interface).unwrap();
+                dataplane.attach_tc(&hosts.node_port.interface).unwrap();
+            })
             .unwrap();
-        node.enable_forwarding().unwrap();
-        client.add_route("10.96.0.0/12", uplink.b.ip).unwrap();
-        let (mut servers, mut backends, mut backend_hosts) = (Vec::new(), Vec::new(), Vec::new());
-        for index in 1..=count {
-            let host = net.add_host(&format!("backend{index}")).unwrap();
-            let port = net
-                .plug(&host, &mut switch, LinkOptions::default())
-                .unwrap();
-            host.run(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &node_port.ip.to_string(),
-            ])
-            .unwrap();
-            let address = SocketAddrV4::new(port.ip, BACKEND_PORT);
-            servers.push(NameServer::start(&host, address, format!("backend{index}")));
-            backends.push(address);
-            backend_hosts.push(host);
-        }
-        let mut dataplane = ServiceDataplane::load().unwrap();
-        node.enter(|| {
-            dataplane.attach_tc(&uplink.b.interface).unwrap();
-            dataplane.attach_tc(&node_port.interface).unwrap();
-        })
-        .unwrap();
         Routed {
-            client,
-            node_ip: uplink.b.ip,
-            backend_hosts,
-            backends,
+            client: hosts.client,
+            node_ip: hosts.uplink.ip,
+            backend_hosts: hosts.backend_hosts,
+            backends: hosts.backends,
             dataplane,
-            _servers: servers,
-            _net: net,
+            _servers: hosts.servers,
+            _net: hosts.net,
         }
     }
 }

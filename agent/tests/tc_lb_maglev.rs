@@ -10,8 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
 use keel_agent::dataplane::{
-    Backends, CtTimeouts, Frontend, LbAlgorithm, LoadBalancing, Protocol, ServiceDataplane,
-    TableSize,
+    Backends, CtTimeouts, Dataplane, Frontend, LbAlgorithm, LoadBalancing, Protocol, TableSize,
 };
 use keel_testhost::{Host, LinkOptions, TestNet, require_root};
 use support::servers::UdpNameServer;
@@ -27,7 +26,7 @@ const FLOWS: std::ops::Range<u16> = 30_000..30_060;
 
 /// One of the two nodes: its dataplane, and the addresses the others route through.
 struct Node {
-    dataplane: ServiceDataplane,
+    dataplane: Dataplane,
     /// The node's end of the client's link.
     uplink_ip: Ipv4Addr,
     /// The node's port on the backends' switch.
@@ -62,7 +61,7 @@ impl TwoNodes {
             host.enable_forwarding().unwrap();
             host.add_route(&format!("{CLIENT_IP}/32"), uplink.a.ip)
                 .unwrap();
-            let mut dataplane = ServiceDataplane::load().unwrap();
+            let mut dataplane = Dataplane::load().unwrap();
             dataplane
                 .set_load_balancing(LoadBalancing {
                     algorithm: LbAlgorithm::Maglev,

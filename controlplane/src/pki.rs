@@ -8,6 +8,7 @@
 //! | `pki/ca.crt`, `pki/ca.key` | the cluster CA (ECDSA P-256, 10 years); clients and the server trust it |
 //! | `pki/apiserver.crt`, `pki/apiserver.key` | serving certificate, re-issued at every start for the current SANs |
 //! | `pki/admin.crt`, `pki/admin.key` | client certificate `CN=kubernetes-admin, O=system:masters` |
+//! | `pki/apiserver-kubelet-client.crt`, `.key` | the API server's client certificate towards node agents (`pods/log`, `exec`, `portforward`): `CN=kube-apiserver-kubelet-client, O=kubeadm:cluster-admins` |
 //! | `admin.kubeconfig` | kubeconfig for the admin, certificates embedded |
 //!
 //! Keys are written mode 0600, through a temporary file and a rename, so a crash never leaves a
@@ -33,6 +34,10 @@ const LEAF_DAYS: i64 = 365;
 /// The user and group of the admin client certificate, as kubeadm makes it.
 pub const ADMIN_USER: &str = "kubernetes-admin";
 pub const ADMIN_GROUP: &str = "system:masters";
+/// The user and group of the API server's client certificate towards node agents, as kubeadm
+/// makes it (`--kubelet-client-certificate`).
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+pub const KUBELET_CLIENT_GROUP: &str = "kubeadm:cluster-admins";
 
 /// Errors of reading or creating the cluster's certificates.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +82,8 @@ pub struct Pki {
     pub ca: CertifiedKey,
     pub serving: CertifiedKey,
     pub admin: CertifiedKey,
+    /// The API server's client certificate for the node agents' API.
+    pub kubelet_client: CertifiedKey,
 }
 
 impl Pki {
@@ -103,11 +110,15 @@ impl Pki {
         let admin = load_or_create(&dir, "admin", || {
             issue_client(ADMIN_USER, &[ADMIN_GROUP], &issuer)
         })?;
+        let kubelet_client = load_or_create(&dir, "apiserver-kubelet-client", || {
+            issue_client(KUBELET_CLIENT_USER, &[KUBELET_CLIENT_GROUP], &issuer)
+        })?;
         let pki = Pki {
             dir,
             ca,
             serving,
             admin,
+            kubelet_client,
         };
         let kubeconfig = kubeconfig(server_url, &pki.ca.cert_pem, ADMIN_USER, &pki.admin);
         write_file(
@@ -350,6 +361,10 @@ mod tests {
         let second = Pki::ensure(dir.path(), &hosts, "https://127.0.0.1:6443").unwrap();
         assert_eq!(first.ca.cert_pem, second.ca.cert_pem);
         assert_eq!(first.admin.cert_pem, second.admin.cert_pem);
+        assert_eq!(
+            first.kubelet_client.cert_pem,
+            second.kubelet_client.cert_pem
+        );
         let mode = fs::metadata(dir.path().join("pki/ca.key"))
             .unwrap()
             .permissions()

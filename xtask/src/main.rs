@@ -1,5 +1,7 @@
 //! `cargo xtask`: Keel's build and test driver, in plain Rust.
 //!
+//! - `up` / `down`: a single-node cluster on this host, started in the background / stopped
+//!   and removed.
 //! - `setup`: installs what the build and the tests need (Debian packages, nightly `rust-src`,
 //!   `bpf-linker`), idempotently, saying what it did.
 //! - `build-ebpf`: builds the eBPF object the agent embeds (the one place that drives the eBPF
@@ -7,6 +9,7 @@
 //! - `test`: the whole suite, as CI runs it.
 //! - `gen-protobuf-fields`: the API server's protobuf field table, from k8s-pb's sources.
 
+mod cluster;
 mod command;
 mod ebpf;
 mod leaks;
@@ -26,6 +29,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
+    /// A single-node cluster on this host, left running in the background: etcd, the control
+    /// plane and an agent; prints `export KUBECONFIG=...` once the node is Ready.
+    Up(cluster::UpArgs),
+    /// Stop the cluster `up` started and remove what it made (its etcd data stays).
+    Down,
     /// Install what is missing: Debian packages (as root), nightly rust-src, bpf-linker.
     Setup,
     /// Build the eBPF object (release) into target/bpf/, where the agent embeds it from.
@@ -40,6 +48,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let paths = paths::Paths::discover()?;
     match cli.task {
+        Task::Up(args) => cluster::up(&paths, &args),
+        Task::Down => cluster::down(&paths),
         Task::Setup => setup::run(&paths),
         Task::BuildEbpf => {
             setup::run(&paths)?;

@@ -78,7 +78,8 @@ pub fn run(paths: &Paths, args: &TestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo(paths: &Paths) -> Command {
+/// `cargo` (the one running xtask) in the workspace root.
+pub fn cargo(paths: &Paths) -> Command {
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cargo.current_dir(&paths.root);
     cargo

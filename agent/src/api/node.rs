@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -41,6 +42,12 @@ pub struct NodeFacts {
     pub machine_id: String,
     pub boot_id: String,
     pub runtime_version: String,
+    /// `capacity.pods` (kubelet's `maxPods`).
+    pub max_pods: u32,
+    /// Labels beyond the well-known ones (`kubernetes.io/hostname`, `os`, `arch`).
+    pub labels: BTreeMap<String, String>,
+    /// The node API's port (`status.daemonEndpoints.kubeletEndpoint.Port`).
+    pub kubelet_port: Option<u16>,
 }
 
 impl NodeFacts {
@@ -76,6 +83,9 @@ impl NodeFacts {
             machine_id: read("/etc/machine-id"),
             boot_id: read("/proc/sys/kernel/random/boot_id"),
             runtime_version: "runc://1".to_owned(),
+            max_pods: MAX_PODS,
+            labels: BTreeMap::new(),
+            kubelet_port: None,
         }
     }
 }
@@ -137,7 +147,7 @@ pub fn status(facts: &NodeFacts, since: &BTreeMap<String, Time>) -> NodeStatus {
             "memory".to_owned(),
             Quantity(format!("{}Ki", facts.memory_bytes / 1024)),
         ),
-        ("pods".to_owned(), Quantity(MAX_PODS.to_string())),
+        ("pods".to_owned(), Quantity(facts.max_pods.to_string())),
         (
             "ephemeral-storage".to_owned(),
             Quantity(format!("{}Ki", facts.ephemeral_storage_bytes / 1024)),
@@ -159,6 +169,11 @@ pub fn status(facts: &NodeFacts, since: &BTreeMap<String, Time>) -> NodeStatus {
         allocatable: Some(resources),
         addresses: Some(addresses),
         conditions: Some(conditions(since)),
+        daemon_endpoints: facts.kubelet_port.map(|port| NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(port),
+            }),
+        }),
         node_info: Some(NodeSystemInfo {
             architecture: match std::env::consts::ARCH {
                 "x86_64" => "amd64",
@@ -181,6 +196,23 @@ pub fn status(facts: &NodeFacts, since: &BTreeMap<String, Time>) -> NodeStatus {
     }
 }
 
+/// The node's labels: the given ones and the well-known ones kubelet sets.
+pub fn labels(facts: &NodeFacts) -> BTreeMap<String, String> {
+    let mut labels = facts.labels.clone();
+    labels.extend([
+        ("kubernetes.io/hostname".to_owned(), facts.name.clone()),
+        ("kubernetes.io/os".to_owned(), "linux".to_owned()),
+        (
+            "kubernetes.io/arch".to_owned(),
+            status(facts, &BTreeMap::new())
+                .node_info
+                .map(|i| i.architecture)
+                .unwrap_or_default(),
+        ),
+    ]);
+    labels
+}
+
 /// Registers the node (creating it, or taking over an existing one of the same name) and
 /// writes its status. Returns the node as stored.
 pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<Node, kube::Error> {
@@ -188,17 +220,7 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<Node, 
     let node = Node {
         metadata: ObjectMeta {
             name: Some(facts.name.clone()),
-            labels: Some(BTreeMap::from([
-                ("kubernetes.io/hostname".to_owned(), facts.name.clone()),
-                ("kubernetes.io/os".to_owned(), "linux".to_owned()),
-                (
-                    "kubernetes.io/arch".to_owned(),
-                    status(facts, &BTreeMap::new())
-                        .node_info
-                        .map(|i| i.architecture)
-                        .unwrap_or_default(),
-                ),
-            ])),
+            labels: Some(labels(facts)),
             ..ObjectMeta::default()
         },
         spec: Some(NodeSpec {
@@ -229,54 +251,60 @@ pub async fn update_status(
         .await
 }
 
-/// Creates or renews the node's Lease.
+/// Renews the node's Lease, creating it when there is none: one request per renewal once it
+/// exists.
 pub async fn renew_lease(client: &kube::Client, node: &Node) -> Result<(), kube::Error> {
     let name = node.metadata.name.clone().unwrap_or_default();
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let renew = MicroTime(jiff::Timestamp::now());
-    match leases.get_opt(&name).await? {
-        Some(_) => {
-            let patch = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": renew}});
-            leases
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-        }
-        None => {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(LEASE_NAMESPACE.to_owned()),
-                    owner_references: node.metadata.uid.clone().map(|uid| {
-                        vec![OwnerReference {
-                            api_version: "v1".to_owned(),
-                            kind: "Node".to_owned(),
-                            name: name.clone(),
-                            uid,
-                            ..OwnerReference::default()
-                        }]
-                    }),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(name.clone()),
-                    lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
-                    renew_time: Some(renew),
-                    ..LeaseSpec::default()
-                }),
-            };
-            leases.create(&PostParams::default(), &lease).await?;
-        }
+    let patch = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": renew}});
+    match leases
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(error) => return Err(error),
     }
-    Ok(())
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(LEASE_NAMESPACE.to_owned()),
+            owner_references: node.metadata.uid.clone().map(|uid| {
+                vec![OwnerReference {
+                    api_version: "v1".to_owned(),
+                    kind: "Node".to_owned(),
+                    name: name.clone(),
+                    uid,
+                    ..OwnerReference::default()
+                }]
+            }),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(name.clone()),
+            lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+            renew_time: Some(renew),
+            ..LeaseSpec::default()
+        }),
+    };
+    match leases.create(&PostParams::default(), &lease).await {
+        Ok(_) => Ok(()),
+        // Created meanwhile (a previous agent's request landing late): renewed next time.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
-/// The conditions' transition times as stored, to keep them across heartbeats.
+/// The conditions' transition times as stored, to keep them across heartbeats; not those the
+/// node lifecycle controller set to Unknown (reporting again is a transition).
 pub fn transition_times(node: &Node) -> BTreeMap<String, Time> {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .into_iter()
         .flatten()
+        .filter(|c| c.status != "Unknown")
         .filter_map(|c| Some((c.type_.clone(), c.last_transition_time.clone()?)))
         .collect()
 }

@@ -14,7 +14,7 @@ use keel_agent::api::pods;
 use keel_agent::cgroups::CgroupManager;
 use keel_agent::image::ImageStore;
 use keel_agent::nodeapi::NodeApi;
-use keel_agent::nodeapi::tls::TlsFiles;
+use keel_agent::nodeapi::tls::{ClientCa, TlsFiles};
 use keel_agent::pods::source::ManifestDir;
 use keel_agent::pods::worker::Statuses;
 use keel_agent::pods::{NodeContext, PodManager, node};
@@ -37,6 +37,8 @@ pub struct Pods {
     runtime: tokio::runtime::Runtime,
     stop: oneshot::Sender<()>,
     done: std::sync::mpsc::Receiver<()>,
+    /// With an API server: the Services' desired state, each time it changes.
+    pub services: Option<std::sync::mpsc::Receiver<keel_agent::services::DesiredState>>,
 }
 
 pub fn start(args: &Args) -> anyhow::Result<Pods> {
@@ -113,6 +115,15 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
         ));
         sink
     });
+    let services = api.as_ref().map(|(client, _, _)| {
+        let (sink, receiver) = std::sync::mpsc::channel();
+        runtime.spawn(keel_agent::api::services::feed(
+            client.clone(),
+            crate::node(args),
+            sink,
+        ));
+        receiver
+    });
     network::enable_forwarding().context("cannot enable IPv4 forwarding for pods")?;
     let ctx = Arc::new(NodeContext {
         root_dir: root.clone(),
@@ -162,13 +173,25 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
             .iter()
             .map(|ip| std::net::IpAddr::V4(*ip))
             .collect();
-        let tls = keel_agent::nodeapi::tls::server_config(&files, &node_name, &addresses)
-            .context("node API certificate")?;
+        let client_ca = match (&args.client_ca_file, &args.kubeconfig) {
+            (Some(path), _) => Some(ClientCa::from_pem_file(path).context("--client-ca-file")?),
+            (None, Some(kubeconfig)) => runtime.block_on(kubeconfig_ca(kubeconfig))?,
+            (None, None) => None,
+        };
+        let tls = keel_agent::nodeapi::tls::server_config(
+            &files,
+            &node_name,
+            &addresses,
+            client_ca.as_ref(),
+        )
+        .context("node API certificate")?;
+        let address = args.node_api_address.unwrap_or(if client_ca.is_some() {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        } else {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        });
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind((
-                args.node_api_address,
-                args.node_api_port,
-            )))
+            .block_on(tokio::net::TcpListener::bind((address, args.node_api_port)))
             .with_context(|| format!("--node-api-port {}", args.node_api_port))?;
         let api = NodeApi {
             statuses: Arc::clone(&statuses),
@@ -176,12 +199,19 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
             node_name: node_name.clone(),
             cgroups: ctx.cgroups.clone(),
             runc: ctx.runc.clone(),
+            netns_dir: root.join("netns"),
+            require_client_certificate: client_ca.is_some(),
         };
         runtime.spawn(api.serve(listener, tls));
         log::info!(
-            "node API on https://{}:{}",
-            args.node_api_address,
-            args.node_api_port
+            "node API on https://{address}:{}{}",
+            args.node_api_port,
+            client_ca
+                .as_ref()
+                .map_or(String::from(", clients not authenticated"), |ca| format!(
+                    ", client certificates from the CA in {}",
+                    ca.source.display()
+                ))
         );
     }
     runtime.spawn(image_gc(
@@ -266,6 +296,7 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
         runtime,
         stop,
         done,
+        services,
     })
 }
 
@@ -310,6 +341,29 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
     keel_agent::sys::filesystem_bytes(dir).map_or((0, 0), |(total, free)| (total - free, total))
 }
 
+/// The client configuration of a kubeconfig.
+async fn load_kubeconfig(kubeconfig: &Path) -> anyhow::Result<kube::Config> {
+    kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig)
+            .with_context(|| format!("--kubeconfig {}", kubeconfig.display()))?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .with_context(|| format!("--kubeconfig {}", kubeconfig.display()))
+}
+
+/// The CA of the kubeconfig's cluster, which signs the API server's client certificates.
+async fn kubeconfig_ca(kubeconfig: &Path) -> anyhow::Result<Option<ClientCa>> {
+    Ok(load_kubeconfig(kubeconfig)
+        .await?
+        .root_cert
+        .filter(|certificates| !certificates.is_empty())
+        .map(|certificates| ClientCa {
+            certificates,
+            source: kubeconfig.to_owned(),
+        }))
+}
+
 /// Connects to the API server and registers this node.
 async fn connect(
     kubeconfig: &Path,
@@ -320,20 +374,15 @@ async fn connect(
     k8s_openapi::api::core::v1::Node,
     api_node::NodeFacts,
 )> {
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(kubeconfig)
-            .with_context(|| format!("--kubeconfig {}", kubeconfig.display()))?,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .with_context(|| format!("--kubeconfig {}", kubeconfig.display()))?;
+    let config = load_kubeconfig(kubeconfig).await?;
     let client = kube::Client::try_from(config).context("cannot build the API client")?;
-    let facts = api_node::NodeFacts::read(
+    let mut facts = api_node::NodeFacts::read(
         node_name,
         args.node_ip.first().copied(),
         args.pod_cidr.clone(),
         &args.root_dir,
     );
+    facts.kubelet_port = (args.node_api_port != 0).then_some(args.node_api_port);
     let node = api_node::register(&client, &facts)
         .await
         .with_context(|| format!("cannot register node {node_name}"))?;

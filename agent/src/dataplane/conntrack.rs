@@ -10,7 +10,7 @@ use keel_ebpf_common::map;
 use keel_ebpf_common::service::PROTO_TCP;
 
 use super::object::DataplaneError;
-use super::services::{Frontend, Protocol, ServiceDataplane, map_error};
+use super::services::{Dataplane, Frontend, Protocol, map_error};
 
 /// How long a tracked flow may stay idle before it is collected.
 ///
@@ -41,7 +41,7 @@ pub struct CtCollection {
     pub removed: usize,
 }
 
-impl ServiceDataplane {
+impl Dataplane {
     /// Removes tracked flows idle for longer than their protocol's timeout.
     pub fn collect_conntrack(
         &mut self,

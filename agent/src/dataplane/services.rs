@@ -7,35 +7,23 @@
 //! table no longer wanted, and of backends no service uses any more.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use aya::programs::tc::TcAttachType;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier};
+use aya::programs::links::FdLink;
+use keel_ebpf_common::map;
 use keel_ebpf_common::service::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP, ServiceKey,
     ServiceValue,
 };
-use keel_ebpf_common::{map, program};
 
 use super::maglev::LoadBalancing;
 use super::maglev::tables::MaglevTables;
-use super::object::{DataplaneError, attach_classifier, load_object, program_mut};
-
-/// The TC programs: ingress, then egress.
-const TC_PROGRAMS: [&str; 2] = [program::TC_LB_INGRESS, program::TC_LB_EGRESS];
-
-/// The socket-level programs, in attach order.
-const SOCKET_PROGRAMS: [&str; 4] = [
-    program::SOCK_CONNECT4,
-    program::SOCK_SENDMSG4,
-    program::SOCK_RECVMSG4,
-    program::SOCK_GETPEERNAME4,
-];
+use super::object::DataplaneError;
+use super::pins::PinRoot;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -82,96 +70,35 @@ pub struct Backends {
 pub(super) struct Programmed {
     pub(super) id: u32,
     pub(super) backends: Vec<SocketAddrV4>,
-    affinity: Option<Duration>,
-    external: bool,
+    pub(super) affinity: Option<Duration>,
+    pub(super) external: bool,
     /// Entries of the Maglev table, 0 without one.
     pub(super) maglev_size: u32,
     /// Backend ids, slot `n` at index `n - 1`.
-    slots: Vec<u32>,
+    pub(super) slots: Vec<u32>,
 }
 
-/// The Service maps and socket-level programs, and what this agent has written into them.
+/// The agent's one eBPF dataplane: the loaded object (every program, and one set of maps that
+/// counters, Services and conntrack share), its pins in bpffs when it has them (see
+/// [`pins`](super::pins)), and what the agent has written into the Service maps.
 #[derive(Debug)]
-pub struct ServiceDataplane {
+pub struct Dataplane {
     pub(super) ebpf: Ebpf,
+    /// `None`: nothing pinned, everything goes with this value (tests).
+    pub(super) pins: Option<PinRoot>,
+    /// Links of an unpinned dataplane, detached when it is dropped.
+    pub(super) held_links: Vec<FdLink>,
     pub(super) services: HashMap<Frontend, Programmed>,
     /// Backend address -> (id, number of slots using it).
-    backends: HashMap<SocketAddrV4, (u32, usize)>,
+    pub(super) backends: HashMap<SocketAddrV4, (u32, usize)>,
     /// Backend id -> address, the reverse of `backends`.
     pub(super) backend_addresses: HashMap<u32, SocketAddrV4>,
     pub(super) maglev: MaglevTables,
-    next_service_id: u32,
-    next_backend_id: u32,
+    pub(super) next_service_id: u32,
+    pub(super) next_backend_id: u32,
 }
 
-impl ServiceDataplane {
-    /// Loads the object and verifies the socket-level programs.
-    pub fn load() -> Result<ServiceDataplane, DataplaneError> {
-        let mut ebpf = load_object()?;
-        for name in SOCKET_PROGRAMS {
-            program_mut::<CgroupSockAddr>(&mut ebpf, name)?
-                .load()
-                .map_err(|source| DataplaneError::ProgramLoad {
-                    program: name,
-                    source,
-                })?;
-        }
-        for name in TC_PROGRAMS {
-            program_mut::<SchedClassifier>(&mut ebpf, name)?
-                .load()
-                .map_err(|source| DataplaneError::ProgramLoad {
-                    program: name,
-                    source,
-                })?;
-        }
-        Ok(ServiceDataplane {
-            ebpf,
-            services: HashMap::new(),
-            backends: HashMap::new(),
-            backend_addresses: HashMap::new(),
-            maglev: MaglevTables::default(),
-            next_service_id: 1,
-            next_backend_id: 1,
-        })
-    }
-
-    /// Attaches socket-level load-balancing to the cgroup2 group at `cgroup` (the cgroup2
-    /// root serves every process on the node; tests use a group they created).
-    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
-        let group = File::open(cgroup).map_err(|source| DataplaneError::Cgroup {
-            path: cgroup.to_owned(),
-            source,
-        })?;
-        for name in SOCKET_PROGRAMS {
-            program_mut::<CgroupSockAddr>(&mut self.ebpf, name)?
-                .attach(&group, CgroupAttachMode::Single)
-                .map_err(|source| DataplaneError::AttachCgroup {
-                    program: name,
-                    cgroup: cgroup.to_owned(),
-                    source,
-                })?;
-        }
-        Ok(())
-    }
-
-    /// Load-balances Service traffic routed through the node: `tc_lb_ingress` translates
-    /// what arrives on `interface` (a name in the calling thread's network namespace),
-    /// `tc_lb_egress` translates the replies leaving through it.
-    pub fn attach_tc(&mut self, interface: &str) -> Result<(), DataplaneError> {
-        for (name, direction) in TC_PROGRAMS
-            .into_iter()
-            .zip([TcAttachType::Ingress, TcAttachType::Egress])
-        {
-            attach_classifier(&mut self.ebpf, name, interface, direction)?;
-        }
-        Ok(())
-    }
-
-    /// The loaded object, for tests that run its programs with `BPF_PROG_TEST_RUN`.
-    pub fn object(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
+impl Dataplane {
     /// Sets the backends of `frontend`, creating it if needed. No backends: connections to
     /// it are refused at once.
     pub fn upsert(
@@ -467,24 +394,24 @@ pub(super) fn map_error(map: &'static str, source: aya::maps::MapError) -> Datap
 
 #[cfg(test)]
 mod tests {
-    use super::ServiceDataplane;
+    use super::Dataplane;
 
     #[test]
     fn cgroup2_root_is_found_on_hybrid_and_unified_hosts() {
         let hybrid = "35 25 0:30 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory\n\
                       36 25 0:31 / /sys/fs/cgroup/unified rw,relatime shared:15 - cgroup2 cgroup2 rw\n";
         assert_eq!(
-            ServiceDataplane::cgroup2_root(hybrid).unwrap().to_str(),
+            Dataplane::cgroup2_root(hybrid).unwrap().to_str(),
             Some("/sys/fs/cgroup/unified")
         );
         let unified =
             "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(
-            ServiceDataplane::cgroup2_root(unified).unwrap().to_str(),
+            Dataplane::cgroup2_root(unified).unwrap().to_str(),
             Some("/sys/fs/cgroup")
         );
         assert_eq!(
-            ServiceDataplane::cgroup2_root("22 1 0:21 / /proc rw - proc proc rw\n"),
+            Dataplane::cgroup2_root("22 1 0:21 / /proc rw - proc proc rw\n"),
             None
         );
     }

@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use aya::Ebpf;
 use aya::maps::{PerCpuArray, PerCpuHashMap};
-use aya::programs::tc::TcAttachType;
-use aya::programs::{SchedClassifier, Xdp, XdpMode};
-use keel_ebpf_common::{DropReason, Hook, IfaceCounters, IfaceKey, map, program};
+use aya::programs::XdpMode;
+use keel_ebpf_common::{DropReason, Hook, IfaceCounters, IfaceKey, map};
 
-use super::object::{DataplaneError, attach_classifier, load_object, program_mut};
+use super::object::DataplaneError;
+use super::services::Dataplane;
 
 /// How the XDP stats program attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,7 +23,7 @@ pub enum XdpAttachMode {
 }
 
 impl XdpAttachMode {
-    fn aya(self) -> XdpMode {
+    pub(super) fn aya(self) -> XdpMode {
         match self {
             XdpAttachMode::Auto => XdpMode::Default,
             XdpAttachMode::Native => XdpMode::Driver,
@@ -58,73 +57,10 @@ impl IfaceStats {
     }
 }
 
-/// The stats programs loaded into the kernel, their maps, and their attachments.
-///
-/// Attachments are links owned by the loaded object: dropping a `StatsDataplane` detaches
-/// every program it attached.
-#[derive(Debug)]
-pub struct StatsDataplane {
-    ebpf: Ebpf,
-}
-
-impl StatsDataplane {
-    /// Loads the object and verifies the three stats programs.
-    pub fn load() -> Result<StatsDataplane, DataplaneError> {
-        let mut ebpf = load_object()?;
-        xdp_program(&mut ebpf)?
-            .load()
-            .map_err(|source| load_error(program::XDP_STATS, source))?;
-        for name in [program::TC_STATS_INGRESS, program::TC_STATS_EGRESS] {
-            tc_program(&mut ebpf, name)?
-                .load()
-                .map_err(|source| load_error(name, source))?;
-        }
-        Ok(StatsDataplane { ebpf })
-    }
-
-    /// The loaded object, for tests that run its programs with `BPF_PROG_TEST_RUN`.
-    pub fn object(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
-    /// Attaches XDP, TC ingress and TC egress counting to `interface` (a name in the calling
-    /// thread's network namespace).
-    pub fn attach(
-        &mut self,
-        interface: &str,
-        xdp_mode: XdpAttachMode,
-    ) -> Result<(), DataplaneError> {
-        self.attach_xdp(interface, xdp_mode)?;
-        self.attach_tc(interface, Direction::Ingress)?;
-        self.attach_tc(interface, Direction::Egress)
-    }
-
-    pub fn attach_xdp(
-        &mut self,
-        interface: &str,
-        mode: XdpAttachMode,
-    ) -> Result<(), DataplaneError> {
-        xdp_program(&mut self.ebpf)?
-            .attach(interface, mode.aya())
-            .map(drop)
-            .map_err(|source| attach_error(program::XDP_STATS, interface, source))
-    }
-
-    pub fn attach_tc(
-        &mut self,
-        interface: &str,
-        direction: Direction,
-    ) -> Result<(), DataplaneError> {
-        let (name, attach_type) = match direction {
-            Direction::Ingress => (program::TC_STATS_INGRESS, TcAttachType::Ingress),
-            Direction::Egress => (program::TC_STATS_EGRESS, TcAttachType::Egress),
-        };
-        attach_classifier(&mut self.ebpf, name, interface, attach_type)
-    }
-
+impl Dataplane {
     /// Counters per interface index, summed over CPUs.
     pub fn iface_stats(&self) -> Result<BTreeMap<u32, IfaceStats>, DataplaneError> {
-        let raw = self.map(map::IFACE_STATS)?;
+        let raw = self.map_ref(map::IFACE_STATS)?;
         let counters: PerCpuHashMap<_, IfaceKey, IfaceCounters> =
             PerCpuHashMap::try_from(raw).map_err(|source| map_error(map::IFACE_STATS, source))?;
         let mut stats = BTreeMap::<u32, IfaceStats>::new();
@@ -144,7 +80,7 @@ impl StatsDataplane {
         Ok(stats)
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+    fn map_ref(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
         self.ebpf
             .map(name)
             .ok_or(DataplaneError::MissingMap { map: name })
@@ -152,7 +88,7 @@ impl StatsDataplane {
 
     /// Packets dropped per reason, summed over CPUs, every reason listed.
     pub fn drop_stats(&self) -> Result<Vec<(DropReason, u64)>, DataplaneError> {
-        let raw = self.map(map::DROP_STATS)?;
+        let raw = self.map_ref(map::DROP_STATS)?;
         let drops: PerCpuArray<_, u64> =
             PerCpuArray::try_from(raw).map_err(|source| map_error(map::DROP_STATS, source))?;
         DropReason::ALL
@@ -167,33 +103,6 @@ impl StatsDataplane {
                 ))
             })
             .collect()
-    }
-}
-
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    program_mut(ebpf, program::XDP_STATS)
-}
-
-fn tc_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, DataplaneError> {
-    program_mut(ebpf, name)
-}
-
-fn load_error(program: &'static str, source: aya::programs::ProgramError) -> DataplaneError {
-    DataplaneError::ProgramLoad { program, source }
-}
-
-fn attach_error(
-    program: &'static str,
-    interface: &str,
-    source: aya::programs::ProgramError,
-) -> DataplaneError {
-    DataplaneError::Attach {
-        program,
-        interface: interface.to_owned(),
-        source,
     }
 }
 

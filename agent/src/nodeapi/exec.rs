@@ -5,12 +5,17 @@
 
 use std::sync::Arc;
 
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::Mutex;
 
+use super::NodeApi;
+use super::routes::{Body, find, not_found, pod_not_found, text};
 use super::websocket::{OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, read_frame, write_frame};
 use crate::runtime::runc::Runc;
 
@@ -171,9 +176,96 @@ pub async fn session(upgraded: Upgraded, runc: Runc, id: String, options: ExecOp
         exit_status(&options.command, status).to_string().as_bytes(),
     )
     .await;
-    let mut writer = writer.lock().await;
-    let _ = write_frame(&mut *writer, OP_CLOSE, &1000_u16.to_be_bytes(), None).await;
-    let _ = writer.shutdown().await;
+    super::websocket::close(&mut *writer.lock().await).await;
+}
+
+/// The `Sec-WebSocket-Key` and the channel protocol (one of [`PROTOCOLS`]) of a WebSocket
+/// upgrade, or the answer refusing it.
+pub(super) fn negotiate(
+    request: &Request<Incoming>,
+) -> Result<(String, &'static str), Box<Response<Body>>> {
+    let headers = request.headers();
+    let offered = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .collect::<Vec<_>>();
+    let Some(protocol) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            format!("a WebSocket upgrade with one of {PROTOCOLS:?} is required\n"),
+        )));
+    };
+    let Some(key) = headers
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key\n",
+        )));
+    };
+    Ok((key.to_owned(), protocol))
+}
+
+/// The runtime's id of `container` in `pod`, if it is running.
+pub(super) fn running_container(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    container: &str,
+) -> Option<String> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .into_iter()
+        .flatten()
+        .find(|s| s.name == container && s.state.as_ref().is_some_and(|st| st.running.is_some()))
+        .and_then(|s| s.container_id)
+        .and_then(|id| id.rsplit("://").next().map(str::to_owned))
+}
+
+/// Upgrades to a WebSocket and runs the command in the container.
+pub(super) fn upgrade(api: &NodeApi, mut request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["exec", namespace, name, container] = segments.as_slice() else {
+        return not_found();
+    };
+    let options = ExecOptions::from_query(request.uri().query().unwrap_or(""));
+    if options.tty {
+        return text(StatusCode::BAD_REQUEST, "tty is not supported yet\n");
+    }
+    if options.command.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least one command for the container\n",
+        );
+    }
+    let (key, protocol) = match negotiate(&request) {
+        Ok(negotiated) => negotiated,
+        Err(response) => return *response,
+    };
+    let pod = match find(api, namespace, name) {
+        Some(pod) => pod,
+        None => return pod_not_found(namespace, name),
+    };
+    let Some(id) = running_container(&pod, container) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not running in pod {name}\n"),
+        );
+    };
+    let upgrade = hyper::upgrade::on(&mut request);
+    let runc = api.runc.clone();
+    let v5 = protocol == PROTOCOLS[0];
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => session(upgraded, runc, id, options, v5).await,
+            Err(error) => log::debug!("node API: exec upgrade failed: {error}"),
+        }
+    });
+    super::websocket::switching_protocols(&key, protocol)
 }
 
 #[cfg(test)]

@@ -25,6 +25,19 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
+/// The `101` answer to a WebSocket upgrade with `key`, speaking `protocol`.
+pub fn switching_protocols(key: &str, protocol: &str) -> http::Response<super::routes::Body> {
+    use http_body_util::BodyExt as _;
+    http::Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept_key(key))
+        .header("sec-websocket-protocol", protocol)
+        .body(http_body_util::Full::new(bytes::Bytes::new()).boxed())
+        .expect("a valid response")
+}
+
 /// One frame, whole (FIN set): `opcode` and `payload`, masked with `mask` when given.
 pub fn encode(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut frame = Vec::with_capacity(payload.len() + 14);
@@ -106,6 +119,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result
             return Ok(message);
         }
     }
+}
+
+/// Ends a server's side of a WebSocket: a normal-closure close frame, then the stream's
+/// shutdown; errors ignored (the peer may be gone already).
+pub async fn close<W: AsyncWrite + Unpin>(writer: &mut W) {
+    let _ = write_frame(writer, OP_CLOSE, &1000_u16.to_be_bytes(), None).await;
+    let _ = writer.shutdown().await;
 }
 
 /// Writes one frame.

@@ -7,7 +7,6 @@ pub mod env;
 pub mod events;
 pub mod manager;
 pub mod node;
-pub mod probe;
 pub mod record;
 pub mod refs;
 pub mod source;

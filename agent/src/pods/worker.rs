@@ -21,10 +21,10 @@ use crate::sys::netns;
 use super::container;
 use super::events::PodEvents;
 use super::node::NodeContext;
-use super::probe::ContainerProbes;
 use super::record::{ContainerRecord, Instance, PodDir, Termination};
 use super::status::{StatusInput, Waiting, pod_status};
 use super::volumes;
+use crate::probe::ContainerProbes;
 
 mod launch;
 mod stop;
@@ -268,7 +268,7 @@ impl PodWorker {
                     container.name.clone(),
                     (
                         instance.id.clone(),
-                        ContainerProbes::new(&container, tokio::time::Instant::now()),
+                        ContainerProbes::new(&container, std::time::Instant::now()),
                     ),
                 );
             }

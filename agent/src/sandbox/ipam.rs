@@ -49,7 +49,7 @@ impl Ipv4Cidr {
     }
 
     /// The usable host addresses: all but the network and broadcast addresses.
-    fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    pub fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         let base = u32::from(self.base);
         (1..self.size() - 1).map(move |offset| Ipv4Addr::from(base + offset))
     }

@@ -4,7 +4,10 @@
     reason = "each test binary uses a different part of the support code"
 )]
 
+pub mod cluster;
+pub mod curl;
 pub mod packet;
+pub mod pinned;
 pub mod servers;
 
 /// The `keel-agent` binary cargo built for these tests.

@@ -157,3 +157,63 @@ impl ServiceHosts {
         }
     }
 }
+
+/// A client host routed through a node host (forwarding on) to `count` backend hosts on a
+/// switch behind the node, each running a [`NameServer`] named `backend<n>` on
+/// `BACKEND_PORT` and routing back through the node. The client routes `client_route` (a
+/// prefix, or `default`) via the node.
+pub struct RoutedHosts {
+    pub client: Host,
+    pub node: Host,
+    /// The node's interface and address on the client's link.
+    pub uplink: keel_testhost::Endpoint,
+    /// The node's interface on the backends' switch.
+    pub node_port: keel_testhost::Endpoint,
+    pub backend_hosts: Vec<Host>,
+    pub backends: Vec<SocketAddrV4>,
+    pub servers: Vec<NameServer>,
+    // Last: dropped after the servers stop.
+    pub net: TestNet,
+}
+
+impl RoutedHosts {
+    pub fn new(tag: &str, count: usize, client_route: &str) -> RoutedHosts {
+        let mut net = TestNet::new(tag).unwrap();
+        let client = net.add_host("client").unwrap();
+        let node = net.add_host("node").unwrap();
+        let uplink = net.connect(&client, &node, LinkOptions::default()).unwrap();
+        let mut switch = net.add_switch("sw").unwrap();
+        let node_port = net
+            .plug(&node, &mut switch, LinkOptions::default())
+            .unwrap();
+        node.enable_forwarding().unwrap();
+        let via = uplink.b.ip.to_string();
+        client
+            .run(&["ip", "route", "add", client_route, "via", &via])
+            .unwrap();
+        let (mut servers, mut backends, mut backend_hosts) = (Vec::new(), Vec::new(), Vec::new());
+        for index in 1..=count {
+            let host = net.add_host(&format!("backend{index}")).unwrap();
+            let port = net
+                .plug(&host, &mut switch, LinkOptions::default())
+                .unwrap();
+            let gateway = node_port.ip.to_string();
+            host.run(&["ip", "route", "add", "default", "via", &gateway])
+                .unwrap();
+            let address = SocketAddrV4::new(port.ip, BACKEND_PORT);
+            servers.push(NameServer::start(&host, address, format!("backend{index}")));
+            backends.push(address);
+            backend_hosts.push(host);
+        }
+        RoutedHosts {
+            client,
+            node,
+            uplink: uplink.b,
+            node_port,
+            backend_hosts,
+            backends,
+            servers,
+            net,
+        }
+    }
+}

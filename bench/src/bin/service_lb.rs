@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use keel_agent::dataplane::{Frontend, Protocol, ServiceDataplane};
+use keel_agent::dataplane::{Dataplane, Frontend, Protocol};
 use keel_bench::per_second;
 use keel_testhost::{LinkOptions, TestCgroup, TestNet};
 
@@ -80,7 +80,7 @@ fn bench(connections: usize) -> anyhow::Result<()> {
     });
 
     let cgroup = TestCgroup::new()?;
-    let mut dataplane = ServiceDataplane::load()?;
+    let mut dataplane = Dataplane::load()?;
     dataplane.attach_cgroup(cgroup.path())?;
     dataplane.upsert(
         Frontend {

@@ -21,6 +21,14 @@ pub enum Subresource {
     Binding,
     /// `namespaces/finalize`: update of `spec.finalizers`.
     Finalize,
+    /// `pods/log`: the container's log, streamed from its node.
+    Log,
+    /// `pods/exec`: a command in a container, an upgraded stream proxied to its node.
+    Exec,
+    /// `pods/attach`: the container's main process's streams, proxied to its node.
+    Attach,
+    /// `pods/portforward`: TCP streams to the pod's ports, proxied to its node.
+    PortForward,
 }
 
 impl Subresource {
@@ -30,6 +38,10 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Finalize => "finalize",
+            Subresource::Log => "log",
+            Subresource::Exec => "exec",
+            Subresource::Attach => "attach",
+            Subresource::PortForward => "portforward",
         }
     }
 
@@ -38,6 +50,10 @@ impl Subresource {
             Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
             Subresource::Binding => &["create"],
             Subresource::Finalize => &["update"],
+            Subresource::Log => &["get"],
+            Subresource::Exec | Subresource::Attach | Subresource::PortForward => {
+                &["create", "get"]
+            }
         }
     }
 
@@ -46,7 +62,10 @@ impl Subresource {
         match self {
             Subresource::Scale => Some(("autoscaling", "v1", "Scale")),
             Subresource::Binding => Some(("", "v1", "Binding")),
-            Subresource::Status | Subresource::Finalize => None,
+            Subresource::Exec => Some(("", "v1", "PodExecOptions")),
+            Subresource::Attach => Some(("", "v1", "PodAttachOptions")),
+            Subresource::PortForward => Some(("", "v1", "PodPortForwardOptions")),
+            Subresource::Status | Subresource::Finalize | Subresource::Log => None,
         }
     }
 }
@@ -159,7 +178,7 @@ where
     }
 }
 
-use Subresource::{Binding, Finalize, Scale, Status};
+use Subresource::{Attach, Binding, Exec, Finalize, Log, PortForward, Scale, Status};
 
 const ALL: &[&str] = &["all"];
 
@@ -184,7 +203,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<core::v1::Pod>(Extra {
             short_names: &["po"],
             categories: ALL,
-            subresources: &[Status, Binding],
+            subresources: &[Attach, Binding, Exec, Log, PortForward, Status],
             tracks_generation: false,
         }),
         info::<core::v1::Service>(Extra {
@@ -217,6 +236,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<apps::v1::ReplicaSet>(workload(&["rs"], &[Status, Scale])),
         info::<apps::v1::StatefulSet>(workload(&["sts"], &[Status, Scale])),
         info::<apps::v1::DaemonSet>(workload(&["ds"], &[Status])),
+        info::<apps::v1::ControllerRevision>(PLAIN),
         info::<batch::v1::Job>(workload(&[], &[Status])),
         info::<batch::v1::CronJob>(workload(&["cj"], &[Status])),
         info::<discovery::v1::EndpointSlice>(PLAIN),

@@ -36,6 +36,7 @@ pub fn apply(group: &str, kind: &str, object: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = child(object, "spec") {
                 pod_spec(spec);
+                default_toleration_seconds(spec);
             }
         }
         ("", "Service") => {
@@ -233,6 +234,52 @@ fn pod_spec(spec: &mut Value) {
     });
 }
 
+/// The taints the node lifecycle controller puts on a node that is not ready or unreachable.
+pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+/// How long a pod stays bound to such a node by default (kube-apiserver's
+/// `--default-not-ready-toleration-seconds` / `--default-unreachable-toleration-seconds`).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// Upstream's `DefaultTolerationSeconds` admission plugin (on by default): a pod that does not
+/// tolerate the `not-ready` / `unreachable` `NoExecute` taints gets a toleration of each for
+/// [`DEFAULT_TOLERATION_SECONDS`], so a node that goes away for a moment does not evict it.
+/// Upstream runs it on pod creation only; here it also sees updates, where it can only add
+/// what a created pod already has (pod updates may only add tolerations).
+fn default_toleration_seconds(spec: &mut Value) {
+    let tolerations: Vec<Value> = match spec.get("tolerations") {
+        Some(Value::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    };
+    let tolerates = |key: &str| {
+        tolerations.iter().any(|t| {
+            let field = |name| t.get(name).and_then(Value::as_str).unwrap_or("");
+            (field("key") == key || field("key").is_empty())
+                && (field("effect") == "NoExecute" || field("effect").is_empty())
+        })
+    };
+    let missing: Vec<Value> = [TAINT_NOT_READY, TAINT_UNREACHABLE]
+        .into_iter()
+        .filter(|key| !tolerates(key))
+        .map(|key| {
+            json!({
+                "key": key,
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": DEFAULT_TOLERATION_SECONDS,
+            })
+        })
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    if let Some(map) = spec.as_object_mut() {
+        let mut all = tolerations;
+        all.extend(missing);
+        map.insert("tolerations".to_owned(), Value::Array(all));
+    }
+}
+
 fn container(container: &mut Value) {
     default(
         container,
@@ -316,6 +363,43 @@ mod tests {
         assert_eq!(container["imagePullPolicy"], "Always");
         assert_eq!(container["terminationMessagePath"], "/dev/termination-log");
         assert_eq!(spec["template"]["spec"]["dnsPolicy"], "ClusterFirst");
+    }
+
+    #[test]
+    fn pods_tolerate_not_ready_and_unreachable_for_five_minutes_unless_told_otherwise() {
+        let mut pod = json!({"spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        apply("", "Pod", &mut pod);
+        assert_eq!(
+            pod["spec"]["tolerations"],
+            json!([
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            ])
+        );
+        // Applying again (an update) adds nothing.
+        let before = pod.clone();
+        apply("", "Pod", &mut pod);
+        assert_eq!(pod, before);
+
+        let own = json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5});
+        let mut pod = json!({"spec": {"tolerations": [own.clone()]}});
+        apply("", "Pod", &mut pod);
+        assert_eq!(
+            pod["spec"]["tolerations"],
+            json!([own, {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}])
+        );
+        // A toleration of every taint covers both.
+        let mut pod = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        apply("", "Pod", &mut pod);
+        assert_eq!(pod["spec"]["tolerations"], json!([{"operator": "Exists"}]));
+        // Pod templates are left alone (admission sees pods only).
+        let mut deployment = json!({"spec": {"template": {"spec": {"containers": []}}}});
+        apply("apps", "Deployment", &mut deployment);
+        assert!(
+            deployment["spec"]["template"]["spec"]
+                .get("tolerations")
+                .is_none()
+        );
     }
 
     #[test]

@@ -335,6 +335,13 @@ fn add_paths(
                 operations.insert("post".into(), operation(info, create));
                 operations
             }
+            // Connect operations: streams to a node, no object schema to describe.
+            Subresource::Log
+            | Subresource::Exec
+            | Subresource::Attach
+            | Subresource::PortForward => {
+                continue;
+            }
         };
         paths.insert(
             format!("{item}/{}", subresource.name()),

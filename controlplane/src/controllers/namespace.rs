@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, NamespaceCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -48,14 +47,12 @@ struct Context {
 /// Runs the controller until the watch stream ends (it does not, short of a panic).
 pub async fn run(client: Client) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    Controller::new(namespaces, watcher::Config::default())
-        .run(reconcile, error_policy, Arc::new(Context { client }))
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                log::debug!("namespace controller: {}", super::chain(&error));
-            }
-        })
-        .await;
+    let results = Controller::new(namespaces, watcher::Config::default()).run(
+        reconcile,
+        error_policy,
+        Arc::new(Context { client }),
+    );
+    super::drive("namespace controller", results).await;
 }
 
 fn error_policy(_: Arc<Namespace>, error: &Error, _: Arc<Context>) -> Action {

@@ -234,6 +234,24 @@ mod tests {
                 .iter()
                 .any(|r| r["name"] == "pods/binding")
         );
+        let exec = core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "pods/exec")
+            .unwrap();
+        assert_eq!(exec["verbs"], json!(["create", "get"]));
+        assert_eq!(exec["kind"], "PodExecOptions");
+        let log = core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "pods/log")
+            .unwrap();
+        assert_eq!(
+            (&log["verbs"], &log["kind"]),
+            (&json!(["get"]), &json!("Pod"))
+        );
         let apps = aggregated(&catalog, false);
         let apps = apps["items"]
             .as_array()

@@ -69,21 +69,35 @@ pub fn error(error: &ApiError) -> Response<Body> {
 }
 
 /// Query parameters; the last of repeated keys wins, as Go's `url.Values.Get` takes the first
-/// (clients do not repeat them).
+/// (clients do not repeat them, except lists such as exec's `command`: [`Query::all`]).
 #[derive(Debug, Clone, Default)]
-pub struct Query(HashMap<String, String>);
+pub struct Query {
+    last: HashMap<String, String>,
+    pairs: Vec<(String, String)>,
+}
 
 impl Query {
     pub fn parse(query: Option<&str>) -> Self {
-        Self(
-            form_urlencoded::parse(query.unwrap_or("").as_bytes())
-                .map(|(key, value)| (key.into_owned(), value.into_owned()))
-                .collect(),
-        )
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect();
+        Self {
+            last: pairs.iter().cloned().collect(),
+            pairs,
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.last.get(key).map(String::as_str)
+    }
+
+    /// Every value of a repeated key, in order.
+    pub fn all(&self, key: &str) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter(|(name, _)| name == key)
+            .map(|(_, value)| value.clone())
+            .collect()
     }
 
     pub fn flag(&self, key: &str) -> bool {

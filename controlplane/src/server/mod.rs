@@ -4,6 +4,7 @@
 //! * [`http`]: bodies, media types, query parameters. [`route`]: path parsing.
 //! * [`rest`], [`watch`], [`patch`], [`subresource`]: the resource handlers.
 //! * [`discovery`]: `/api`, `/apis`, legacy and aggregated. [`auth`], [`tls`]: identity.
+//! * [`proxy`]: `pods/log`, `exec`, `attach`, `portforward`, proxied to the pod's node agent.
 //! * [`allocator`]: ClusterIPs and NodePorts. [`system`]: system namespaces and the
 //!   `default/kubernetes` Service.
 
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod discovery;
 pub mod http;
 pub mod patch;
+pub mod proxy;
 pub mod rest;
 pub mod route;
 pub mod subresource;
@@ -56,6 +58,8 @@ pub struct ApiServer {
     pub advertise_address: IpAddr,
     pub secure_port: u16,
     pub openapi: OpenApi,
+    /// TLS towards node agents, with the kubelet client certificate (`pods/log`, `exec`, ...).
+    pub kubelet_client: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ApiServer {
@@ -88,7 +92,14 @@ impl ApiServer {
             advertise_address,
             secure_port,
             openapi,
+            kubelet_client: None,
         }
+    }
+
+    /// Sets the TLS configuration node agents are reached with.
+    pub fn with_kubelet_client(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.kubelet_client = Some(config);
+        self
     }
 
     pub fn cache(&self, info: &ResourceInfo) -> Result<&WatchCache, ApiError> {
@@ -202,6 +213,23 @@ impl ApiServer {
         let public = matches!(route, Some(Route::Health(_) | Route::Version));
         if identity.is_none() && !public {
             return http::error(&ApiError::unauthorized());
+        }
+        if let Some(Route::Resource(path)) = &route
+            && proxy::is_proxied(path)
+        {
+            let method = parts.method.clone();
+            let uri = parts.uri.clone();
+            let response = proxy::handle(self, path, Request::from_parts(parts, body))
+                .await
+                .unwrap_or_else(|error| http::error(&error));
+            log::debug!(
+                "{} {method} {uri} -> {}",
+                identity
+                    .as_ref()
+                    .map_or("system:anonymous", |identity| identity.user.as_str()),
+                response.status()
+            );
+            return response;
         }
         let query = Query::parse(parts.uri.query());
         let accept = parts

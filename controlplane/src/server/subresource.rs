@@ -99,7 +99,7 @@ async fn bind(call: &Call<'_>, name: &str, binding: &Value) -> Result<Response<B
         .pointer("/metadata/uid")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    write(call, name, None, None, |current| {
+    write(call, name, Some(Subresource::Binding), None, |current| {
         if let Some(uid) = &wanted_uid
             && current.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid.as_str())
         {

@@ -78,6 +78,15 @@ async fn apply_label_annotate_scale_and_delete() -> anyhow::Result<()> {
     // Upstream's columns, from the server-side Table.
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: solo, namespace: demo}\nspec: {containers: [{name: c, image: busybox}]}\n";
     server.ok_with_input(&["create", "-f", "-"], pod);
+    // The deployment controller makes the Deployment's one pod (no node runs it here).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while web_field(&server, "{.status.updatedReplicas}") != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deployment controller did not create the pod"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let wide = server.ok(&["get", "pods,deploy,svc", "-n", "demo", "-o", "wide"]);
     let rows: Vec<Vec<&str>> = wide
         .lines()
@@ -125,7 +134,7 @@ async fn apply_label_annotate_scale_and_delete() -> anyhow::Result<()> {
         &[
             "deployment.apps/web",
             "0/1",
-            "0",
+            "1",
             "0",
             "",
             "web",

@@ -21,10 +21,32 @@ pub struct TestApiServer {
     pub port: u16,
     data_dir: TempDir,
     pub etcd: TestEtcd,
+    /// More `keel-controlplane all` flags, kept for restarts.
+    extra_args: Vec<String>,
+    /// `all` or `apiserver`.
+    component: &'static str,
 }
 
 impl TestApiServer {
+    /// The whole control plane (`keel-controlplane all`).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_component("all", &[]).await
+    }
+
+    /// Starts it with more `keel-controlplane all` flags.
+    #[allow(dead_code, reason = "not every test binary passes flags")]
+    pub async fn start_with(extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_component("all", extra_args).await
+    }
+
+    /// The API server alone (`keel-controlplane apiserver`): no controllers, no scheduler.
+    #[allow(dead_code, reason = "not every test binary runs the API server alone")]
+    pub async fn start_apiserver_only() -> anyhow::Result<Self> {
+        Self::start_component("apiserver", &[]).await
+    }
+
+    async fn start_component(component: &'static str, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         let kubectl = kubectl_path();
         assert!(
             kubectl.exists(),
@@ -34,12 +56,20 @@ impl TestApiServer {
         let etcd = TestEtcd::start().await?;
         let data_dir = tempfile::Builder::new().prefix("keel-cp-").tempdir()?;
         let port = free_port()?;
-        let child = spawn(data_dir.path(), etcd.endpoint(), port)?;
+        let child = spawn(
+            component,
+            data_dir.path(),
+            etcd.endpoint(),
+            port,
+            &extra_args,
+        )?;
         let mut server = Self {
             child,
             port,
             data_dir,
             etcd,
+            extra_args,
+            component,
         };
         server.wait_ready()?;
         Ok(server)
@@ -60,7 +90,13 @@ impl TestApiServer {
 
     /// Starts the API server again on the same port and data.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
-        self.child = spawn(self.data_dir.path(), self.etcd.endpoint(), self.port)?;
+        self.child = spawn(
+            self.component,
+            self.data_dir.path(),
+            self.etcd.endpoint(),
+            self.port,
+            &self.extra_args,
+        )?;
         self.wait_ready()
     }
 
@@ -180,20 +216,27 @@ fn kubectl_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(KUBECTL))
 }
 
-fn spawn(data_dir: &Path, etcd: &str, port: u16) -> anyhow::Result<Child> {
+fn spawn(
+    component: &str,
+    data_dir: &Path,
+    etcd: &str,
+    port: u16,
+    extra_args: &[String],
+) -> anyhow::Result<Child> {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
         .open(data_dir.join("controlplane.log"))?;
     let mut command = Command::new(env!("CARGO_BIN_EXE_keel-controlplane"));
     command
-        // The whole control plane, as `cargo xtask up` runs it (the namespace controller
-        // empties deleted namespaces).
-        .arg("all")
+        // `all`: the whole control plane, as `cargo xtask up` runs it (the namespace
+        // controller empties deleted namespaces, the scheduler binds pods).
+        .arg(component)
         .arg(format!("--etcd-servers={etcd}"))
         .arg(format!("--data-dir={}", data_dir.display()))
         .arg("--bind-address=127.0.0.1")
         .arg(format!("--secure-port={port}"))
+        .args(extra_args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

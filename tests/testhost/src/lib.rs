@@ -16,6 +16,7 @@
 //! - [`net`]: [`TestNet`], [`Host`], links and switches, and cleanup on drop.
 //! - [`process`]: commands and long-lived processes inside a host.
 //! - [`cgroup`]: a cgroup2 group of the test's own for cgroup eBPF programs.
+//! - [`bpffs`]: a bpf filesystem of the test's own, for agents to pin their dataplane in.
 //! - [`run`]: the per-run name prefix, the run lock, and the sweeper for crashed runs.
 //! - [`registry`]: a real OCI registry with busybox test images; [`node`]: a test node running
 //!   `keel-agent` with static pods (and, given a kubeconfig, pods from an API server);
@@ -24,6 +25,7 @@
 //! Nothing here touches the root network namespace: veth ends are created directly inside the
 //! test's namespaces, and every name starts with [`run::PREFIX`].
 
+pub mod bpffs;
 pub mod cgroup;
 pub mod cluster;
 pub mod net;
@@ -32,6 +34,7 @@ pub mod process;
 pub mod registry;
 pub mod run;
 
+pub use bpffs::{BpffsError, TestBpffs};
 pub use cgroup::{CgroupError, TestCgroup};
 pub use net::{Endpoint, Host, Link, LinkOptions, Switch, TestNet, TestNetError};
 pub use process::{HostProcess, ProcessError};

@@ -2,14 +2,16 @@
 //! registry on its loopback holding a busybox image, and `keel-agent` running there (joined to
 //! the node's network namespace only, so its mounts are visible to the test) with static pods
 //! from a manifest directory. Everything is under temp directories and a `kt-` cgroup of its
-//! own, and dropping the node removes it all: pods, keeper, runc state, mounts, cgroups.
+//! own, and dropping the node removes it all: pods, keeper, runc state, mounts, cgroups. The
+//! agent's Service load-balancing (on with `--kubeconfig`) attaches to a test cgroup and pins
+//! in a test bpffs, never the host's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::registry::{ImageSpec, TestImage, TestRegistry};
-use crate::{Host, HostProcess, TestNet, require_root, require_tool};
+use crate::{Host, HostProcess, TestBpffs, TestCgroup, TestNet, require_root, require_tool};
 
 pub const POD_CIDR: &str = "198.18.64.0/24";
 /// The node's own address (on its loopback: the test node has no uplink).
@@ -29,8 +31,12 @@ pub struct TestNode {
     pub log_path: PathBuf,
     /// More agent flags (e.g. `--kubeconfig`), kept for restarts.
     pub extra_args: Vec<String>,
+    /// The agent's `--socket-lb-cgroup` (with `--kubeconfig` it load-balances Services; never
+    /// on the host's cgroup2 root) and the bpffs of its `--bpf-root`.
+    pub socket_lb_cgroup: TestCgroup,
+    pub bpffs: TestBpffs,
     pub host: Host,
-    _net: TestNet,
+    net: TestNet,
 }
 
 /// A temp dir named `kt-<run>-<tag>-...`, so the sweeper can tell a dead run's.
@@ -89,8 +95,10 @@ impl TestNode {
             cgroup_root: format!("kt-{run}-{tag}"),
             log_path,
             extra_args: Vec::new(),
+            socket_lb_cgroup: TestCgroup::new().expect("socket LB cgroup"),
+            bpffs: TestBpffs::new().expect("bpffs"),
             host,
-            _net: net,
+            net,
         }
     }
 
@@ -120,6 +128,10 @@ impl TestNode {
                 NODE_IP,
             ])
             .args(["--cgroup-root", &self.cgroup_root])
+            .arg("--socket-lb-cgroup")
+            .arg(self.socket_lb_cgroup.path())
+            .arg("--bpf-root")
+            .arg(self.bpf_root())
             .args(["--insecure-registry", &self.registry.host()])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
@@ -127,6 +139,21 @@ impl TestNode {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.agent = Some(HostProcess::spawn(&mut command).expect("agent"));
+    }
+
+    /// Another host, linked to the node by a veth pair of its own (end `a` on the node).
+    pub fn add_host(&mut self, name: &str) -> (Host, crate::Link) {
+        let host = self.net.add_host(name).expect("host");
+        let link = self
+            .net
+            .connect(&self.host, &host, crate::LinkOptions::default())
+            .expect("link to the node");
+        (host, link)
+    }
+
+    /// The agent's `--bpf-root`.
+    pub fn bpf_root(&self) -> PathBuf {
+        self.bpffs.path().join("keel")
     }
 
     /// The running agent's pid.

@@ -141,7 +141,9 @@ pub fn leftovers() -> Result<Vec<String>, RunError> {
 
 /// Removes every `kt-` namespace of a dead run (killing what still runs inside), what its
 /// test nodes left (the processes in its `kt-<run>-...` cgroups, those cgroups, the mounts under
-/// its `/tmp/kt-<run>-...` directories and the directories) and the lock files of dead runs.
+/// its `/tmp/kt-<run>-...` directories and the directories: its bpf filesystems among them,
+/// whose pins go with the mount), its pins under `/sys/fs/bpf/kt-<run>-...` and the lock files
+/// of dead runs.
 /// Returns the namespaces removed.
 pub fn sweep() -> Result<Vec<String>, RunError> {
     let dead = leftovers()?;
@@ -204,7 +206,18 @@ fn sweep_node_leftovers() {
         }
         let _ = fs::remove_dir_all(&dir);
     }
+    // Pins of a dead run on the host's bpffs, if one is mounted: unlinking a pin releases it
+    // (a pinned link detaches), and bpffs directories go with `remove_dir_all` too.
+    for entry in fs::read_dir(BPFFS).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if dead_run(&name) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
+
+/// The host's conventional bpffs mount point.
+const BPFFS: &str = "/sys/fs/bpf";
 
 /// Kills the processes of a cgroup tree, then removes its directories, deepest first.
 fn kill_and_remove_cgroup(dir: &Path) {

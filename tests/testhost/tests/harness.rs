@@ -222,9 +222,14 @@ fn a_panicking_test_still_cleans_up() {
     );
 }
 
+/// The sweeper tests each fake a dead run and sweep: one at a time, or one sweep takes the
+/// other's dead run from under it.
+static SWEEPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn the_sweeper_removes_dead_runs_and_spares_live_ones() {
     require_root();
+    let _one_at_a_time = SWEEPING.lock().unwrap_or_else(|e| e.into_inner());
     let mut net = TestNet::new("live").unwrap();
     net.add_host("h").unwrap();
     let live = net.namespaces().to_vec();
@@ -292,4 +297,35 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+#[test]
+fn the_sweeper_unmounts_a_dead_runs_bpffs_and_spares_a_live_one() {
+    require_root();
+    let _one_at_a_time = SWEEPING.lock().unwrap_or_else(|e| e.into_inner());
+    let live = keel_testhost::TestBpffs::new().unwrap();
+    let dead_run = format!("dead{:x}", std::process::id());
+    let dead = std::env::temp_dir().join(format!("kt-{dead_run}-bpf-crashed"));
+    std::fs::create_dir_all(&dead).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&dead)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let mounts = || std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount_point = |dir: &Path| format!(" {} ", dir.display());
+    assert!(mounts().contains(&mount_point(&dead)));
+
+    keel_testhost::sweep().unwrap();
+
+    assert!(
+        !mounts().contains(&mount_point(&dead)),
+        "the dead run's bpffs is still mounted"
+    );
+    assert!(!dead.exists(), "the dead run's directory stayed");
+    assert!(
+        mounts().contains(&mount_point(live.path())),
+        "the sweeper unmounted a live run's bpffs"
+    );
 }

@@ -24,7 +24,7 @@ use keel_ebpf_common::map;
 
 use super::table::{TableBackend, TableSize, lookup_table};
 use crate::dataplane::object::DataplaneError;
-use crate::dataplane::services::{Frontend, ServiceDataplane, map_error};
+use crate::dataplane::services::{Dataplane, Frontend, map_error};
 
 /// How a new flow to a frontend reached from outside picks its backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,7 +36,7 @@ pub enum LbAlgorithm {
     Maglev,
 }
 
-/// The load-balancing choices of a [`ServiceDataplane`].
+/// The load-balancing choices of a [`Dataplane`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LoadBalancing {
     pub algorithm: LbAlgorithm,
@@ -58,7 +58,7 @@ impl MaglevTables {
     }
 }
 
-impl ServiceDataplane {
+impl Dataplane {
     /// Writes a new Maglev table for service `id` over `backends` (address and backend id,
     /// an address listed twice weighs twice) and points `MAGLEV` at it. Returns the table
     /// size to store in the service's `maglev_size`.
@@ -90,6 +90,27 @@ impl ServiceDataplane {
             .map_err(|source| map_error(map::MAGLEV, source))?;
         self.maglev.services.insert(id);
         Ok(size.get())
+    }
+
+    /// After a restart: takes over the pinned tables of the services in `kept` and removes
+    /// every other table; how many were removed.
+    pub(in crate::dataplane) fn adopt_maglev_tables(
+        &mut self,
+        kept: &std::collections::BTreeSet<u32>,
+    ) -> Result<usize, DataplaneError> {
+        let ids: Vec<u32> = self.maglev_map()?.keys().filter_map(Result::ok).collect();
+        let mut removed = 0;
+        for id in ids {
+            if kept.contains(&id) {
+                self.maglev.services.insert(id);
+            } else {
+                match self.maglev_map()?.remove(&id) {
+                    Ok(()) | Err(MapError::KeyNotFound) => removed += 1,
+                    Err(source) => return Err(map_error(map::MAGLEV, source)),
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes the Maglev table of service `id`, if it has one.

@@ -10,12 +10,12 @@ use crate::image::{Image, RegistryCredentials};
 
 use super::super::container::{self, Launch};
 use super::super::env::container_env;
-use super::super::probe::ContainerProbes;
 use super::super::record::{ContainerRecord, Instance};
 use super::super::refs::PodRefs;
 use super::super::status::Waiting;
 use super::super::volumes;
 use super::{BACKOFF_INITIAL, BACKOFF_MAX, PodWorker, blocking, now};
+use crate::probe::ContainerProbes;
 
 impl PodWorker {
     /// The image for `container`, pulled as its `imagePullPolicy` says.
@@ -326,7 +326,7 @@ impl PodWorker {
                     container.name.clone(),
                     (
                         id.clone(),
-                        ContainerProbes::new(container, tokio::time::Instant::now()),
+                        ContainerProbes::new(container, std::time::Instant::now()),
                     ),
                 );
                 self.waiting.remove(&container.name);

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Container;
 
+use crate::probe::{ProbeAction, ProbeTarget, killing_message, probe_event, run_probe};
 use crate::sandbox::network;
 use crate::sys::netns;
 
 use super::super::container;
-use super::super::probe::{self, ProbeAction, ProbeTarget};
 use super::super::record::Instance;
 use super::super::volumes;
 use super::{PodWorker, blocking};
@@ -33,33 +33,36 @@ impl PodWorker {
             return;
         }
         let Some(pod_ip) = self.pod_ip else { return };
-        let now = tokio::time::Instant::now();
-        for (kind, probe) in probes.due(now) {
-            let target = ProbeTarget {
-                pod_ip,
-                container,
-                container_id: &instance.id,
-                runc: &self.ctx.runc,
+        let target = ProbeTarget {
+            pod_ip,
+            container: container.clone(),
+            container_id: instance.id.clone(),
+            runc: self.ctx.runc.clone(),
+        };
+        for kind in probes.due(std::time::Instant::now()) {
+            let Some(spec) = probes.spec(kind).cloned() else {
+                continue;
             };
-            let result = probe::run(&probe, &target).await;
-            if let Err(message) = &result {
-                self.events.warning(
-                    &container.name,
-                    init,
-                    "Unhealthy",
-                    format!("{} probe failed: {message}", kind.as_str()),
-                );
+            let result = run_probe(kind, &spec, &target).await;
+            if let Some(event) = probe_event(kind, &result) {
+                self.events
+                    .warning(&container.name, init, event.reason, event.message);
             }
-            if let ProbeAction::Restart(_) = probes.record(kind, &result, now) {
+            if let ProbeAction::Restart { kind, .. } =
+                probes.record(kind, &result, std::time::Instant::now())
+            {
+                // The probe's kill is a failure exit: only `Never` keeps it down.
+                let will_restart = self
+                    .pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.restart_policy.as_deref())
+                    != Some("Never");
                 self.events.normal(
                     &container.name,
                     init,
                     "Killing",
-                    format!(
-                        "Container {} failed {} probe, will be restarted",
-                        container.name,
-                        kind.as_str().to_lowercase()
-                    ),
+                    killing_message(&container.name, kind, will_restart),
                 );
                 let grace = self.grace_seconds();
                 let (ctx, id) = (Arc::clone(&self.ctx), instance.id.clone());

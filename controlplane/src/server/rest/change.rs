@@ -226,7 +226,13 @@ pub async fn write(
         }
         meta::prepare_update(call.info, &mut new, &current, subresource);
         object::set_resource_version(&mut new, current_version);
-        let causes = validation::validate(call.info.kind, &new, Some(&current));
+        // A binding sets spec.nodeName as upstream's BindingREST does, outside the pod update
+        // validation that keeps the rest of a pod's spec immutable.
+        let causes = if subresource == Some(Subresource::Binding) {
+            Vec::new()
+        } else {
+            validation::validate(call.info.kind, &new, Some(&current))
+        };
         if !causes.is_empty() {
             return Err(invalid(call, &new, causes));
         }

@@ -1,0 +1,102 @@
+//! Services and EndpointSlices from the API, as kube-proxy reads them: two reflectors
+//! (`watcher` + `Store`, with kube-proxy's label selectors), and from their contents the
+//! dataplane's desired state ([`desired_state`]), handed on when it changes.
+//!
+//! Bursts are coalesced: after a desired state is handed on, the next is computed no sooner
+//! than [`DEBOUNCE`] later, from whatever the stores hold then. Nothing is handed on before
+//! both stores have their first full list, so a restarted agent never sees Services without
+//! their slices (which would empty their backends for a moment).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use tokio::sync::Notify;
+
+use crate::services::{DesiredState, Node, desired_state};
+
+/// The shortest time between two desired states handed on.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// kube-proxy's selector for both: no Services another proxy serves, no headless ones.
+const PROXY_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// Watches Services and EndpointSlices and sends `node`'s desired state to `sink` whenever
+/// it changes, until `sink` is closed.
+pub async fn feed(client: kube::Client, node: Node, sink: std::sync::mpsc::Sender<DesiredState>) {
+    let changed = Arc::new(Notify::new());
+    let config = watcher::Config::default().labels(PROXY_SELECTOR);
+    let services = reflect::<Service>(&client, config.clone(), &changed);
+    let slices = reflect::<EndpointSlice>(&client, config, &changed);
+    for ready in [
+        services.wait_until_ready().await,
+        slices.wait_until_ready().await,
+    ] {
+        if ready.is_err() {
+            return;
+        }
+    }
+    let mut last: Option<DesiredState> = None;
+    loop {
+        let service_list: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
+        let slice_list: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
+        let desired = desired_state(&service_list, &slice_list, &node);
+        if last.as_ref() != Some(&desired) {
+            log::debug!(
+                "API: {} Services, {} EndpointSlices, {} frontends",
+                service_list.len(),
+                slice_list.len(),
+                desired.len()
+            );
+            if sink.send(desired.clone()).is_err() {
+                return;
+            }
+            last = Some(desired);
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        changed.notified().await;
+    }
+}
+
+/// A store of `K` kept by a watch, and the task that drives it; `changed` is notified on
+/// every event (a re-list included).
+fn reflect<K>(client: &kube::Client, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    tokio::spawn(drive(
+        stream,
+        Arc::clone(changed),
+        K::kind(&()).into_owned(),
+    ));
+    reader
+}
+
+async fn drive<K>(
+    stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    changed: Arc<Notify>,
+    kind: String,
+) {
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(_) => changed.notify_one(),
+            Err(error) => log::warn!("{kind} watch: {error}"),
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! `cargo xtask up` / `cargo xtask down`: a single-node Keel cluster on this host.
+//!
+//! `up` installs what is missing (`setup`), builds the eBPF object and the binaries, then
+//! starts, each as a background process in its own process group with its log under
+//! `.keel/logs/`:
+//! - etcd (Debian's binary) on 127.0.0.1:2379, data in `.keel/etcd`;
+//! - `keel-controlplane all` (API server, controller manager) on the node address
+//!   `198.18.0.1:6443`, data (CA, certificates, `admin.kubeconfig`) in `.keel/controlplane`;
+//! - `keel-agent` as the node (named after the host), state in `.keel/node/`, pods under the
+//!   `keel` cgroup, its eBPF dataplane pinned under `/sys/fs/bpf/keel` with TC / XDP on the
+//!   node bridge and socket-level load-balancing on the cgroup2 root (`--socket-lb-cgroup`
+//!   names another group).
+//!
+//! The node address lives on a bridge `keel0` that `up` creates (198.18.0.0/15 is reserved for
+//! benchmarks and never routed off the machine); nothing is attached to the machine's own
+//! interfaces. `up` waits until the node is Ready and prints `export KUBECONFIG=...` on a line
+//! of its own. Running `up` again while the cluster runs changes nothing.
+//!
+//! `down` stops the agent, removes what it made (`keel-agent reset`: containers, mounts, pod
+//! namespaces, cgroups; `keel-agent --cleanup-bpf`: its pins and programs), stops the control plane and etcd and removes the bridge. The etcd
+//! data stays, so the next `up` brings the same cluster back; `up --fresh` starts empty.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+
+use crate::command::{self, is_root};
+use crate::paths::Paths;
+use crate::{ebpf, setup, test};
+
+/// The bridge that holds the node address.
+const BRIDGE: &str = "keel0";
+/// The node's address (on [`BRIDGE`]); the API server listens and advertises here.
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const NODE_PREFIX: u8 = 24;
+const API_PORT: u16 = 6443;
+const ETCD_CLIENT_PORT: u16 = 2379;
+const ETCD_PEER_PORT: u16 = 2380;
+/// Where the node's pod addresses come from.
+const POD_CIDR: &str = "10.244.0.0/24";
+/// The cgroup the node's `kubepods` tree goes under.
+const CGROUP_ROOT: &str = "keel";
+/// Where the node's eBPF maps and links are pinned (they outlive agent restarts).
+const BPF_ROOT: &str = "/sys/fs/bpf/keel";
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Start from an empty cluster: remove the etcd data and the control plane's certificates
+    /// first (the cluster must be down).
+    #[arg(long)]
+    fresh: bool,
+    /// Build and run optimised binaries (slower to build).
+    #[arg(long)]
+    release: bool,
+    /// The cgroup2 group whose processes get socket-level Service load-balancing (default:
+    /// the cgroup2 root, every process on this host, as on a real node). On a host shared
+    /// with other clusters, name a group of your own.
+    #[arg(long)]
+    socket_lb_cgroup: Option<PathBuf>,
+}
+
+/// The processes `up` runs, in start order; `down` stops them in reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Component {
+    Etcd,
+    ControlPlane,
+    Agent,
+}
+
+impl Component {
+    const ALL: [Component; 3] = [Component::Etcd, Component::ControlPlane, Component::Agent];
+
+    fn name(self) -> &'static str {
+        match self {
+            Component::Etcd => "etcd",
+            Component::ControlPlane => "controlplane",
+            Component::Agent => "agent",
+        }
+    }
+}
+
+/// Where a cluster's state lives: `<workspace>/.keel/`.
+#[derive(Debug, Clone)]
+struct State {
+    dir: PathBuf,
+}
+
+impl State {
+    fn new(paths: &Paths) -> State {
+        State {
+            dir: paths.root.join(".keel"),
+        }
+    }
+
+    fn etcd_data(&self) -> PathBuf {
+        self.dir.join("etcd")
+    }
+
+    fn controlplane(&self) -> PathBuf {
+        self.dir.join("controlplane")
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.controlplane().join("admin.kubeconfig")
+    }
+
+    fn node(&self) -> PathBuf {
+        self.dir.join("node")
+    }
+
+    fn log(&self, component: Component) -> PathBuf {
+        self.dir
+            .join("logs")
+            .join(format!("{}.log", component.name()))
+    }
+
+    fn pid_file(&self, component: Component) -> PathBuf {
+        self.dir
+            .join("run")
+            .join(format!("{}.pid", component.name()))
+    }
+
+    /// The component's pid, if the process recorded for it still runs that program.
+    fn running(&self, component: Component) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.pid_file(component))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let program = cmdline.split(|b| *b == 0).next()?;
+        let program = String::from_utf8_lossy(program);
+        let wanted = match component {
+            Component::Etcd => "etcd",
+            Component::ControlPlane => "keel-controlplane",
+            Component::Agent => "keel-agent",
+        };
+        Path::new(program.as_ref())
+            .file_name()
+            .is_some_and(|name| name == wanted)
+            .then_some(pid)
+    }
+}
+
+pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
+    ensure!(
+        is_root(),
+        "a cluster needs root (network namespaces, cgroups, eBPF, runc): run `sudo -E cargo xtask up`"
+    );
+    let state = State::new(paths);
+    let running: Vec<Component> = Component::ALL
+        .into_iter()
+        .filter(|c| state.running(*c).is_some())
+        .collect();
+    if args.fresh && !running.is_empty() {
+        bail!("the cluster is running: `cargo xtask down` first, then `up --fresh`");
+    }
+    setup::run(paths)?;
+    ebpf::build(paths)?;
+    let mut build = test::cargo(paths);
+    build.args([
+        "build",
+        "--locked",
+        "-p",
+        "keel-controlplane",
+        "-p",
+        "keel-agent",
+    ]);
+    if args.release {
+        build.arg("--release");
+    }
+    command::run(&mut build)?;
+    let bin = paths
+        .root
+        .join("target")
+        .join(if args.release { "release" } else { "debug" });
+
+    if args.fresh {
+        for dir in [state.etcd_data(), state.controlplane()] {
+            remove_dir(&dir)?;
+        }
+    }
+    for dir in ["logs", "run"] {
+        std::fs::create_dir_all(state.dir.join(dir))
+            .with_context(|| format!("cannot create {}", state.dir.join(dir).display()))?;
+    }
+    ensure_bridge()?;
+
+    if state.running(Component::Etcd).is_none() {
+        for port in [ETCD_CLIENT_PORT, ETCD_PEER_PORT] {
+            port_free(Ipv4Addr::LOCALHOST, port, "etcd")?;
+        }
+        let data = state.etcd_data();
+        let _etcd = spawn(
+            &state,
+            Component::Etcd,
+            Command::new("etcd").args([
+                format!("--data-dir={}", data.display()),
+                format!("--listen-client-urls=http://127.0.0.1:{ETCD_CLIENT_PORT}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{ETCD_CLIENT_PORT}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{ETCD_PEER_PORT}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PEER_PORT}"),
+                format!("--initial-cluster=default=http://127.0.0.1:{ETCD_PEER_PORT}"),
+                "--experimental-watch-progress-notify-interval=5s".to_owned(),
+            ]),
+        )?;
+    }
+    let mut controlplane = None;
+    if state.running(Component::ControlPlane).is_none() {
+        port_free(NODE_IP, API_PORT, "the API server")?;
+        controlplane = Some(spawn(
+            &state,
+            Component::ControlPlane,
+            Command::new(bin.join("keel-controlplane")).args([
+                "all".to_owned(),
+                format!("--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}"),
+                format!("--data-dir={}", state.controlplane().display()),
+                format!("--bind-address={NODE_IP}"),
+                format!("--secure-port={API_PORT}"),
+            ]),
+        )?);
+    }
+    wait(
+        &state,
+        Component::ControlPlane,
+        controlplane,
+        "the API server to be ready",
+        || Ok(kubectl(&state, &["get", "--raw", "/readyz"])?.is_some_and(|out| out.trim() == "ok")),
+    )?;
+
+    let node = node_name()?;
+    let mut agent = None;
+    if state.running(Component::Agent).is_none() {
+        remember_forwarding(&state)?;
+        let node_dir = state.node();
+        agent = Some(spawn(
+            &state,
+            Component::Agent,
+            Command::new(bin.join("keel-agent"))
+                .args([
+                    format!("--kubeconfig={}", state.kubeconfig().display()),
+                    format!("--node-name={node}"),
+                    format!("--node-ip={NODE_IP}"),
+                    format!("--root-dir={}", node_dir.join("agent").display()),
+                    format!("--pod-logs-dir={}", node_dir.join("pods").display()),
+                    format!("--pod-cidr={POD_CIDR}"),
+                    format!("--cgroup-root={CGROUP_ROOT}"),
+                    format!("--bpf-root={BPF_ROOT}"),
+                    format!("--devices={BRIDGE}"),
+                ])
+                .args(
+                    args.socket_lb_cgroup
+                        .iter()
+                        .map(|group| format!("--socket-lb-cgroup={}", group.display())),
+                ),
+        )?);
+    }
+    let ready = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
+    wait(
+        &state,
+        Component::Agent,
+        agent,
+        &format!("node {node} to be Ready"),
+        || {
+            Ok(kubectl(&state, &["get", "node", &node, "-o", ready])?
+                .is_some_and(|out| out.trim() == "True"))
+        },
+    )?;
+
+    eprintln!("\nKeel is up: node {node} is Ready. Logs:");
+    for component in Component::ALL {
+        eprintln!(
+            "  {:<13}{}",
+            component.name(),
+            state.log(component).display()
+        );
+    }
+    eprintln!("Stop it with `cargo xtask down`. To use kubectl:");
+    println!("export KUBECONFIG={}", state.kubeconfig().display());
+    Ok(())
+}
+
+pub fn down(paths: &Paths) -> anyhow::Result<()> {
+    ensure!(is_root(), "run `sudo -E cargo xtask down`");
+    let state = State::new(paths);
+    let mut errors = Vec::new();
+    if let Some(pid) = state.running(Component::Agent) {
+        stop(pid, Component::Agent, Duration::from_secs(30));
+    }
+    let _ = std::fs::remove_file(state.pid_file(Component::Agent));
+    let agent = ["debug", "release"]
+        .iter()
+        .map(|profile| paths.root.join("target").join(profile).join("keel-agent"))
+        .find(|path| path.exists());
+    let node_dir = state.node().join("agent");
+    match agent {
+        Some(agent) => {
+            let reset = command::run(Command::new(&agent).args([
+                "reset".to_owned(),
+                format!("--root-dir={}", node_dir.display()),
+                format!("--cgroup-root={CGROUP_ROOT}"),
+            ]));
+            let unpin = command::run(Command::new(&agent).args([
+                "--cleanup-bpf".to_owned(),
+                format!("--bpf-root={BPF_ROOT}"),
+            ]));
+            // The pods' log files (the agent's --pod-logs-dir) go with the node.
+            let logs = remove_dir(&state.node());
+            for result in [reset, unpin, logs] {
+                if let Err(error) = result {
+                    errors.push(format!("{error:#}"));
+                }
+            }
+        }
+        None if node_dir.exists() => errors.push(format!(
+            "keel-agent is not built, so {} could not be reset: `cargo build -p keel-agent`, then `cargo xtask down` again",
+            node_dir.display()
+        )),
+        None => {}
+    }
+    for component in [Component::ControlPlane, Component::Etcd] {
+        if let Some(pid) = state.running(component) {
+            stop(pid, component, Duration::from_secs(15));
+        }
+        let _ = std::fs::remove_file(state.pid_file(component));
+    }
+    if let Err(error) = restore_forwarding(&state) {
+        errors.push(format!("{error:#}"));
+    }
+    if let Err(error) = remove_bridge() {
+        errors.push(format!("{error:#}"));
+    }
+    if !errors.is_empty() {
+        bail!("down left something behind:\n{}", errors.join("\n"));
+    }
+    eprintln!(
+        "Keel is down; the cluster's data stays in {} (`cargo xtask up --fresh` starts empty).",
+        state.dir.display()
+    );
+    Ok(())
+}
+
+/// Starts `command` in the background, in its own process group so it outlives xtask, with
+/// stdout and stderr appended to the component's log, and records its pid.
+fn spawn(state: &State, component: Component, command: &mut Command) -> anyhow::Result<Child> {
+    use std::os::unix::process::CommandExt as _;
+    let log_path = state.log(component);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    command
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    eprintln!(
+        "+ {} (log: {})",
+        command::describe(command),
+        log_path.display()
+    );
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", component.name()))?;
+    std::fs::write(state.pid_file(component), format!("{}\n", child.id()))
+        .with_context(|| format!("cannot write {}", state.pid_file(component).display()))?;
+    Ok(child)
+}
+
+/// Polls `ready` for up to two minutes; fails early, with the log's tail, if `component` dies
+/// (`child`: the process this run started, else the one its pid file names).
+fn wait(
+    state: &State,
+    component: Component,
+    mut child: Option<Child>,
+    what: &str,
+    mut ready: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    eprintln!("waiting for {what}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if ready()? {
+            return Ok(());
+        }
+        let ended = match child.as_mut() {
+            Some(child) => child.try_wait()?.is_some(),
+            None => state.running(component).is_none(),
+        };
+        if ended {
+            bail!(
+                "{} stopped while waiting for {what}; the end of {}:\n{}",
+                component.name(),
+                state.log(component).display(),
+                tail(&state.log(component), 30)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "gave up waiting for {what} after 2 minutes; the end of {}:\n{}",
+                state.log(component).display(),
+                tail(&state.log(component), 30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// kubectl with the cluster's admin kubeconfig; its stdout when it succeeds.
+fn kubectl(state: &State, args: &[&str]) -> anyhow::Result<Option<String>> {
+    if !state.kubeconfig().exists() {
+        return Ok(None);
+    }
+    command::stdout_if_ok(
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(state.kubeconfig())
+            .args(["--request-timeout=5s"])
+            .args(args),
+    )
+}
+
+/// SIGTERM, then SIGKILL if `pid` still runs after `grace`.
+fn stop(pid: u32, component: Component, grace: Duration) {
+    eprintln!("stopping {} (pid {pid})", component.name());
+    let alive = || Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if alive() {
+        eprintln!(
+            "{} did not stop within {grace:?}: SIGKILL",
+            component.name()
+        );
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().next().map(|s| s == "Z")
+        })
+        .unwrap_or(false)
+}
+
+fn port_free(address: Ipv4Addr, port: u16, who: &str) -> anyhow::Result<()> {
+    TcpListener::bind((address, port))
+        .map(drop)
+        .with_context(|| {
+            format!("{address}:{port}, which {who} needs, is in use by another program")
+        })
+}
+
+/// The node's name: the host name, lower-case, as kubelet names its Node.
+fn node_name() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("cannot read the host name")?;
+    Ok(name.trim().to_lowercase())
+}
+
+/// Creates the bridge holding the node address, unless it is there.
+fn ensure_bridge() -> anyhow::Result<()> {
+    let exists = command::output(Command::new("ip").args(["link", "show", BRIDGE]))?
+        .status
+        .success();
+    if !exists {
+        command::run(Command::new("ip").args(["link", "add", BRIDGE, "type", "bridge"]))?;
+    }
+    let address = format!("{NODE_IP}/{NODE_PREFIX}");
+    let shown = command::stdout_if_ok(Command::new("ip").args(["-o", "addr", "show", BRIDGE]))?
+        .unwrap_or_default();
+    if !shown.contains(&format!(" {address} ")) {
+        command::run(Command::new("ip").args(["addr", "add", &address, "dev", BRIDGE]))?;
+    }
+    command::run(Command::new("ip").args(["link", "set", BRIDGE, "up"]))
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// The agent turns on IPv4 forwarding, as a node needs; `up` notes the host's setting first
+/// (once) so that `down` puts it back.
+fn remember_forwarding(state: &State) -> anyhow::Result<()> {
+    let saved = state.dir.join("run").join("ip_forward");
+    if !saved.exists() {
+        let value = std::fs::read_to_string(IP_FORWARD).context("cannot read ip_forward")?;
+        std::fs::write(&saved, value)
+            .with_context(|| format!("cannot write {}", saved.display()))?;
+    }
+    Ok(())
+}
+
+fn restore_forwarding(state: &State) -> anyhow::Result<()> {
+    let saved = state.dir.join("run").join("ip_forward");
+    let Ok(value) = std::fs::read_to_string(&saved) else {
+        return Ok(());
+    };
+    std::fs::write(IP_FORWARD, value.trim()).context("cannot restore ip_forward")?;
+    std::fs::remove_file(&saved).with_context(|| format!("cannot remove {}", saved.display()))
+}
+
+fn remove_bridge() -> anyhow::Result<()> {
+    let exists = command::output(Command::new("ip").args(["link", "show", BRIDGE]))?
+        .status
+        .success();
+    if exists {
+        command::run(Command::new("ip").args(["link", "del", BRIDGE]))?;
+    }
+    Ok(())
+}
+
+fn remove_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(error).with_context(|| format!("cannot remove {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
