@@ -34,7 +34,8 @@ fn the_agent_registers_its_node_runs_a_bound_pod_and_reports_its_status() {
             "get", "node", "node1", "-o",
             "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.capacity.pods} {.status.addresses[0].address} {.status.nodeInfo.kubeletVersion}",
         ]);
-        output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.success() && text.starts_with("True")).then_some(text)
     });
     assert_eq!(ready, "True 110 198.18.63.1 v1.33.0-keel");
     let holder = control_plane.kubectl_ok(

@@ -531,3 +531,107 @@ async fn a_node_that_stops_renewing_is_marked_unknown_tainted_and_its_pods_evict
         pod_ready(&server, "patient").filter(|s| s == "True")
     });
 }
+
+/// The pods of Deployment `web` as (name, node, image, ready, terminating).
+fn web_pods(server: &TestApiServer) -> Vec<(String, String, String, bool, bool)> {
+    let Some(text) = get(server, &["get", "pods", "-l", "app=web", "-o", "json"]) else {
+        return Vec::new();
+    };
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|pod| {
+            let ready = pod["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (
+                pod["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+                pod["spec"]["nodeName"].as_str().unwrap_or("").to_owned(),
+                pod["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                ready,
+                !pod["metadata"]["deletionTimestamp"].is_null(),
+            )
+        })
+        .collect()
+}
+
+/// Polls the Deployment's pods until every one of the 10 runs `image` and is Ready, checking
+/// at every look that the rollout stays within maxSurge 1 / maxUnavailable 0: never more than
+/// 11 pods that are not terminating, never fewer than 10 of them Ready.
+fn roll_to(server: &TestApiServer, sims: &[&Simulator], image: &str) {
+    let mut looks = 0;
+    wait_for(&format!("every web pod on {image}"), server, sims, || {
+        let pods = web_pods(server);
+        let live: Vec<_> = pods.iter().filter(|p| !p.4).collect();
+        let ready = live.iter().filter(|p| p.3).count();
+        assert!(live.len() <= 11, "more than maxSurge: {live:?}");
+        assert!(
+            ready >= 10,
+            "fewer than 10 Ready (maxUnavailable 0): {live:?}"
+        );
+        looks += 1;
+        (live.len() == 10 && live.iter().all(|p| p.2 == image && p.3)).then_some(())
+    });
+    assert!(looks > 1, "the rollout was watched");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_is_scheduled_over_three_simulated_nodes_and_rolls_out_within_its_surge() {
+    let server = TestApiServer::start().await.expect("control plane");
+    let sim = Simulator::start(&server, "web-", 3, &["--cpu=2"]);
+    let sims = [&sim];
+    wait_for("three Ready nodes", &server, &sims, || {
+        let ready = "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}";
+        get(&server, &["get", "nodes", "-o", ready])
+            .filter(|out| out.split_whitespace().filter(|s| *s == "True").count() == 3)
+    });
+    // 500m each on 2-CPU nodes: at most 4 per node, so 10 replicas need all three nodes.
+    let deployment = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: default}}\nspec:\n  replicas: 10\n  \
+             selector: {{matchLabels: {{app: web}}}}\n  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}\n  \
+             template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n      - name: app\n        image: {image}\n        \
+             resources: {{requests: {{cpu: 500m}}}}\n"
+        )
+    };
+    server.ok_with_input(&["apply", "-f", "-"], &deployment("registry.local/web:1"));
+    server.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    let pods = web_pods(&server);
+    assert_eq!(pods.len(), 10, "{pods:?}");
+    let mut per_node = std::collections::BTreeMap::<String, usize>::new();
+    for (name, node, _, ready, _) in &pods {
+        assert!(
+            !node.is_empty() && *ready,
+            "pod {name} not bound and Ready: {pods:?}"
+        );
+        *per_node.entry(node.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        per_node.len(),
+        3,
+        "spread over the three nodes: {per_node:?}"
+    );
+    assert!(
+        per_node.values().all(|count| *count <= 4),
+        "no node past its 2 CPUs: {per_node:?}"
+    );
+
+    // A rolling update, watched at every step; then `rollout status` returns at once.
+    server.ok(&["set", "image", "deployment/web", "app=registry.local/web:2"]);
+    roll_to(&server, &sims, "registry.local/web:2");
+    server.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+
+    // `rollout undo` goes back to the first template, under the same bounds.
+    server.ok(&["rollout", "undo", "deployment/web"]);
+    roll_to(&server, &sims, "registry.local/web:1");
+    server.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let history = server.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains('2') && history.contains('3'), "{history}");
+}

@@ -79,7 +79,11 @@ pub fn prepare_create(info: &ResourceInfo, object: &mut Value) {
     if info.tracks_generation {
         metadata.insert("generation".into(), json!(1));
     }
+    // Nodes keep the status they are created with (upstream's nodeStrategy.PrepareForCreate
+    // leaves it alone: a kubelet registers its Node with capacity and conditions).
+    let node = info.group.is_empty() && info.plural == "nodes";
     if info.has(Subresource::Status)
+        && !node
         && let Some(object) = object.as_object_mut()
     {
         object.remove("status");
