@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod cgroups;
+pub mod cni;
 pub mod dataplane;
 pub mod image;
 pub mod nodeapi;

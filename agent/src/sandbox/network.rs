@@ -27,6 +27,8 @@ pub enum NetworkError {
     },
     #[error("`ip` failed to {what}: {stderr}")]
     Ip { what: String, stderr: String },
+    #[error("{0}")]
+    Differs(String),
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
@@ -47,15 +49,29 @@ pub fn host_interface(pod_uid: &str) -> String {
     format!("kp{:011x}", hash & 0xfff_ffff_ffff)
 }
 
-/// Wires the pod at `netns_path` to the node with `addr`. Idempotent: run again on a pod that is
-/// already wired (an agent restart), it changes nothing.
+/// Wires the pod at `netns_path` to the node with `addr` on its `eth0`. Idempotent: run again
+/// on a pod that is already wired (an agent restart), it changes nothing.
 pub fn attach(netns_path: &Path, pod_uid: &str, addr: Ipv4Addr) -> Result<(), NetworkError> {
-    let host_if = host_interface(pod_uid);
+    attach_interface(netns_path, pod_uid, POD_INTERFACE, addr)
+}
+
+/// The pod's interface when the agent wires it (CNI callers name their own).
+pub const POD_INTERFACE: &str = "eth0";
+
+/// [`attach`] with the pod-side interface named `pod_if`; `key` names the attachment (the
+/// node-side veth is `host_interface(key)`).
+pub fn attach_interface(
+    netns_path: &Path,
+    key: &str,
+    pod_if: &str,
+    addr: Ipv4Addr,
+) -> Result<(), NetworkError> {
+    let host_if = host_interface(key);
     if link_mac(&host_if)?.is_none() {
         ip_batch(
-            &format!("create the veth pair {host_if} for pod {pod_uid}"),
+            &format!("create the veth pair {host_if} for {key}"),
             &format!(
-                "link add {host_if} type veth peer name eth0 netns {}\n\
+                "link add {host_if} type veth peer name {pod_if} netns {}\n\
                  link set {host_if} up\n",
                 netns_path.display()
             ),
@@ -65,14 +81,14 @@ pub fn attach(netns_path: &Path, pod_uid: &str, addr: Ipv4Addr) -> Result<(), Ne
         what: format!("find the veth {host_if} just made"),
         stderr: "it is gone".to_owned(),
     })?;
-    let what = format!("configure eth0 of pod {pod_uid}");
+    let what = format!("configure {pod_if} of {key}");
     let script = format!(
         "link set lo up\n\
-         addr replace {addr}/32 dev eth0\n\
-         link set eth0 up\n\
-         neigh replace {POD_GATEWAY} lladdr {} dev eth0 nud permanent\n\
-         route replace {POD_GATEWAY} dev eth0 scope link\n\
-         route replace default via {POD_GATEWAY} dev eth0\n",
+         addr replace {addr}/32 dev {pod_if}\n\
+         link set {pod_if} up\n\
+         neigh replace {POD_GATEWAY} lladdr {} dev {pod_if} nud permanent\n\
+         route replace {POD_GATEWAY} dev {pod_if} scope link\n\
+         route replace default via {POD_GATEWAY} dev {pod_if}\n",
         host_mac.trim()
     );
     netns::run_in(netns_path, || ip_batch(&what, &script))??;
@@ -80,6 +96,112 @@ pub fn attach(netns_path: &Path, pod_uid: &str, addr: Ipv4Addr) -> Result<(), Ne
         &format!("route {addr} to {host_if}"),
         &format!("route replace {addr}/32 dev {host_if} scope link\n"),
     )
+}
+
+/// Checks that what [`attach_interface`] made is still in place: the node-side veth and its
+/// /32 route, and in the pod `pod_if` up with `addr`, the gateway's neighbour entry and the
+/// default route. `Err(NetworkError::Differs)` says what is missing.
+pub fn verify(
+    netns_path: &Path,
+    key: &str,
+    pod_if: &str,
+    addr: Ipv4Addr,
+) -> Result<(), NetworkError> {
+    let host_if = host_interface(key);
+    let differs = |what: String| Err(NetworkError::Differs(what));
+    if link_mac(&host_if)?.is_none() {
+        return differs(format!("the node-side interface {host_if} is missing"));
+    }
+    let routes = ip_json(&["-4", "route", "show", "exact", &format!("{addr}/32")])?;
+    if !routes
+        .iter()
+        .any(|route| route["dev"].as_str() == Some(host_if.as_str()))
+    {
+        return differs(format!("the node has no route to {addr} through {host_if}"));
+    }
+    let pod_if = pod_if.to_owned();
+    netns::run_in(netns_path, move || -> Result<(), NetworkError> {
+        let Some(link) = ip_json(&["-4", "addr", "show", "dev", &pod_if])
+            .ok()
+            .and_then(|links| links.into_iter().next())
+        else {
+            return differs(format!("the pod has no interface {pod_if}"));
+        };
+        if !link["flags"]
+            .as_array()
+            .is_some_and(|flags| flags.iter().any(|flag| flag == "UP"))
+        {
+            return differs(format!("{pod_if} in the pod is down"));
+        }
+        let has_addr = link["addr_info"].as_array().is_some_and(|infos| {
+            infos.iter().any(|info| {
+                info["local"].as_str() == Some(addr.to_string().as_str())
+                    && info["prefixlen"].as_u64() == Some(32)
+            })
+        });
+        if !has_addr {
+            return differs(format!("{pod_if} in the pod does not hold {addr}/32"));
+        }
+        let defaults = ip_json(&["-4", "route", "show", "default"])?;
+        let gateway = POD_GATEWAY.to_string();
+        if !defaults.iter().any(|route| {
+            route["gateway"].as_str() == Some(gateway.as_str())
+                && route["dev"].as_str() == Some(pod_if.as_str())
+        }) {
+            return differs(format!(
+                "the pod's default route is not via {POD_GATEWAY} on {pod_if}"
+            ));
+        }
+        let neighbours = ip_json(&["-4", "neigh", "show", &gateway, "dev", &pod_if])?;
+        if !neighbours.iter().any(|entry| {
+            entry["state"]
+                .as_array()
+                .is_some_and(|states| states.iter().any(|state| state == "PERMANENT"))
+        }) {
+            return differs(format!(
+                "the pod has no permanent neighbour entry for {POD_GATEWAY} on {pod_if}"
+            ));
+        }
+        Ok(())
+    })?
+}
+
+/// The MAC address of `name` inside the namespace at `netns_path`.
+pub fn link_mac_in(netns_path: &Path, name: &str) -> Result<Option<String>, NetworkError> {
+    let name = name.to_owned();
+    netns::run_in(netns_path, move || link_mac(&name))?
+}
+
+/// `ip -j <args>` in the calling thread's namespace, parsed: a list of objects.
+fn ip_json(args: &[&str]) -> Result<Vec<serde_json::Value>, NetworkError> {
+    let what = format!("run `ip -j {}`", args.join(" "));
+    let output = ip_output(&what, &[&["-j"], args].concat())?;
+    if !output.status.success() {
+        return Err(NetworkError::Ip {
+            what,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    // `ip -j` prints nothing at all for an empty result on some versions.
+    if output.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&output.stdout).map_err(|error| NetworkError::Ip {
+        what,
+        stderr: format!("unreadable JSON: {error}"),
+    })
+}
+
+/// Runs `ip <args>` in the calling thread's namespace; its output, whatever its status.
+fn ip_output(what: &str, args: &[&str]) -> Result<std::process::Output, NetworkError> {
+    Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| NetworkError::Spawn {
+            what: what.to_owned(),
+            source,
+        })
 }
 
 /// Removes the pod's veth pair (and with it the route). Idempotent.
@@ -99,14 +221,7 @@ pub fn detach(pod_uid: &str) -> Result<(), NetworkError> {
 /// mounted in, which need not be the agent's.)
 pub fn link_mac(name: &str) -> Result<Option<String>, NetworkError> {
     let what = format!("look up interface {name}");
-    let output = Command::new("ip")
-        .args(["-o", "link", "show", "dev", name])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| NetworkError::Spawn {
-            what: what.clone(),
-            source,
-        })?;
+    let output = ip_output(&what, &["-o", "link", "show", "dev", name])?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         if stderr.contains("does not exist") {
