@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::cluster::{Background, api_node};
+use support::cluster::{Background, Terminal, api_node};
 
 fn stderr_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -199,6 +199,45 @@ fn kubectl_exec_and_port_forward_reach_the_pod_through_the_api_server() {
         stderr_of(&failing).contains("oops"),
         "{}",
         stderr_of(&failing)
+    );
+
+    // kubectl exec -it: a shell on a terminal in the container, the size of the user's
+    // window, then of the resized window; what is typed runs; the exit code comes back.
+    let mut terminal = Terminal::kubectl(
+        &node,
+        &control_plane,
+        30,
+        100,
+        &["exec", "-it", "web", "--", "sh"],
+    );
+    let prompt = terminal.read_until(Duration::from_secs(30), "# ");
+    prompt.unwrap_or_else(|seen| panic!("no shell prompt: {seen:?}"));
+    terminal.type_keys("tty; stty size; echo made-$((6*7))\r");
+    terminal
+        .read_until(Duration::from_secs(10), "made-42")
+        .unwrap_or_else(|seen| panic!("the command did not run: {seen:?}"));
+    assert!(terminal.seen.contains("/dev/pts/"), "{:?}", terminal.seen);
+    assert!(terminal.seen.contains("30 100"), "{:?}", terminal.seen);
+    terminal.resize(41, 123);
+    // The resize travels kubectl -> API server -> node API -> runc -> the container's terminal.
+    let resized = (0..50).any(|_| {
+        terminal.type_keys("stty size\r");
+        std::thread::sleep(Duration::from_millis(100));
+        terminal
+            .read_until(Duration::from_millis(500), "41 123")
+            .is_ok()
+    });
+    assert!(
+        resized,
+        "the container's terminal was not resized: {:?}",
+        terminal.seen
+    );
+    terminal.type_keys("exit 5\r");
+    assert_eq!(
+        terminal.wait(Duration::from_secs(20)),
+        Some(5),
+        "{:?}",
+        terminal.seen
     );
 
     // kubectl port-forward: SPDY tunnelled in WebSocket through the API server (kubectl

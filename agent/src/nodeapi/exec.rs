@@ -1,7 +1,8 @@
 //! `/exec/<ns>/<pod>/<container>?command=...&stdin=1&stdout=1&stderr=1` over WebSocket with
 //! the `v5.channel.k8s.io` (or `v4`) subprotocol, what kubectl 1.32 speaks: every binary
 //! message starts with its channel (0 stdin, 1 stdout, 2 stderr, 3 the final `Status`, 255
-//! close a channel in v5). The command runs with `runc exec`; no TTY yet.
+//! close a channel in v5, 4 a terminal resize). The command runs with `runc exec`; with
+//! `tty=true` on a terminal of the agent's own ([`super::pty`]).
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::Mutex;
 
 use super::NodeApi;
+use super::pty::{self, Pty};
 use super::routes::{Body, find, not_found, pod_not_found, text};
 use super::websocket::{OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, read_frame, write_frame};
 use crate::runtime::runc::Runc;
@@ -74,16 +76,122 @@ async fn send(writer: &Writer, channel: u8, data: &[u8]) -> std::io::Result<()> 
     write_frame(&mut *writer.lock().await, OP_BINARY, &message, None).await
 }
 
+/// What the client sends, decoded from its frames.
+enum Input {
+    Stdin(Vec<u8>),
+    /// End of input (v5's close of channel 0).
+    CloseStdin,
+    /// A terminal resize (channel 4): rows, columns.
+    Resize(u16, u16),
+}
+
+/// Reads the client's frames until it closes: answers pings, and passes stdin, its end and
+/// resizes on to `inputs`.
+async fn read_inputs(
+    mut reader: tokio::io::ReadHalf<TokioIo<Upgraded>>,
+    writer: Writer,
+    inputs: tokio::sync::mpsc::Sender<Input>,
+    v5: bool,
+) {
+    while let Ok(Some(frame)) = read_frame(&mut reader).await {
+        match frame.opcode {
+            OP_BINARY | OP_TEXT => {
+                let Some((&channel, data)) = frame.payload.split_first() else {
+                    continue;
+                };
+                let input = match channel {
+                    0 => Input::Stdin(data.to_vec()),
+                    4 => match serde_json::from_slice::<TerminalSize>(data) {
+                        Ok(size) => Input::Resize(size.height, size.width),
+                        Err(error) => {
+                            log::debug!("node API: exec: unreadable resize message: {error}");
+                            continue;
+                        }
+                    },
+                    // v5: close a channel; stdin's close is end of input.
+                    255 if v5 && data.first() == Some(&0) => Input::CloseStdin,
+                    _ => continue,
+                };
+                if inputs.send(input).await.is_err() {
+                    break;
+                }
+            }
+            OP_PING => {
+                let _ = write_frame(&mut *writer.lock().await, OP_PONG, &frame.payload, None).await;
+            }
+            OP_CLOSE => break,
+            _ => {}
+        }
+    }
+}
+
+/// The resize message kubectl sends on channel 4 (`remotecommand.TerminalSize`).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TerminalSize {
+    width: u16,
+    height: u16,
+}
+
+/// Copies `source` to channel `channel` (or drops it when the client did not ask for it)
+/// until it ends.
+fn relay(
+    writer: &Writer,
+    mut source: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    channel: u8,
+    wanted: bool,
+) -> tokio::task::JoinHandle<()> {
+    let writer = Arc::clone(writer);
+    tokio::spawn(async move {
+        let mut buffer = vec![0_u8; 32 * 1024];
+        loop {
+            match source.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) if wanted => {
+                    if send(&writer, channel, &buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    })
+}
+
 /// Runs the command in container `id` and relays it over the upgraded connection.
 pub async fn session(upgraded: Upgraded, runc: Runc, id: String, options: ExecOptions, v5: bool) {
-    let (mut reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+    let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
     let writer: Writer = Arc::new(Mutex::new(writer));
-    let spawned = tokio::process::Command::new(&runc.binary)
-        .arg("--root")
-        .arg(&runc.root)
-        .arg("exec")
-        .arg(&id)
-        .args(&options.command)
+    let (inputs, received) = tokio::sync::mpsc::channel(16);
+    let input = tokio::spawn(read_inputs(reader, Arc::clone(&writer), inputs, v5));
+    let mut command = tokio::process::Command::new(&runc.binary);
+    command.arg("--root").arg(&runc.root).arg("exec");
+    let status = if options.tty {
+        command.arg("--tty").arg(&id).args(&options.command);
+        with_terminal(command, &writer, received).await
+    } else {
+        command.arg(&id).args(&options.command);
+        with_pipes(command, &writer, received, &options).await
+    };
+    input.abort();
+    let status = match status {
+        Ok(code) => exit_status(&options.command, code),
+        Err(error) => {
+            json!({"metadata": {}, "status": "Failure", "message": format!("cannot run runc: {error}")})
+        }
+    };
+    let _ = send(&writer, 3, status.to_string().as_bytes()).await;
+    super::websocket::close(&mut *writer.lock().await).await;
+}
+
+/// `runc exec` with pipes: stdout and stderr on channels 1 and 2. Its exit code.
+async fn with_pipes(
+    mut command: tokio::process::Command,
+    writer: &Writer,
+    mut received: tokio::sync::mpsc::Receiver<Input>,
+    options: &ExecOptions,
+) -> std::io::Result<Option<i32>> {
+    let mut child = command
         .stdin(if options.stdin {
             std::process::Stdio::piped()
         } else {
@@ -92,91 +200,95 @@ pub async fn session(upgraded: Upgraded, runc: Runc, id: String, options: ExecOp
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(error) => {
-            let status = json!({"metadata": {}, "status": "Failure", "message": format!("cannot run runc: {error}")});
-            let _ = send(&writer, 3, status.to_string().as_bytes()).await;
-            let _ = write_frame(&mut *writer.lock().await, OP_CLOSE, &[], None).await;
-            return;
-        }
-    };
-    let relay =
-        |mut source: Box<dyn tokio::io::AsyncRead + Send + Unpin>, channel: u8, wanted: bool| {
-            let writer = Arc::clone(&writer);
-            tokio::spawn(async move {
-                let mut buffer = vec![0_u8; 32 * 1024];
-                loop {
-                    match source.read(&mut buffer).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) if wanted => {
-                            if send(&writer, channel, &buffer[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                        Ok(_) => {}
-                    }
-                }
-            })
-        };
+        .spawn()?;
     let stdout = relay(
+        writer,
         Box::new(child.stdout.take().expect("piped")),
         1,
         options.stdout,
     );
     let stderr = relay(
+        writer,
         Box::new(child.stderr.take().expect("piped")),
         2,
         options.stderr,
     );
     let mut stdin = child.stdin.take();
-    let input_writer = Arc::clone(&writer);
-    let input = tokio::spawn(async move {
-        while let Ok(Some(frame)) = read_frame(&mut reader).await {
-            match frame.opcode {
-                OP_BINARY | OP_TEXT => {
-                    let Some((&channel, data)) = frame.payload.split_first() else {
-                        continue;
-                    };
-                    match channel {
-                        0 => {
-                            if let Some(pipe) = stdin.as_mut()
-                                && pipe.write_all(data).await.is_err()
-                            {
-                                stdin = None;
-                            }
-                        }
-                        // v5: close a channel; stdin's close is end of input.
-                        255 if v5 && data.first() == Some(&0) => stdin = None,
-                        _ => {}
+    let feed = tokio::spawn(async move {
+        while let Some(input) = received.recv().await {
+            match input {
+                Input::Stdin(data) => {
+                    if let Some(pipe) = stdin.as_mut()
+                        && pipe.write_all(&data).await.is_err()
+                    {
+                        stdin = None;
                     }
                 }
-                OP_PING => {
-                    let _ = write_frame(
-                        &mut *input_writer.lock().await,
-                        OP_PONG,
-                        &frame.payload,
-                        None,
-                    )
-                    .await;
-                }
-                OP_CLOSE => break,
-                _ => {}
+                Input::CloseStdin => stdin = None,
+                Input::Resize(..) => {}
             }
         }
     });
     let status = child.wait().await.ok().and_then(|s| s.code());
     let _ = stdout.await;
     let _ = stderr.await;
-    input.abort();
-    let _ = send(
-        &writer,
-        3,
-        exit_status(&options.command, status).to_string().as_bytes(),
-    )
-    .await;
-    super::websocket::close(&mut *writer.lock().await).await;
+    feed.abort();
+    Ok(status)
+}
+
+/// `runc exec --tty` on a terminal of the node API's own ([`Pty`]): the terminal's output on
+/// channel 1 (a terminal has no separate stderr), stdin and resizes into it. Its exit code.
+async fn with_terminal(
+    mut command: tokio::process::Command,
+    writer: &Writer,
+    mut received: tokio::sync::mpsc::Receiver<Input>,
+) -> std::io::Result<Option<i32>> {
+    let mut pty = Pty::open()?;
+    command
+        .stdin(pty.slave_stdio()?)
+        .stdout(pty.slave_stdio()?)
+        .stderr(pty.slave_stdio()?)
+        .kill_on_drop(true);
+    // SAFETY: become_terminal_leader makes only async-signal-safe calls.
+    unsafe { command.pre_exec(|| pty::become_terminal_leader()) };
+    let mut child = command.spawn()?;
+    // Reads from the master end finish only once no copy of the slave end is left here: the
+    // command holds some until it is dropped.
+    drop(command);
+    pty.close_slave();
+    let pty = Arc::new(pty);
+    let output = {
+        let (pty, writer) = (Arc::clone(&pty), Arc::clone(writer));
+        tokio::spawn(async move {
+            let mut buffer = vec![0_u8; 32 * 1024];
+            while let Ok(n @ 1..) = pty.read(&mut buffer).await {
+                if send(&writer, 1, &buffer[..n]).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let feed = {
+        let pty = Arc::clone(&pty);
+        tokio::spawn(async move {
+            while let Some(input) = received.recv().await {
+                let done = match input {
+                    Input::Stdin(data) => pty.write_all(&data).await,
+                    // End of input on a terminal is its EOF character, as a user's ^D.
+                    Input::CloseStdin => pty.write_all(&[4]).await,
+                    Input::Resize(rows, cols) => pty.resize(rows, cols),
+                };
+                if let Err(error) = done {
+                    log::debug!("node API: exec: terminal input: {error}");
+                }
+            }
+        })
+    };
+    let status = child.wait().await.ok().and_then(|s| s.code());
+    // The terminal's last output drains, then reads end: runc held the only slave end.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), output).await;
+    feed.abort();
+    Ok(status)
 }
 
 /// The `Sec-WebSocket-Key` and the channel protocol (one of [`PROTOCOLS`]) of a WebSocket
@@ -233,9 +345,6 @@ pub(super) fn upgrade(api: &NodeApi, mut request: Request<Incoming>) -> Response
         return not_found();
     };
     let options = ExecOptions::from_query(request.uri().query().unwrap_or(""));
-    if options.tty {
-        return text(StatusCode::BAD_REQUEST, "tty is not supported yet\n");
-    }
     if options.command.is_empty() {
         return text(
             StatusCode::BAD_REQUEST,

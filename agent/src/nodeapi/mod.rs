@@ -5,7 +5,7 @@
 //! - `GET /containerLogs/<ns>/<pod>/<container>` with `follow`, `tailLines`, `timestamps`,
 //!   `previous`, `sinceSeconds`, `limitBytes` ([`logs`], [`cri`], [`follow`]);
 //! - `GET /stats/summary`: CPU and memory from cgroups ([`stats`]);
-//! - `/exec/<ns>/<pod>/<container>` over WebSocket (`v5.channel.k8s.io`, no TTY yet; [`exec`]);
+//! - `/exec/<ns>/<pod>/<container>` over WebSocket (`v5.channel.k8s.io`, with or without a TTY; [`exec`]);
 //! - `/attach/<ns>/<pod>/<container>` over WebSocket: the container's output from now on
 //!   (no stdin, no TTY; [`attach`]);
 //! - `/portForward/<ns>/<pod>` over SPDY/3.1 or WebSocket `v4.channel.k8s.io` ([`portforward`]);
@@ -23,6 +23,7 @@ pub mod exec;
 pub mod follow;
 mod logs;
 pub mod portforward;
+pub mod pty;
 mod routes;
 pub mod server;
 pub mod stats;
