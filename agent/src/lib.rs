@@ -18,6 +18,7 @@ pub mod cgroups;
 pub mod cni;
 pub mod dataplane;
 pub mod image;
+pub mod metrics;
 pub mod nodeapi;
 pub mod pods;
 pub mod probe;

@@ -28,7 +28,9 @@ use keel_agent::dataplane::{
     CtTimeouts, DEFAULT_BPF_ROOT, Dataplane, LbAlgorithm, LoadBalancing, TableSize, XdpAttachMode,
     remove_pins,
 };
+use keel_agent::metrics::{self, Metrics};
 use keel_agent::services::{Node, ServicesFile, desired_state};
+use keel_ebpf_common::conntrack::CT4_MAX_ENTRIES;
 
 #[derive(Debug, Parser)]
 #[command(name = "keel-agent", version, about = "Keel's node agent")]
@@ -143,6 +145,11 @@ struct Args {
     /// 8191, 16381, 32749, 65521, 131071); 4 bytes each, one table per external frontend.
     #[arg(long, default_value = "16381")]
     maglev_table_size: TableSize,
+    /// Where the Prometheus metrics are served (`/metrics`): conntrack fill and collection,
+    /// drops by reason, interface counters, Service syncs. kube-proxy's flag and default;
+    /// empty: no metrics.
+    #[arg(long, default_value = metrics::DEFAULT_BIND_ADDRESS)]
+    metrics_bind_address: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -196,6 +203,8 @@ fn reset(args: ResetArgs) -> anyhow::Result<()> {
 
 /// How often the services file is checked for changes.
 const FILE_POLL: Duration = Duration::from_secs(1);
+/// How often the counters behind the metrics are read.
+const METRICS_REFRESH: Duration = Duration::from_secs(1);
 /// How often the main loop looks for work (Service updates from the API among it).
 const TICK: Duration = Duration::from_millis(50);
 /// How often idle tracked flows are collected.
@@ -248,10 +257,19 @@ fn main() -> anyhow::Result<()> {
     } else {
         Some(start_dataplane(&args, &devices)?)
     };
+    let metrics_address = metrics::parse_bind_address(&args.metrics_bind_address)
+        .map_err(|problem| anyhow::anyhow!("--metrics-bind-address: {problem}"))?;
+    let metrics = Metrics::default();
+    if let (Some(address), Some(_)) = (metrics_address, &dataplane) {
+        metrics.set_conntrack_capacity(CT4_MAX_ENTRIES);
+        metrics::serve(address, metrics.clone()).context("cannot start the metrics server")?;
+    }
+    let mut next_metrics = Instant::now();
     let mut services = args.services_file.clone().map(|path| ServicesFromFile {
         path,
         node: node(&args),
         seen: None,
+        metrics: metrics.clone(),
     });
 
     let stats_interval = Duration::from_secs(args.stats_interval);
@@ -266,7 +284,10 @@ fn main() -> anyhow::Result<()> {
         if let (Some(updates), Some(dataplane)) = (&api_services, &mut dataplane) {
             // Only the newest state matters; the feed already spaces them out.
             if let Some(desired) = updates.try_iter().last() {
-                match dataplane.apply(&desired) {
+                let started = Instant::now();
+                let applied = dataplane.apply(&desired);
+                metrics.record_sync(applied.is_ok().then_some(desired.len()), started.elapsed());
+                match applied {
                     Ok(changed) => {
                         log::info!("API: {} frontends ({changed} changed)", desired.len())
                     }
@@ -286,13 +307,22 @@ fn main() -> anyhow::Result<()> {
         {
             next_gc = Instant::now() + CONNTRACK_GC;
             match dataplane.collect_conntrack(timeouts) {
-                Ok(gc) => log::debug!(
-                    "conntrack: {} entries, {} idle removed",
-                    gc.entries,
-                    gc.removed
-                ),
+                Ok(gc) => {
+                    metrics.record_conntrack_gc(gc);
+                    log::debug!(
+                        "conntrack: {} entries, {} idle removed",
+                        gc.entries,
+                        gc.removed
+                    )
+                }
                 Err(error) => log::warn!("conntrack collection failed: {error:#}"),
             }
+        }
+        if let (Some(dataplane), Some(_)) = (&dataplane, metrics_address)
+            && Instant::now() >= next_metrics
+        {
+            next_metrics = Instant::now() + METRICS_REFRESH;
+            refresh_metrics(dataplane, &devices, &metrics);
         }
         if let Some(dataplane) = &dataplane
             && !devices.is_empty()
@@ -396,6 +426,7 @@ struct ServicesFromFile {
     node: Node,
     /// Modification time and length of the version last read, good or bad.
     seen: Option<(SystemTime, u64)>,
+    metrics: Metrics,
 }
 
 impl ServicesFromFile {
@@ -415,7 +446,11 @@ impl ServicesFromFile {
             }
         };
         let desired = desired_state(&file.services, &file.slices, &self.node);
-        match dataplane.apply(&desired) {
+        let started = Instant::now();
+        let applied = dataplane.apply(&desired);
+        self.metrics
+            .record_sync(applied.is_ok().then_some(desired.len()), started.elapsed());
+        match applied {
             Ok(changed) => log::info!(
                 "{}: {} Services, {} frontends ({changed} changed)",
                 self.path.display(),
@@ -434,6 +469,32 @@ fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_owned())
+}
+
+/// Reads the drop and interface counters into `metrics`; a failed read is logged and leaves
+/// the last values.
+fn refresh_metrics(dataplane: &Dataplane, devices: &[(String, u32)], metrics: &Metrics) {
+    match dataplane.drop_stats() {
+        Ok(drops) => metrics.set_drops(drops),
+        Err(error) => log::warn!("metrics: cannot read the drop counters: {error:#}"),
+    }
+    if devices.is_empty() {
+        return;
+    }
+    match dataplane.iface_stats() {
+        Ok(stats) => metrics.set_interfaces(
+            devices
+                .iter()
+                .map(|(name, ifindex)| {
+                    (
+                        name.clone(),
+                        stats.get(ifindex).copied().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        ),
+        Err(error) => log::warn!("metrics: cannot read the interface counters: {error:#}"),
+    }
 }
 
 fn report(dataplane: &Dataplane, devices: &[(String, u32)]) -> anyhow::Result<()> {

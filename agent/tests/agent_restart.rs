@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_testhost::{HostProcess, TestBpffs, TestCgroup, require_root, require_tool};
-use support::pinned;
 use support::servers::{BACKEND_PORT, RoutedHosts, answer, nc_to};
+use support::{metrics, pinned};
 
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// iperf3 to backend1 (one backend: iperf3's control and data connections must meet).
@@ -373,6 +373,55 @@ fn a_restart_with_a_changed_services_file_converges() {
         .rfind(|line| line.contains(" frontends ("))
         .unwrap();
     assert!(last_apply.ends_with("(3 changed)"), "{log}");
+
+    // The agent's metrics: the frontends, the syncs, the routed connections above in
+    // conntrack (at its next collection), the drop reasons and the devices' counters.
+    let uplink = &cluster.hosts.uplink.interface;
+    let text = metrics::wait_for(&cluster.hosts.node, Duration::from_secs(30), |text| {
+        metrics::value(text, "keel_conntrack_entries").is_some_and(|n| n >= 2.0)
+    })
+    .unwrap_or_else(|last| panic!("no conntrack entries in the metrics:\n{last}\nlog:\n{log}"));
+    assert_eq!(
+        metrics::value(&text, "keel_service_frontends"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metrics::value(&text, "keel_service_syncs_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metrics::value(&text, "keel_service_sync_errors_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metrics::value(&text, "keel_conntrack_max_entries"),
+        Some(f64::from(keel_ebpf_common::conntrack::CT4_MAX_ENTRIES)),
+        "{text}"
+    );
+    assert!(
+        metrics::value(&text, "keel_conntrack_fill_ratio").is_some_and(|r| r > 0.0),
+        "{text}"
+    );
+    assert!(
+        metrics::value(&text, "keel_conntrack_gc_runs_total").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    for reason in keel_ebpf_common::DropReason::ALL {
+        let sample = format!("keel_drop_count_total{{reason=\"{}\"}}", reason.as_str());
+        assert!(
+            metrics::value(&text, &sample).is_some(),
+            "{sample} in:\n{text}"
+        );
+    }
+    let ingress =
+        format!("keel_interface_packets_total{{device=\"{uplink}\",hook=\"tc_ingress\"}}");
+    assert!(
+        metrics::value(&text, &ingress).is_some_and(|n| n > 0.0),
+        "{ingress} in:\n{text}"
+    );
 }
 
 /// The pins left by an agent are gone after `--cleanup-bpf`.

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod curl;
+pub mod metrics;
 pub mod packet;
 pub mod pinned;
 pub mod servers;
