@@ -91,15 +91,21 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
         })?),
         None => None,
     };
-    let cidr_text = args
-        .pod_cidr
-        .clone()
-        .or_else(|| {
-            api.as_ref()
-                .and_then(|(_, node, _)| node.spec.as_ref()?.pod_cidr.clone())
-        })
-        .context("no pod CIDR: give --pod-cidr (or let the control plane assign the node one)")?;
-    let cidr = Ipv4Cidr::parse(&cidr_text).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
+    // `--pod-cidr` wins; else the Node's spec.podCIDR, as kubelet and CNI plugins take it.
+    let (cidr_text, cidr_source) = match (&args.pod_cidr, &api) {
+        (Some(cidr), _) => (cidr.clone(), "--pod-cidr".to_owned()),
+        (None, Some((client, node, _))) => (
+            match node.spec.as_ref().and_then(|spec| spec.pod_cidr.clone()) {
+                Some(cidr) => cidr,
+                None => runtime.block_on(api_node::wait_for_pod_cidr(client, node)),
+            },
+            format!("spec.podCIDR of node {node_name}"),
+        ),
+        (None, None) => anyhow::bail!(
+            "no pod CIDR: give --pod-cidr (without --kubeconfig no control plane assigns one)"
+        ),
+    };
+    let cidr = Ipv4Cidr::parse(&cidr_text).map_err(|e| anyhow::anyhow!("{cidr_source}: {e}"))?;
     let cgroups = CgroupManager::detect(&args.cgroup_root)?;
     let ipam = Ipam::open(cidr, &root.join("ipam"))?;
     let images = ImageStore::open(&root.join("images"), args.insecure_registries.clone())?;
@@ -125,6 +131,21 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
         receiver
     });
     network::enable_forwarding().context("cannot enable IPv4 forwarding for pods")?;
+    if let Some((client, _, _)) = &api {
+        if args.auto_direct_node_routes {
+            runtime.spawn(keel_agent::api::routes::run(
+                client.clone(),
+                node_name.clone(),
+                cidr,
+            ));
+            log::info!(
+                "routing the other nodes' pod CIDRs via their InternalIPs (proto {})",
+                keel_agent::sandbox::routes::ROUTE_PROTOCOL
+            );
+        } else {
+            log::info!("no routes to the other nodes' pods (--auto-direct-node-routes=false)");
+        }
+    }
     let ctx = Arc::new(NodeContext {
         root_dir: root.clone(),
         node_name: node_name.clone(),

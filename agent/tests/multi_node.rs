@@ -1,0 +1,237 @@
+//! Several agents against one real control plane, each node a test host of its own on one
+//! switch: the agents take their pod CIDRs from their Nodes (node IPAM), route the other
+//! nodes' pod CIDRs via their InternalIPs (protocol 75, their own routes only), and pods on
+//! different nodes reach each other by pod IP with no NAT, across the eBPF dataplane on each
+//! node's interface.
+
+mod support;
+
+use std::time::Duration;
+
+use keel_agent::sandbox::Ipv4Cidr;
+use keel_agent::sandbox::routes::ROUTE_PROTOCOL;
+use keel_testhost::multinode::{CLUSTER_CIDR, TestCluster};
+use keel_testhost::registry::{ImageSpec, LayerEntry, TestImage};
+use support::agent_binary;
+
+/// A busybox image whose `/www/cgi-bin/ip` answers with the client's address as the server
+/// sees it (`REMOTE_ADDR`).
+fn whoami_image(cluster: &TestCluster) -> String {
+    let image = TestImage::busybox(&ImageSpec {
+        cmd: vec!["sh".into()],
+        extra_layers: vec![vec![LayerEntry::File {
+            path: "www/cgi-bin/ip".into(),
+            content: b"#!/bin/sh\necho Content-Type: text/plain\necho\necho \"$REMOTE_ADDR\"\n"
+                .to_vec(),
+            mode: 0o755,
+        }]],
+        ..ImageSpec::default()
+    })
+    .expect("whoami image");
+    cluster
+        .registry
+        .push(&image, "whoami", "1")
+        .expect("push whoami")
+}
+
+/// A pod bound to `node` running busybox httpd on port 80 with `image`'s CGI script.
+fn web_pod(name: &str, node: &str, image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  \
+         terminationGracePeriodSeconds: 1\n  containers:\n  - name: httpd\n    image: {image}\n    \
+         command: [httpd, -f, -p, '80', -h, /www]\n---\n"
+    )
+}
+
+/// The pod's phase and IP once it is Running.
+fn running_ip(cluster: &TestCluster, pod: &str) -> String {
+    cluster.wait_for(
+        &format!("pod {pod} Running"),
+        Duration::from_secs(90),
+        || {
+            let text = cluster.jsonpath(
+                &["get", "pod", pod],
+                "{.status.phase} {.status.podIP} {.spec.nodeName}",
+            )?;
+            let mut words = text.split_whitespace();
+            (words.next() == Some("Running"))
+                .then(|| words.next().map(str::to_owned))
+                .flatten()
+        },
+    )
+}
+
+/// The node's `spec.podCIDR`.
+fn pod_cidr(cluster: &TestCluster, node: &str) -> Ipv4Cidr {
+    let text = cluster
+        .jsonpath(&["get", "node", node], "{.spec.podCIDR}")
+        .expect("node");
+    Ipv4Cidr::parse(&text).unwrap_or_else(|e| panic!("node {node}: {e}"))
+}
+
+/// `wget` from pod `from` (through `kubectl exec`) to the `ip` CGI script of `to_ip`: the
+/// address the server saw.
+fn seen_by(cluster: &TestCluster, from: &str, to_ip: &str) -> Option<String> {
+    let output = cluster.control_plane.kubectl(&[
+        "exec",
+        from,
+        "--",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &format!("http://{to_ip}/cgi-bin/ip"),
+    ]);
+    // httpd listens on a dual-stack socket: an IPv4 peer shows as `[::ffff:a.b.c.d]`.
+    output.status.success().then(|| {
+        let text = String::from_utf8_lossy(&output.stdout);
+        let text = text.trim();
+        text.strip_prefix("[::ffff:")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .unwrap_or(text)
+            .to_owned()
+    })
+}
+
+/// The node's Keel routes as `<destination> via <gateway>`, sorted.
+fn keel_routes(cluster: &TestCluster, node: &str) -> Vec<String> {
+    let mut routes: Vec<String> = cluster
+        .node(node)
+        .routes(ROUTE_PROTOCOL)
+        .iter()
+        .map(|r| r.split(" dev ").next().unwrap_or_default().to_owned())
+        .collect();
+    routes.sort();
+    routes
+}
+
+#[test]
+fn pods_on_different_nodes_reach_each_other_by_pod_ip_without_nat() {
+    let mut cluster = TestCluster::start("mnnet", agent_binary(), 3, &[], &[]);
+    let cluster_cidr = Ipv4Cidr::parse(CLUSTER_CIDR).unwrap();
+
+    // Each agent took its Node's pod CIDR from node IPAM, and routes the others' via their IPs.
+    let cidrs: Vec<Ipv4Cidr> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|node| pod_cidr(&cluster, node))
+        .collect();
+    for (node, cidr) in cluster.nodes.iter().zip(&cidrs) {
+        assert!(cluster_cidr.contains(cidr.base), "{node:?}: {cidr}");
+        let log = node.agent_log();
+        assert!(
+            log.contains(&format!("pod CIDR {cidr}")),
+            "{} did not take {cidr}:\n{log}",
+            node.name
+        );
+    }
+    let node_ips: Vec<_> = cluster.nodes.iter().map(|node| node.ip).collect();
+    let expected_routes = |own: usize| -> Vec<String> {
+        let mut routes: Vec<String> = (0..3)
+            .filter(|k| *k != own)
+            .map(|k| format!("{} via {}", cidrs[k], node_ips[k]))
+            .collect();
+        routes.sort();
+        routes
+    };
+    for (k, node) in cluster.nodes.iter().enumerate() {
+        let wanted = expected_routes(k);
+        cluster.wait_for(
+            &format!("{}'s routes {wanted:?}", node.name),
+            Duration::from_secs(30),
+            || (keel_routes(&cluster, &node.name) == wanted).then_some(()),
+        );
+    }
+
+    // Pods on every node; each server sees the client pod's own address.
+    let whoami = whoami_image(&cluster);
+    let manifests = [
+        web_pod("web1", "node1", &whoami),
+        web_pod("web2", "node2", &whoami),
+        web_pod("web3", "node3", &whoami),
+    ]
+    .concat();
+    cluster
+        .control_plane
+        .kubectl_ok(&["apply", "-f", "-"], Some(&manifests));
+    let ips: Vec<String> = ["web1", "web2", "web3"]
+        .iter()
+        .map(|pod| running_ip(&cluster, pod))
+        .collect();
+    for (ip, cidr) in ips.iter().zip(&cidrs) {
+        assert!(cidr.contains(ip.parse().unwrap()), "{ip} not in {cidr}");
+    }
+    for (from, from_ip) in ["web1", "web2", "web3"].iter().zip(&ips) {
+        for to_ip in ips.iter().filter(|ip| *ip != from_ip) {
+            let seen = cluster.wait_for(
+                &format!("{from} to reach {to_ip}"),
+                Duration::from_secs(30),
+                || seen_by(&cluster, from, to_ip),
+            );
+            assert_eq!(&seen, from_ip, "{from} -> {to_ip}: the server saw {seen}");
+        }
+    }
+
+    // A restarted agent converges: it puts back a route removed behind its back, removes a
+    // Keel route no node wants, and leaves a route of another protocol alone.
+    cluster.node_mut("node1").stop_agent(libc::SIGTERM);
+    let node3_route = cidrs[2].to_string();
+    let stale = "198.18.250.0/24";
+    let foreign = "198.18.251.0/24";
+    let via = node_ips[1].to_string();
+    let node1 = cluster.node("node1");
+    for command in [
+        vec!["ip", "route", "del", node3_route.as_str()],
+        vec![
+            "ip",
+            "route",
+            "add",
+            stale,
+            "via",
+            via.as_str(),
+            "proto",
+            "75",
+        ],
+        vec![
+            "ip",
+            "route",
+            "add",
+            foreign,
+            "via",
+            via.as_str(),
+            "proto",
+            "static",
+        ],
+    ] {
+        assert!(node1.run(&command).is_some(), "{command:?} failed");
+    }
+    cluster.node_mut("node1").start_agent();
+    let wanted = expected_routes(0);
+    cluster.wait_for(
+        "node1's routes after a restart",
+        Duration::from_secs(60),
+        || (keel_routes(&cluster, "node1") == wanted).then_some(()),
+    );
+    let static_routes = cluster.node("node1").routes(4);
+    assert!(
+        static_routes.iter().any(|r| r.starts_with(foreign)),
+        "the foreign route went: {static_routes:?}"
+    );
+    assert_eq!(
+        seen_by(&cluster, "web1", &ips[2]).as_deref(),
+        Some(ips[0].as_str())
+    );
+
+    // A deleted node's route goes from the others.
+    cluster.node_mut("node3").stop_agent(libc::SIGTERM);
+    cluster
+        .control_plane
+        .kubectl_ok(&["delete", "node", "node3"], None);
+    for (k, node) in ["node1", "node2"].iter().enumerate() {
+        let wanted = vec![format!("{} via {}", cidrs[1 - k], cluster.nodes[1 - k].ip)];
+        cluster.wait_for(
+            &format!("{node}'s route to node3 to go"),
+            Duration::from_secs(30),
+            || (keel_routes(&cluster, node) == wanted).then_some(()),
+        );
+    }
+}
