@@ -2,7 +2,7 @@
 //! switch: the agents take their pod CIDRs from their Nodes (node IPAM), route the other
 //! nodes' pod CIDRs via their InternalIPs (protocol 75, their own routes only), and pods on
 //! different nodes reach each other by pod IP with no NAT, across the eBPF dataplane on each
-//! node's interface.
+//! node's interface, directly and through a ClusterIP whose backends are on other nodes.
 
 mod support;
 
@@ -15,13 +15,13 @@ use keel_testhost::registry::{ImageSpec, LayerEntry, TestImage};
 use support::agent_binary;
 
 /// A busybox image whose `/www/cgi-bin/ip` answers with the client's address as the server
-/// sees it (`REMOTE_ADDR`).
+/// sees it (`REMOTE_ADDR`) and the server's host name (its pod's name).
 fn whoami_image(cluster: &TestCluster) -> String {
     let image = TestImage::busybox(&ImageSpec {
         cmd: vec!["sh".into()],
         extra_layers: vec![vec![LayerEntry::File {
             path: "www/cgi-bin/ip".into(),
-            content: b"#!/bin/sh\necho Content-Type: text/plain\necho\necho \"$REMOTE_ADDR\"\n"
+            content: b"#!/bin/sh\necho Content-Type: text/plain\necho\necho \"$REMOTE_ADDR $(hostname)\"\n"
                 .to_vec(),
             mode: 0o755,
         }]],
@@ -34,10 +34,11 @@ fn whoami_image(cluster: &TestCluster) -> String {
         .expect("push whoami")
 }
 
-/// A pod bound to `node` running busybox httpd on port 80 with `image`'s CGI script.
-fn web_pod(name: &str, node: &str, image: &str) -> String {
+/// A pod bound to `node` running busybox httpd on port 80 with `image`'s CGI script, labelled
+/// `tier: <tier>`.
+fn web_pod(name: &str, node: &str, image: &str, tier: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  \
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{tier: {tier}}}}}\nspec:\n  nodeName: {node}\n  \
          terminationGracePeriodSeconds: 1\n  containers:\n  - name: httpd\n    image: {image}\n    \
          command: [httpd, -f, -p, '80', -h, /www]\n---\n"
     )
@@ -70,8 +71,8 @@ fn pod_cidr(cluster: &TestCluster, node: &str) -> Ipv4Cidr {
 }
 
 /// `wget` from pod `from` (through `kubectl exec`) to the `ip` CGI script of `to_ip`: the
-/// address the server saw.
-fn seen_by(cluster: &TestCluster, from: &str, to_ip: &str) -> Option<String> {
+/// client address the server saw, and the server's name.
+fn seen_by(cluster: &TestCluster, from: &str, to_ip: &str) -> Option<(String, String)> {
     let output = cluster.control_plane.kubectl(&[
         "exec",
         from,
@@ -83,14 +84,16 @@ fn seen_by(cluster: &TestCluster, from: &str, to_ip: &str) -> Option<String> {
         &format!("http://{to_ip}/cgi-bin/ip"),
     ]);
     // httpd listens on a dual-stack socket: an IPv4 peer shows as `[::ffff:a.b.c.d]`.
-    output.status.success().then(|| {
-        let text = String::from_utf8_lossy(&output.stdout);
-        let text = text.trim();
-        text.strip_prefix("[::ffff:")
-            .and_then(|rest| rest.strip_suffix(']'))
-            .unwrap_or(text)
-            .to_owned()
-    })
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (address, server) = text.trim().split_once(' ')?;
+    let address = address
+        .strip_prefix("[::ffff:")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(address);
+    Some((address.to_owned(), server.to_owned()))
 }
 
 /// The node's Keel routes as `<destination> via <gateway>`, sorted.
@@ -145,11 +148,13 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip_without_nat() {
     // Pods on every node; each server sees the client pod's own address.
     let whoami = whoami_image(&cluster);
     let manifests = [
-        web_pod("web1", "node1", &whoami),
-        web_pod("web2", "node2", &whoami),
-        web_pod("web3", "node3", &whoami),
+        web_pod("web1", "node1", &whoami, "front"),
+        web_pod("web2", "node2", &whoami, "back"),
+        web_pod("web3", "node3", &whoami, "back"),
     ]
-    .concat();
+    .concat()
+        + "apiVersion: v1\nkind: Service\nmetadata: {name: back}\nspec:\n  selector: {tier: back}\n  \
+           ports: [{port: 8080, targetPort: 80}]\n";
     cluster
         .control_plane
         .kubectl_ok(&["apply", "-f", "-"], Some(&manifests));
@@ -160,16 +165,41 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip_without_nat() {
     for (ip, cidr) in ips.iter().zip(&cidrs) {
         assert!(cidr.contains(ip.parse().unwrap()), "{ip} not in {cidr}");
     }
-    for (from, from_ip) in ["web1", "web2", "web3"].iter().zip(&ips) {
-        for to_ip in ips.iter().filter(|ip| *ip != from_ip) {
-            let seen = cluster.wait_for(
+    let names = ["web1", "web2", "web3"];
+    for (from, from_ip) in names.iter().zip(&ips) {
+        for (to, to_ip) in names.iter().zip(&ips).filter(|(_, ip)| *ip != from_ip) {
+            let (seen, server) = cluster.wait_for(
                 &format!("{from} to reach {to_ip}"),
                 Duration::from_secs(30),
                 || seen_by(&cluster, from, to_ip),
             );
             assert_eq!(&seen, from_ip, "{from} -> {to_ip}: the server saw {seen}");
+            assert_eq!(&server, to);
         }
     }
+
+    // Through a ClusterIP (socket load-balancing in web1's node): backends on the other two
+    // nodes answer, and still see web1's own address.
+    let cluster_ip = cluster
+        .jsonpath(&["get", "service", "back"], "{.spec.clusterIP}")
+        .expect("service back");
+    let frontend = format!("{cluster_ip}:8080");
+    let mut servers = std::collections::BTreeSet::new();
+    cluster.wait_for(
+        "both backends to answer through the ClusterIP",
+        Duration::from_secs(60),
+        || {
+            let (seen, server) = seen_by(&cluster, "web1", &frontend)?;
+            assert_eq!(seen, ips[0], "through {frontend}: {server} saw {seen}");
+            servers.insert(server);
+            (servers.len() == 2).then_some(())
+        },
+    );
+    assert_eq!(
+        servers.into_iter().collect::<Vec<_>>(),
+        ["web2", "web3"],
+        "the backends behind {frontend}"
+    );
 
     // A restarted agent converges: it puts back a route removed behind its back, removes a
     // Keel route no node wants, and leaves a route of another protocol alone.
@@ -217,8 +247,8 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip_without_nat() {
         "the foreign route went: {static_routes:?}"
     );
     assert_eq!(
-        seen_by(&cluster, "web1", &ips[2]).as_deref(),
-        Some(ips[0].as_str())
+        seen_by(&cluster, "web1", &ips[2]),
+        Some((ips[0].clone(), "web3".to_owned()))
     );
 
     // A deleted node's route goes from the others.

@@ -1,6 +1,7 @@
 //! A cluster of several test nodes: etcd, `keel-controlplane all` and a registry with a busybox
 //! image in a test host `cp`, and N nodes, each a test host with `keel-agent` in it (its own
-//! state and log directories, cgroup root, socket-LB cgroup and bpffs), all plugged into one
+//! state and log directories, socket-LB cgroup2 group which is also its cgroup root, so its
+//! pods get socket load-balancing, and bpffs), all plugged into one
 //! switch (`198.19.0.0/24`: `cp` is `.1`, node k is `.(k+1)`). The control plane's node IPAM
 //! gives each node a pod CIDR from [`CLUSTER_CIDR`]; the agents take it from their Node.
 //! Dropping the cluster stops the agents and removes their pods, mounts and cgroups, then the
@@ -152,7 +153,6 @@ impl TestCluster {
         let mut cp_args = vec![format!("--cluster-cidr={CLUSTER_CIDR}")];
         cp_args.extend_from_slice(controlplane_args);
         let control_plane = TestControlPlane::start_in(&cp, cp_ip, &cp_args);
-        let run = crate::run::run_id().expect("run id");
         let mut cluster = TestCluster {
             nodes: Vec::new(),
             control_plane,
@@ -171,8 +171,15 @@ impl TestCluster {
             assert_eq!(endpoint.interface, NODE_INTERFACE);
             let root = kt_dir(tag);
             let logs = kt_dir(tag);
-            let cgroup_root = format!("kt-{run}-{tag}-{name}");
+            // The pods' cgroups go under the socket-LB group (runc puts them in the cgroup2
+            // hierarchy too), so the node's socket load-balancing serves its pods.
             let socket_lb_cgroup = TestCgroup::new().expect("socket LB cgroup");
+            let cgroup_root = socket_lb_cgroup
+                .path()
+                .file_name()
+                .expect("a cgroup name")
+                .to_string_lossy()
+                .into_owned();
             let bpffs = TestBpffs::new().expect("bpffs");
             let mut args: Vec<String> = vec![
                 format!(
