@@ -2,7 +2,9 @@
 //! switch: the agents take their pod CIDRs from their Nodes (node IPAM), route the other
 //! nodes' pod CIDRs via their InternalIPs (protocol 75, their own routes only), and pods on
 //! different nodes reach each other by pod IP with no NAT, across the eBPF dataplane on each
-//! node's interface, directly and through a ClusterIP whose backends are on other nodes.
+//! node's interface, directly and through a ClusterIP whose backends are on other nodes. A
+//! node whose agent stops goes Unknown and its pods are evicted after their toleration and
+//! replaced on the other nodes.
 
 mod support;
 
@@ -264,4 +266,120 @@ fn pods_on_different_nodes_reach_each_other_by_pod_ip_without_nat() {
             || (keel_routes(&cluster, node) == wanted).then_some(()),
         );
     }
+}
+
+#[test]
+fn a_stopped_nodes_pods_are_replaced_on_the_others_after_their_toleration() {
+    let mut cluster = TestCluster::start(
+        "mnevict",
+        agent_binary(),
+        3,
+        &[
+            "--node-monitor-grace-period=8s".into(),
+            "--node-monitor-period=1s".into(),
+        ],
+        &[],
+    );
+    let deployment = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: sleepers}}\nspec:\n  replicas: 3\n  \
+         selector: {{matchLabels: {{app: sleepers}}}}\n  template:\n    metadata: {{labels: {{app: sleepers}}}}\n    \
+         spec:\n      terminationGracePeriodSeconds: 1\n      tolerations:\n      \
+         - {{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 3}}\n      \
+         - {{key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 3}}\n      \
+         containers:\n      - {{name: c, image: {}, command: [sleep, '3600']}}\n",
+        cluster.image
+    );
+    cluster
+        .control_plane
+        .kubectl_ok(&["apply", "-f", "-"], Some(&deployment));
+    // `<pod> <node> <phase> <deleting?>` per pod.
+    let pods = |cluster: &TestCluster| -> Vec<(String, String, String, bool)> {
+        cluster
+            .jsonpath(
+                &["get", "pods", "-l", "app=sleepers"],
+                "{range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+            )
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                Some((
+                    words.next()?.to_owned(),
+                    words.next()?.to_owned(),
+                    words.next()?.to_owned(),
+                    words.next().is_some(),
+                ))
+            })
+            .collect()
+    };
+    let running = cluster.wait_for("three pods Running", Duration::from_secs(90), || {
+        let all = pods(&cluster);
+        (all.len() == 3 && all.iter().all(|(_, _, phase, _)| phase == "Running")).then_some(all)
+    });
+    let (victim, stopped) = (running[0].0.clone(), running[0].1.clone());
+
+    // The node's agent stops: the node goes Unknown, gets the unreachable taint, and after the
+    // 3 s toleration its pod is evicted and replaced on a node that is still up.
+    cluster.node_mut(&stopped).stop_agent(libc::SIGKILL);
+    cluster.wait_for(
+        &format!("{stopped} NotReady with the unreachable taint"),
+        Duration::from_secs(60),
+        || {
+            let taints = cluster
+                .jsonpath(&["get", "node", &stopped], "{.spec.taints[*].key}")
+                .unwrap_or_default();
+            (cluster.node_condition(&stopped, "Ready") == "Unknown"
+                && taints.contains("node.kubernetes.io/unreachable"))
+            .then_some(())
+        },
+    );
+    let replaced = cluster.wait_for(
+        &format!("{victim} evicted and replaced"),
+        Duration::from_secs(60),
+        || {
+            let all = pods(&cluster);
+            let victim_gone = all
+                .iter()
+                .all(|(name, _, _, deleting)| *name != victim || *deleting);
+            let elsewhere: Vec<_> = all
+                .iter()
+                .filter(|(_, node, phase, deleting)| {
+                    *node != stopped && phase == "Running" && !*deleting
+                })
+                .cloned()
+                .collect();
+            (victim_gone && elsewhere.len() == 3).then_some(elsewhere)
+        },
+    );
+    assert!(
+        replaced.iter().all(|(name, _, _, _)| *name != victim),
+        "{replaced:?}"
+    );
+    let reason = cluster
+        .jsonpath(
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.name={victim}"),
+            ],
+            "{.items[*].reason}",
+        )
+        .unwrap_or_default();
+    assert!(
+        reason.contains("TaintManagerEviction"),
+        "events of {victim}: {reason}"
+    );
+
+    // The agent comes back: the node is Ready again and finishes the evicted pod.
+    cluster.node_mut(&stopped).start_agent();
+    cluster.wait_for(
+        &format!("{stopped} Ready and {victim} gone"),
+        Duration::from_secs(60),
+        || {
+            (cluster.node_condition(&stopped, "Ready") == "True"
+                && pods(&cluster).iter().all(|(name, _, _, _)| *name != victim))
+            .then_some(())
+        },
+    );
 }
