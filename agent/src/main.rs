@@ -242,7 +242,11 @@ fn main() -> anyhow::Result<()> {
     }
     let stop = signals::block_termination()?;
     let mut pods = if args.pod_manifest_path.is_some() || args.kubeconfig.is_some() {
-        Some(pods::start(&args)?)
+        match pods::start(&args, &stop)? {
+            Some(pods) => Some(pods),
+            // SIGINT / SIGTERM while waiting for the API server or a pod CIDR.
+            None => return Ok(()),
+        }
     } else {
         None
     };

@@ -25,6 +25,7 @@ use keel_agent::sandbox::{Ipam, Ipv4Cidr, network};
 use keel_agent::sys::inotify::DirWatch;
 use tokio::sync::{Notify, oneshot};
 
+use crate::signals::Termination;
 use crate::{Args, host_name};
 
 /// kubelet's image GC period.
@@ -41,7 +42,9 @@ pub struct Pods {
     pub services: Option<std::sync::mpsc::Receiver<keel_agent::services::DesiredState>>,
 }
 
-pub fn start(args: &Args) -> anyhow::Result<Pods> {
+/// Starts the pod side; `None` when SIGINT or SIGTERM (`stop`) came while it was still
+/// waiting for the API server or for the node's pod CIDR.
+pub fn start(args: &Args, stop: &Termination) -> anyhow::Result<Option<Pods>> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("cannot install rustls' crypto provider"))?;
@@ -76,7 +79,7 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
         .with_context(|| format!("--root-dir: cannot create {}", root.display()))?;
     // With an API server: register first, it may hold the pod CIDR.
     let api = match &args.kubeconfig {
-        Some(path) => Some(runtime.block_on(async {
+        Some(path) => Some(until_stopped(&runtime, stop, async {
             // As kubelet: keep trying until the API server takes the node.
             loop {
                 match connect(path, args, &node_name).await {
@@ -91,13 +94,24 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
         })?),
         None => None,
     };
+    let api = match api {
+        Some(None) => return Ok(None),
+        Some(Some(connected)) => Some(connected?),
+        None => None,
+    };
     // `--pod-cidr` wins; else the Node's spec.podCIDR, as kubelet and CNI plugins take it.
     let (cidr_text, cidr_source) = match (&args.pod_cidr, &api) {
         (Some(cidr), _) => (cidr.clone(), "--pod-cidr".to_owned()),
         (None, Some((client, node, _))) => (
             match node.spec.as_ref().and_then(|spec| spec.pod_cidr.clone()) {
                 Some(cidr) => cidr,
-                None => runtime.block_on(api_node::wait_for_pod_cidr(client, node)),
+                None => {
+                    match until_stopped(&runtime, stop, api_node::wait_for_pod_cidr(client, node))?
+                    {
+                        Some(cidr) => cidr,
+                        None => return Ok(None),
+                    }
+                }
             },
             format!("spec.podCIDR of node {node_name}"),
         ),
@@ -313,11 +327,33 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
         manager.detach();
         let _ = done_tx.send(());
     });
-    Ok(Pods {
+    Ok(Some(Pods {
         runtime,
         stop,
         done,
         services,
+    }))
+}
+
+/// Runs `work` on `runtime` until it is done (`Some`) or SIGINT / SIGTERM arrives (`None`).
+fn until_stopped<T>(
+    runtime: &tokio::runtime::Runtime,
+    stop: &Termination,
+    work: impl std::future::Future<Output = T>,
+) -> anyhow::Result<Option<T>> {
+    runtime.block_on(async {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                value = &mut work => return Ok(Some(value)),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if stop.wait(Duration::ZERO)? {
+                        log::info!("stopping before the node is up");
+                        return Ok(None);
+                    }
+                }
+            }
+        }
     })
 }
 
