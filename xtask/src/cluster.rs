@@ -246,7 +246,7 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
     )?;
 
     if let Some(count) = args.nodes {
-        return nodes::up(&state, &bin, count, args.socket_lb_cgroup.as_deref());
+        return nodes::up(&state, &bin, count, args.socket_lb_cgroup.as_deref(), &[]);
     }
     let node = node_name()?;
     let mut agent = None;

@@ -116,13 +116,15 @@ pub fn check_mode(state: &State, wanted: Option<u8>) -> anyhow::Result<()> {
     }
 }
 
-/// Starts the nodes that are not running (the control plane is up), waits until all are
-/// Ready and routes their pod CIDRs on the host; returns the node names.
+/// Starts the nodes that are not running (the control plane is up), each agent with
+/// `extra_args` beyond its own, waits until all are Ready, routes their pod CIDRs on the host
+/// and prints where everything is.
 pub fn up(
     state: &State,
     bin: &Path,
     count: u8,
     socket_lb_cgroup: Option<&Path>,
+    extra_args: &[String],
 ) -> anyhow::Result<()> {
     ensure!(
         (1..=MAX_NODES).contains(&count),
@@ -158,6 +160,7 @@ pub fn up(
             format!("--socket-lb-cgroup={}", socket_lb.display()),
             "--devices=eth0".to_owned(),
         ]);
+        agent.args(extra_args);
         let child = super::spawn_logged(
             &node.log(state),
             &node.pid_file(state),
@@ -404,4 +407,45 @@ fn remove_cgroup_tree(dir: &Path) -> anyhow::Result<()> {
         }
     }
     std::fs::remove_dir(dir).with_context(|| format!("cannot remove the cgroup {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_get_their_own_names_addresses_and_places() {
+        let node = Node::new(3);
+        assert_eq!(node.name, "keel-node3");
+        assert_eq!(node.ip, Ipv4Addr::new(198, 18, 0, 13));
+        assert_eq!(node.port, "keel-n3");
+        assert_eq!(node.cgroup_root(), "keel/keel-node3");
+        assert_eq!(node.bpf_root(), "/sys/fs/bpf/keel-node3");
+        let last = Node::new(MAX_NODES);
+        assert_eq!(last.ip, Ipv4Addr::new(198, 18, 0, 110));
+        assert!(
+            last.port.len() <= 15,
+            "interface names have at most 15 bytes"
+        );
+    }
+
+    #[test]
+    fn clusters_of_different_shapes_do_not_mix() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State {
+            dir: dir.path().to_owned(),
+        };
+        std::fs::create_dir_all(dir.path().join("run")).unwrap();
+        assert!(check_mode(&state, None).is_ok());
+        assert!(check_mode(&state, Some(2)).is_ok());
+        std::fs::write(count_file(&state), "3\n").unwrap();
+        assert!(check_mode(&state, Some(3)).is_ok());
+        let changed = check_mode(&state, Some(2)).unwrap_err().to_string();
+        assert!(changed.contains("`cargo xtask down` first"), "{changed}");
+        let single = check_mode(&state, None).unwrap_err().to_string();
+        assert!(single.contains("--nodes 3"), "{single}");
+        // A pid file whose process is gone is no running agent.
+        std::fs::write(Node::new(1).pid_file(&state), "999999999\n").unwrap();
+        assert_eq!(Node::new(1).running(&state), None);
+    }
 }
