@@ -101,7 +101,19 @@ pub fn start(args: &Args, stop: &Termination) -> anyhow::Result<Option<Pods>> {
     };
     // `--pod-cidr` wins; else the Node's spec.podCIDR, as kubelet and CNI plugins take it.
     let (cidr_text, cidr_source) = match (&args.pod_cidr, &api) {
-        (Some(cidr), _) => (cidr.clone(), "--pod-cidr".to_owned()),
+        (Some(cidr), _) => {
+            let assigned = api
+                .as_ref()
+                .and_then(|(_, node, _)| node.spec.as_ref()?.pod_cidr.clone())
+                .filter(|assigned| assigned != cidr);
+            if let Some(assigned) = assigned {
+                log::warn!(
+                    "--pod-cidr {cidr} differs from node {node_name}'s spec.podCIDR {assigned}: \
+                     the other nodes route {assigned} here, so pods on them cannot reach these pods"
+                );
+            }
+            (cidr.clone(), "--pod-cidr".to_owned())
+        }
         (None, Some((client, node, _))) => (
             match node.spec.as_ref().and_then(|spec| spec.pod_cidr.clone()) {
                 Some(cidr) => cidr,
