@@ -76,9 +76,15 @@ struct Args {
     /// Where container logs go (`<dir>/<namespace>_<pod>_<uid>/<container>/<n>.log`).
     #[arg(long, default_value = "/var/log/pods")]
     pod_logs_dir: PathBuf,
-    /// This node's pod CIDR (IPv4), where pod addresses come from.
+    /// This node's pod CIDR (IPv4), where pod addresses come from (default, with
+    /// --kubeconfig: the Node's spec.podCIDR, once the control plane has assigned one).
     #[arg(long)]
     pod_cidr: Option<String>,
+    /// With --kubeconfig: route every other node's pod CIDR (its Node's spec.podCIDR) via its
+    /// InternalIP, so pods reach pods on other nodes directly, without NAT (the nodes must
+    /// share a link). Keel's routes carry protocol 75; no other route is touched.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    auto_direct_node_routes: bool,
     /// The cgroup the `kubepods` tree goes under.
     #[arg(long, default_value = "/")]
     cgroup_root: String,
@@ -245,7 +251,11 @@ fn main() -> anyhow::Result<()> {
     }
     let stop = signals::block_termination()?;
     let mut pods = if args.pod_manifest_path.is_some() || args.kubeconfig.is_some() {
-        Some(pods::start(&args)?)
+        match pods::start(&args, &stop)? {
+            Some(pods) => Some(pods),
+            // SIGINT / SIGTERM while waiting for the API server or a pod CIDR.
+            None => return Ok(()),
+        }
     } else {
         None
     };

@@ -16,6 +16,9 @@
 //! interfaces. `up` waits until the node is Ready and prints `export KUBECONFIG=...` on a line
 //! of its own. Running `up` again while the cluster runs changes nothing.
 //!
+//! `up --nodes N` runs N nodes instead, each agent in a network namespace of its own on the
+//! bridge (see [`nodes`]).
+//!
 //! `down` stops the agent, removes what it made (`keel-agent reset`: containers, mounts, pod
 //! namespaces, cgroups; `keel-agent --cleanup-bpf`: its pins and programs), stops the control plane and etcd and removes the bridge. The etcd
 //! data stays, so the next `up` brings the same cluster back; `up --fresh` starts empty.
@@ -30,6 +33,8 @@ use anyhow::{Context as _, bail, ensure};
 use crate::command::{self, is_root};
 use crate::paths::Paths;
 use crate::{ebpf, setup, test};
+
+mod nodes;
 
 /// The bridge that holds the node address.
 const BRIDGE: &str = "keel0";
@@ -60,6 +65,10 @@ pub struct UpArgs {
     /// with other clusters, name a group of your own.
     #[arg(long)]
     socket_lb_cgroup: Option<PathBuf>,
+    /// Run this many nodes, each agent in a network namespace of its own on the bridge, with
+    /// pods reaching each other across nodes (default: one node, the agent on this host).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(nodes::MAX_NODES)))]
+    nodes: Option<u8>,
 }
 
 /// The processes `up` runs, in start order; `down` stops them in reverse.
@@ -125,24 +134,28 @@ impl State {
 
     /// The component's pid, if the process recorded for it still runs that program.
     fn running(&self, component: Component) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.pid_file(component))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let program = cmdline.split(|b| *b == 0).next()?;
-        let program = String::from_utf8_lossy(program);
         let wanted = match component {
             Component::Etcd => "etcd",
             Component::ControlPlane => "keel-controlplane",
             Component::Agent => "keel-agent",
         };
-        Path::new(program.as_ref())
-            .file_name()
-            .is_some_and(|name| name == wanted)
-            .then_some(pid)
+        running(&self.pid_file(component), wanted)
     }
+}
+
+/// The pid in `pid_file`, if that process still runs `program`.
+fn running(pid_file: &Path, program: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let running = cmdline.split(|b| *b == 0).next()?;
+    Path::new(String::from_utf8_lossy(running).as_ref())
+        .file_name()
+        .is_some_and(|name| name == program)
+        .then_some(pid)
 }
 
 pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
@@ -151,6 +164,7 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
         "a cluster needs root (network namespaces, cgroups, eBPF, runc): run `sudo -E cargo xtask up`"
     );
     let state = State::new(paths);
+    nodes::check_mode(&state, args.nodes)?;
     let running: Vec<Component> = Component::ALL
         .into_iter()
         .filter(|c| state.running(*c).is_some())
@@ -231,6 +245,9 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
         || Ok(kubectl(&state, &["get", "--raw", "/readyz"])?.is_some_and(|out| out.trim() == "ok")),
     )?;
 
+    if let Some(count) = args.nodes {
+        return nodes::up(&state, &bin, count, args.socket_lb_cgroup.as_deref(), &[]);
+    }
     let node = node_name()?;
     let mut agent = None;
     if state.running(Component::Agent).is_none() {
@@ -286,9 +303,9 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
 pub fn down(paths: &Paths) -> anyhow::Result<()> {
     ensure!(is_root(), "run `sudo -E cargo xtask down`");
     let state = State::new(paths);
-    let mut errors = Vec::new();
+    let mut errors = nodes::down(paths, &state);
     if let Some(pid) = state.running(Component::Agent) {
-        stop(pid, Component::Agent, Duration::from_secs(30));
+        stop(pid, Component::Agent.name(), Duration::from_secs(30));
     }
     let _ = std::fs::remove_file(state.pid_file(Component::Agent));
     let agent = ["debug", "release"]
@@ -323,7 +340,7 @@ pub fn down(paths: &Paths) -> anyhow::Result<()> {
     }
     for component in [Component::ControlPlane, Component::Etcd] {
         if let Some(pid) = state.running(component) {
-            stop(pid, component, Duration::from_secs(15));
+            stop(pid, component.name(), Duration::from_secs(15));
         }
         let _ = std::fs::remove_file(state.pid_file(component));
     }
@@ -346,12 +363,27 @@ pub fn down(paths: &Paths) -> anyhow::Result<()> {
 /// Starts `command` in the background, in its own process group so it outlives xtask, with
 /// stdout and stderr appended to the component's log, and records its pid.
 fn spawn(state: &State, component: Component, command: &mut Command) -> anyhow::Result<Child> {
+    spawn_logged(
+        &state.log(component),
+        &state.pid_file(component),
+        component.name(),
+        command,
+    )
+}
+
+/// Starts `command` (`name` in messages) in the background as [`spawn`] does, its output
+/// appended to `log_path` and its pid written to `pid_file`.
+fn spawn_logged(
+    log_path: &Path,
+    pid_file: &Path,
+    name: &str,
+    command: &mut Command,
+) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt as _;
-    let log_path = state.log(component);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log_path)
+        .open(log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     command
         .env(
@@ -369,9 +401,9 @@ fn spawn(state: &State, component: Component, command: &mut Command) -> anyhow::
     );
     let child = command
         .spawn()
-        .with_context(|| format!("cannot start {}", component.name()))?;
-    std::fs::write(state.pid_file(component), format!("{}\n", child.id()))
-        .with_context(|| format!("cannot write {}", state.pid_file(component).display()))?;
+        .with_context(|| format!("cannot start {name}"))?;
+    std::fs::write(pid_file, format!("{}\n", child.id()))
+        .with_context(|| format!("cannot write {}", pid_file.display()))?;
     Ok(child)
 }
 
@@ -434,8 +466,8 @@ fn kubectl(state: &State, args: &[&str]) -> anyhow::Result<Option<String>> {
 }
 
 /// SIGTERM, then SIGKILL if `pid` still runs after `grace`.
-fn stop(pid: u32, component: Component, grace: Duration) {
-    eprintln!("stopping {} (pid {pid})", component.name());
+fn stop(pid: u32, name: &str, grace: Duration) {
+    eprintln!("stopping {name} (pid {pid})");
     let alive = || Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -445,10 +477,7 @@ fn stop(pid: u32, component: Component, grace: Duration) {
         std::thread::sleep(Duration::from_millis(100));
     }
     if alive() {
-        eprintln!(
-            "{} did not stop within {grace:?}: SIGKILL",
-            component.name()
-        );
+        eprintln!("{name} did not stop within {grace:?}: SIGKILL");
         let _ = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status();

@@ -1,7 +1,7 @@
 //! `cargo xtask`: Keel's build and test driver, in plain Rust.
 //!
-//! - `up` / `down`: a single-node cluster on this host, started in the background / stopped
-//!   and removed.
+//! - `up` / `down`: a single-node cluster on this host (`--nodes N`: N nodes, each in a
+//!   network namespace of its own), started in the background / stopped and removed.
 //! - `setup`: installs what the build and the tests need (Debian packages, nightly `rust-src`,
 //!   `bpf-linker`), idempotently, saying what it did.
 //! - `build-ebpf`: builds the eBPF object the agent embeds (the one place that drives the eBPF

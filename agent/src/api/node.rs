@@ -308,3 +308,45 @@ pub fn transition_times(node: &Node) -> BTreeMap<String, Time> {
         .filter_map(|c| Some((c.type_.clone(), c.last_transition_time.clone()?)))
         .collect()
 }
+
+/// How often the Node is read while waiting for its pod CIDR.
+const POD_CIDR_POLL: Duration = Duration::from_secs(1);
+/// How often the wait for a pod CIDR is logged.
+const POD_CIDR_LOG: Duration = Duration::from_secs(10);
+
+/// The node's `spec.podCIDR`, as kubelet and CNI plugins take it: once the controller
+/// manager's node IPAM has set it. Until then the node's Lease is renewed (the node is alive,
+/// only its pod network is not ready) and the wait is logged every [`POD_CIDR_LOG`].
+pub async fn wait_for_pod_cidr(client: &kube::Client, node: &Node) -> String {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let started = tokio::time::Instant::now();
+    let mut next_log = started;
+    let mut next_renew = started + LEASE_RENEW;
+    loop {
+        match nodes.get(&name).await {
+            Ok(current) => {
+                if let Some(cidr) = current.spec.and_then(|spec| spec.pod_cidr) {
+                    return cidr;
+                }
+            }
+            Err(error) => log::warn!("cannot read node {name}: {error}"),
+        }
+        let now = tokio::time::Instant::now();
+        if now >= next_log {
+            log::info!(
+                "waiting for the control plane to assign node {name} a pod CIDR (spec.podCIDR; \
+                 the controller manager's node IPAM, --cluster-cidr), {}s so far; --pod-cidr sets one",
+                (now - started).as_secs()
+            );
+            next_log = now + POD_CIDR_LOG;
+        }
+        if now >= next_renew {
+            if let Err(error) = renew_lease(client, node).await {
+                log::warn!("cannot renew the node lease: {error}");
+            }
+            next_renew = now + LEASE_RENEW;
+        }
+        tokio::time::sleep(POD_CIDR_POLL).await;
+    }
+}

@@ -66,7 +66,11 @@ pub async fn feed(client: kube::Client, node: Node, sink: std::sync::mpsc::Sende
 
 /// A store of `K` kept by a watch, and the task that drives it; `changed` is notified on
 /// every event (a re-list included).
-fn reflect<K>(client: &kube::Client, config: watcher::Config, changed: &Arc<Notify>) -> Store<K>
+pub(crate) fn reflect<K>(
+    client: &kube::Client,
+    config: watcher::Config,
+    changed: &Arc<Notify>,
+) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone

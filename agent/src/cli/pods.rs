@@ -25,6 +25,7 @@ use keel_agent::sandbox::{Ipam, Ipv4Cidr, network};
 use keel_agent::sys::inotify::DirWatch;
 use tokio::sync::{Notify, oneshot};
 
+use crate::signals::Termination;
 use crate::{Args, host_name};
 
 /// kubelet's image GC period.
@@ -41,7 +42,9 @@ pub struct Pods {
     pub services: Option<std::sync::mpsc::Receiver<keel_agent::services::DesiredState>>,
 }
 
-pub fn start(args: &Args) -> anyhow::Result<Pods> {
+/// Starts the pod side; `None` when SIGINT or SIGTERM (`stop`) came while it was still
+/// waiting for the API server or for the node's pod CIDR.
+pub fn start(args: &Args, stop: &Termination) -> anyhow::Result<Option<Pods>> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("cannot install rustls' crypto provider"))?;
@@ -76,7 +79,7 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
         .with_context(|| format!("--root-dir: cannot create {}", root.display()))?;
     // With an API server: register first, it may hold the pod CIDR.
     let api = match &args.kubeconfig {
-        Some(path) => Some(runtime.block_on(async {
+        Some(path) => Some(until_stopped(&runtime, stop, async {
             // As kubelet: keep trying until the API server takes the node.
             loop {
                 match connect(path, args, &node_name).await {
@@ -91,15 +94,44 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
         })?),
         None => None,
     };
-    let cidr_text = args
-        .pod_cidr
-        .clone()
-        .or_else(|| {
-            api.as_ref()
+    let api = match api {
+        Some(None) => return Ok(None),
+        Some(Some(connected)) => Some(connected?),
+        None => None,
+    };
+    // `--pod-cidr` wins; else the Node's spec.podCIDR, as kubelet and CNI plugins take it.
+    let (cidr_text, cidr_source) = match (&args.pod_cidr, &api) {
+        (Some(cidr), _) => {
+            let assigned = api
+                .as_ref()
                 .and_then(|(_, node, _)| node.spec.as_ref()?.pod_cidr.clone())
-        })
-        .context("no pod CIDR: give --pod-cidr (or let the control plane assign the node one)")?;
-    let cidr = Ipv4Cidr::parse(&cidr_text).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
+                .filter(|assigned| assigned != cidr);
+            if let Some(assigned) = assigned {
+                log::warn!(
+                    "--pod-cidr {cidr} differs from node {node_name}'s spec.podCIDR {assigned}: \
+                     the other nodes route {assigned} here, so pods on them cannot reach these pods"
+                );
+            }
+            (cidr.clone(), "--pod-cidr".to_owned())
+        }
+        (None, Some((client, node, _))) => (
+            match node.spec.as_ref().and_then(|spec| spec.pod_cidr.clone()) {
+                Some(cidr) => cidr,
+                None => {
+                    match until_stopped(&runtime, stop, api_node::wait_for_pod_cidr(client, node))?
+                    {
+                        Some(cidr) => cidr,
+                        None => return Ok(None),
+                    }
+                }
+            },
+            format!("spec.podCIDR of node {node_name}"),
+        ),
+        (None, None) => anyhow::bail!(
+            "no pod CIDR: give --pod-cidr (without --kubeconfig no control plane assigns one)"
+        ),
+    };
+    let cidr = Ipv4Cidr::parse(&cidr_text).map_err(|e| anyhow::anyhow!("{cidr_source}: {e}"))?;
     let cgroups = CgroupManager::detect(&args.cgroup_root)?;
     let ipam = Ipam::open(cidr, &root.join("ipam"))?;
     let images = ImageStore::open(&root.join("images"), args.insecure_registries.clone())?;
@@ -125,6 +157,21 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
         receiver
     });
     network::enable_forwarding().context("cannot enable IPv4 forwarding for pods")?;
+    if let Some((client, _, _)) = &api {
+        if args.auto_direct_node_routes {
+            runtime.spawn(keel_agent::api::routes::run(
+                client.clone(),
+                node_name.clone(),
+                cidr,
+            ));
+            log::info!(
+                "routing the other nodes' pod CIDRs via their InternalIPs (proto {})",
+                keel_agent::sandbox::routes::ROUTE_PROTOCOL
+            );
+        } else {
+            log::info!("no routes to the other nodes' pods (--auto-direct-node-routes=false)");
+        }
+    }
     let ctx = Arc::new(NodeContext {
         root_dir: root.clone(),
         node_name: node_name.clone(),
@@ -292,11 +339,33 @@ pub fn start(args: &Args) -> anyhow::Result<Pods> {
         manager.detach();
         let _ = done_tx.send(());
     });
-    Ok(Pods {
+    Ok(Some(Pods {
         runtime,
         stop,
         done,
         services,
+    }))
+}
+
+/// Runs `work` on `runtime` until it is done (`Some`) or SIGINT / SIGTERM arrives (`None`).
+fn until_stopped<T>(
+    runtime: &tokio::runtime::Runtime,
+    stop: &Termination,
+    work: impl std::future::Future<Output = T>,
+) -> anyhow::Result<Option<T>> {
+    runtime.block_on(async {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                value = &mut work => return Ok(Some(value)),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if stop.wait(Duration::ZERO)? {
+                        log::info!("stopping before the node is up");
+                        return Ok(None);
+                    }
+                }
+            }
+        }
     })
 }
 

@@ -254,7 +254,7 @@ pub fn enable_forwarding() -> Result<(), NetworkError> {
 }
 
 /// Runs `ip -batch -` with `script` in the calling thread's network namespace.
-fn ip_batch(what: &str, script: &str) -> Result<(), NetworkError> {
+pub(super) fn ip_batch(what: &str, script: &str) -> Result<(), NetworkError> {
     let spawn = |source| NetworkError::Spawn {
         what: what.to_owned(),
         source,

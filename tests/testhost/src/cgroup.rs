@@ -85,7 +85,9 @@ impl TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         // Processes placed here are the test's children; a group with one left cannot go.
-        if let Err(error) = fs::remove_dir(&self.path) {
+        if let Err(error) = fs::remove_dir(&self.path)
+            && error.kind() != io::ErrorKind::NotFound
+        {
             eprintln!(
                 "keel-testhost: cannot remove cgroup {}: {error}",
                 self.path.display()

@@ -1,13 +1,15 @@
 //! A real control plane for agent tests and benchmarks: etcd and `keel-controlplane all`, both
 //! inside a test node's network namespace (so the agent there reaches them on its loopback),
-//! with kubectl pointed at them. Killed, and their directories removed, on drop.
+//! or inside a test host of their own with the API server on one of its addresses (for agents
+//! in other hosts), with kubectl pointed at them. Killed, and their directories removed, on drop.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::HostProcess;
 use crate::node::TestNode;
+use crate::{Host, HostProcess};
 
 #[derive(Debug)]
 pub struct TestControlPlane {
@@ -37,12 +39,19 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 
 impl TestControlPlane {
     pub fn start(node: &TestNode) -> TestControlPlane {
+        TestControlPlane::start_in(&node.host, Ipv4Addr::LOCALHOST, &[])
+    }
+
+    /// etcd on the loopback of `host` and the API server on `address` (one of the host's
+    /// addresses: agents in other hosts reach it there), `keel-controlplane all` with
+    /// `extra_args` added (e.g. `--cluster-cidr`).
+    pub fn start_in(host: &Host, address: Ipv4Addr, extra_args: &[String]) -> TestControlPlane {
         crate::require_tool("etcd", "etcd-server");
         let dir = tempfile::Builder::new()
             .prefix("kt-cp-")
             .tempdir()
             .expect("temp dir");
-        let netns = node.host.netns().to_owned();
+        let netns = host.netns().to_owned();
         let spawn = |program: &std::path::Path, args: &[String], log: &str| {
             let log = std::fs::File::create(dir.path().join(log)).unwrap();
             HostProcess::spawn(
@@ -69,15 +78,17 @@ impl TestControlPlane {
             ],
             "etcd.log",
         );
+        let mut args = vec![
+            "all".into(),
+            "--etcd-servers=http://127.0.0.1:2379".into(),
+            format!("--data-dir={}", dir.path().join("cp").display()),
+            format!("--bind-address={address}"),
+            "--secure-port=6443".into(),
+        ];
+        args.extend_from_slice(extra_args);
         let apiserver = spawn(
             &workspace_binary("keel-controlplane"),
-            &[
-                "all".into(),
-                "--etcd-servers=http://127.0.0.1:2379".into(),
-                format!("--data-dir={}", dir.path().join("cp").display()),
-                "--bind-address=127.0.0.1".into(),
-                "--secure-port=6443".into(),
-            ],
+            &args,
             "controlplane.log",
         );
         let control_plane = TestControlPlane {

@@ -20,7 +20,8 @@
 //! - [`run`]: the per-run name prefix, the run lock, and the sweeper for crashed runs.
 //! - [`registry`]: a real OCI registry with busybox test images; [`node`]: a test node running
 //!   `keel-agent` with static pods (and, given a kubeconfig, pods from an API server);
-//!   [`cluster`]: etcd and `keel-controlplane` inside a test node.
+//!   [`cluster`]: etcd and `keel-controlplane` inside a test node; [`multinode`]: a control
+//!   plane and several agents, each in a test host of its own, on one switch.
 //!
 //! Nothing here touches the root network namespace: veth ends are created directly inside the
 //! test's namespaces, and every name starts with [`run::PREFIX`].
@@ -28,6 +29,7 @@
 pub mod bpffs;
 pub mod cgroup;
 pub mod cluster;
+pub mod multinode;
 pub mod net;
 pub mod node;
 pub mod process;
@@ -62,4 +64,26 @@ pub fn require_tool(tool: &str, debian_package: &str) {
         "this test needs `{tool}`: install the Debian package `{debian_package}` (`cargo xtask \
          setup` does, as root)"
     );
+}
+
+/// Polls `check` every 200 ms until it gives `Some`; after `timeout`, fails the test with a
+/// message naming `what`, followed by `context()` (logs, diagnostics).
+pub fn wait_until<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

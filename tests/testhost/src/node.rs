@@ -39,8 +39,24 @@ pub struct TestNode {
     net: TestNet,
 }
 
+/// Fails the test unless it runs as root and has what a test node needs: runc, a registry,
+/// skopeo, busybox, nsenter, curl.
+pub(crate) fn require_node_tools() {
+    require_root();
+    for (tool, package) in [
+        ("runc", "runc"),
+        ("docker-registry", "docker-registry"),
+        ("skopeo", "skopeo"),
+        ("busybox", "busybox-static"),
+        ("nsenter", "util-linux"),
+        ("curl", "curl"),
+    ] {
+        require_tool(tool, package);
+    }
+}
+
 /// A temp dir named `kt-<run>-<tag>-...`, so the sweeper can tell a dead run's.
-fn kt_dir(tag: &str) -> tempfile::TempDir {
+pub(crate) fn kt_dir(tag: &str) -> tempfile::TempDir {
     let run = crate::run::run_id().expect("run id");
     tempfile::Builder::new()
         .prefix(&format!("kt-{run}-{tag}-"))
@@ -58,17 +74,7 @@ impl TestNode {
 
     /// A node, its registry and directories; no agent yet.
     pub fn new(tag: &str, agent_binary: &Path) -> TestNode {
-        require_root();
-        for (tool, package) in [
-            ("runc", "runc"),
-            ("docker-registry", "docker-registry"),
-            ("skopeo", "skopeo"),
-            ("busybox", "busybox-static"),
-            ("nsenter", "util-linux"),
-            ("curl", "curl"),
-        ] {
-            require_tool(tool, package);
-        }
+        require_node_tools();
         let mut net = TestNet::new(tag).expect("test net");
         let host = net.add_host("node").expect("node host");
         host.run(&["ip", "link", "set", "lo", "up"]).expect("lo up");
@@ -214,21 +220,11 @@ impl TestNode {
         &self,
         what: &str,
         timeout: Duration,
-        mut check: impl FnMut() -> Option<T>,
+        check: impl FnMut() -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(value) = check() {
-                return value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}; agent log:\n{}\n{}",
-                self.agent_log(),
-                self.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        crate::wait_until(what, timeout, check, || {
+            format!("agent log:\n{}\n{}", self.agent_log(), self.diagnostics())
+        })
     }
 
     /// The node's and each pod's addresses and routes, runc's containers and the container
@@ -300,33 +296,39 @@ impl TestNode {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        if let Some(mut agent) = self.agent.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGTERM) };
-            let _ = agent.child().wait();
+        remove_agent(self.agent.take(), self.root.path(), &self.cgroup_root);
+    }
+}
+
+/// Stops `agent` (SIGTERM) and removes whatever an agent whose `--root-dir` is `<root>/state`
+/// left: containers, the keeper, mounts under `root`, its cgroups under `cgroup_root`.
+pub(crate) fn remove_agent(agent: Option<HostProcess>, root: &Path, cgroup_root: &str) {
+    if let Some(mut agent) = agent {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGTERM) };
+        let _ = agent.child().wait();
+    }
+    let state = root.join("state");
+    // Whatever the agent left: containers, the keeper, mounts, cgroups.
+    let runc_root = state.join("runc");
+    if let Ok(entries) = std::fs::read_dir(&runc_root) {
+        for entry in entries.flatten() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "--force"])
+                .arg(entry.file_name())
+                .output();
         }
-        let state = self.state_dir();
-        // Whatever the agent left: containers, the keeper, mounts, cgroups.
-        let runc_root = state.join("runc");
-        if let Ok(entries) = std::fs::read_dir(&runc_root) {
-            for entry in entries.flatten() {
-                let _ = Command::new("runc")
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "--force"])
-                    .arg(entry.file_name())
-                    .output();
-            }
-        }
-        kill_keeper(&state.join("keeper"));
-        unmount_under(self.root.path());
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            remove_cgroup_tree(&hierarchy.path().join(&self.cgroup_root));
-        }
+    }
+    kill_keeper(&state.join("keeper"));
+    unmount_under(root);
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        remove_cgroup_tree(&hierarchy.path().join(cgroup_root));
     }
 }
 

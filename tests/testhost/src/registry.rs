@@ -69,24 +69,30 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// An anonymous registry.
     pub fn start() -> Result<TestRegistry, RegistryError> {
-        TestRegistry::start_inner(false, None)
+        TestRegistry::start_inner(false, None, Ipv4Addr::LOCALHOST)
     }
 
     /// A registry that wants [`BASIC_USER`] / [`BASIC_PASSWORD`] for everything.
     pub fn start_with_basic_auth() -> Result<TestRegistry, RegistryError> {
-        TestRegistry::start_inner(true, None)
+        TestRegistry::start_inner(true, None, Ipv4Addr::LOCALHOST)
     }
 
     /// An anonymous registry on the loopback of test host `host` (for an agent that runs
     /// there); pushes go there too.
     pub fn start_on(host: &Host) -> Result<TestRegistry, RegistryError> {
-        TestRegistry::start_inner(false, Some(host))
+        TestRegistry::start_inner(false, Some(host), Ipv4Addr::LOCALHOST)
     }
 
     /// A registry on the loopback of test host `host` that wants [`BASIC_USER`] /
     /// [`BASIC_PASSWORD`].
     pub fn start_on_with_basic_auth(host: &Host) -> Result<TestRegistry, RegistryError> {
-        TestRegistry::start_inner(true, Some(host))
+        TestRegistry::start_inner(true, Some(host), Ipv4Addr::LOCALHOST)
+    }
+
+    /// An anonymous registry in test host `host` on `address`, one of the host's addresses
+    /// (for agents in other hosts that reach it there); pushes go there too.
+    pub fn start_at(host: &Host, address: Ipv4Addr) -> Result<TestRegistry, RegistryError> {
+        TestRegistry::start_inner(false, Some(host), address)
     }
 
     /// `program`, run in the registry's network namespace.
@@ -103,7 +109,11 @@ impl TestRegistry {
         }
     }
 
-    fn start_inner(basic_auth: bool, host: Option<&Host>) -> Result<TestRegistry, RegistryError> {
+    fn start_inner(
+        basic_auth: bool,
+        host: Option<&Host>,
+        address: Ipv4Addr,
+    ) -> Result<TestRegistry, RegistryError> {
         let in_host = |f: &(dyn Fn() -> io::Result<SocketAddr> + Sync)| -> io::Result<SocketAddr> {
             match host {
                 None => f(),
@@ -114,9 +124,8 @@ impl TestRegistry {
             .prefix("kt-registry-")
             .tempdir()
             .map_err(io_error("create a temp dir in", &std::env::temp_dir()))?;
-        let addr = in_host(&|| free_loopback_port().map_err(io::Error::other)).map_err(
-            io_error("bind a loopback port for", Path::new(REGISTRY_BINARY)),
-        )?;
+        let addr = in_host(&|| free_port(address).map_err(io::Error::other))
+            .map_err(io_error("bind a port for", Path::new(REGISTRY_BINARY)))?;
         let netns = host.map(|h| h.netns().to_owned());
         let storage = dir.path().join("storage");
         let mut config = format!(
@@ -165,7 +174,8 @@ impl TestRegistry {
         })
     }
 
-    /// `127.0.0.1:<port>`, the registry part of image references.
+    /// `<address>:<port>` (`127.0.0.1:<port>` unless started with [`TestRegistry::start_at`]),
+    /// the registry part of image references.
     pub fn host(&self) -> String {
         self.addr.to_string()
     }
@@ -202,11 +212,9 @@ impl TestRegistry {
     }
 }
 
-fn free_loopback_port() -> Result<SocketAddr, RegistryError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_error(
-        "bind a loopback port for",
-        Path::new(REGISTRY_BINARY),
-    ))?;
+fn free_port(address: Ipv4Addr) -> Result<SocketAddr, RegistryError> {
+    let listener = TcpListener::bind((address, 0))
+        .map_err(io_error("bind a port for", Path::new(REGISTRY_BINARY)))?;
     listener.local_addr().map_err(io_error(
         "read the bound address for",
         Path::new(REGISTRY_BINARY),
