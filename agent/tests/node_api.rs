@@ -59,6 +59,7 @@ impl Node {
                     mode: CgroupMode::Unified,
                     v1: Vec::new(),
                     unified: Some(dir.path().join("cgroup")),
+                    named: Vec::new(),
                 },
                 "/",
             ),

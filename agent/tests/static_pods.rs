@@ -535,7 +535,7 @@ fn reset_after_kill_9_removes_containers_keeper_mounts_netns_and_cgroups() {
         None,
         "no keeper"
     );
-    for controller in ["memory", "cpu", "pids", "unified"] {
+    for controller in ["memory", "cpu", "pids", "unified", "systemd"] {
         let kubepods = node.cgroup_dir(controller, "kubepods");
         assert!(!kubepods.exists(), "{} is left", kubepods.display());
     }

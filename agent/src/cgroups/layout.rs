@@ -23,6 +23,9 @@ pub struct Hierarchies {
     pub v1: Vec<(Vec<String>, PathBuf)>,
     /// The cgroup2 mount, if any.
     pub unified: Option<PathBuf>,
+    /// v1 hierarchies without controllers (`name=systemd`): the agent writes nothing there,
+    /// but runc puts containers in them too, so they are cleaned like the others.
+    pub named: Vec<PathBuf>,
 }
 
 /// The v1 controllers whose pod-level files the agent writes.
@@ -32,6 +35,7 @@ impl Hierarchies {
     /// Reads the hierarchies from a `/proc/self/mountinfo` text.
     pub fn from_mountinfo(mountinfo: &str) -> Option<Hierarchies> {
         let mut v1 = Vec::new();
+        let mut named = Vec::new();
         let mut unified = None;
         for line in mountinfo.lines() {
             let Some((left, right)) = line.split_once(" - ") else {
@@ -61,6 +65,8 @@ impl Hierarchies {
                         .collect();
                     if !controllers.is_empty() {
                         v1.push((controllers, PathBuf::from(mount_point)));
+                    } else if options.split(',').any(|option| option.starts_with("name=")) {
+                        named.push(PathBuf::from(mount_point));
                     }
                 }
                 _ => {}
@@ -72,7 +78,12 @@ impl Hierarchies {
             (false, Some(_)) => CgroupMode::Hybrid,
             (false, None) => CgroupMode::Legacy,
         };
-        Some(Hierarchies { mode, v1, unified })
+        Some(Hierarchies {
+            mode,
+            v1,
+            unified,
+            named,
+        })
     }
 
     /// The mount point of the v1 hierarchy holding `controller`.
@@ -83,11 +94,13 @@ impl Hierarchies {
             .map(|(_, mount)| mount.as_path())
     }
 
-    /// Every mount point a cgroup path exists under: each v1 hierarchy and the cgroup2 one.
+    /// Every mount point a cgroup path may exist under: each v1 hierarchy, named ones
+    /// included, and the cgroup2 one.
     pub fn all_mounts(&self) -> impl Iterator<Item = &Path> {
         self.v1
             .iter()
             .map(|(_, mount)| mount.as_path())
+            .chain(self.named.iter().map(PathBuf::as_path))
             .chain(self.unified.as_deref())
     }
 }
@@ -126,7 +139,8 @@ mod tests {
             found.unified.as_deref(),
             Some(Path::new("/sys/fs/cgroup/unified"))
         );
-        assert_eq!(found.all_mounts().count(), 4);
+        assert_eq!(found.named, [Path::new("/sys/fs/cgroup/systemd")]);
+        assert_eq!(found.all_mounts().count(), 5);
     }
 
     #[test]

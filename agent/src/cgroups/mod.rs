@@ -281,7 +281,16 @@ mod tests {
             CgroupMode::Hybrid => Some(dir.join("unified")),
             CgroupMode::Unified => Some(dir.to_owned()),
         };
-        Hierarchies { mode, v1, unified }
+        let named = match mode {
+            CgroupMode::Unified => vec![],
+            _ => vec![dir.join("systemd")],
+        };
+        Hierarchies {
+            mode,
+            v1,
+            unified,
+            named,
+        }
     }
 
     const VALUES: CgroupResources = CgroupResources {
@@ -322,8 +331,16 @@ mod tests {
             "max"
         );
         assert!(cgroups.pod_exists(&path));
+        // runc also puts the containers in the named `systemd` hierarchy: those go too.
+        let systemd = tmp.path().join("systemd/kt-x/kubepods/burstable/podu1/ctr");
+        std::fs::create_dir_all(&systemd).unwrap();
         cgroups.remove_pod(&path).unwrap();
         assert!(!cgroups.pod_exists(&path));
+        assert!(
+            !tmp.path()
+                .join("systemd/kt-x/kubepods/burstable/podu1")
+                .exists()
+        );
         cgroups.remove_pod(&path).unwrap();
     }
 
