@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Parser, ValueEnum};
 use keel_agent::dataplane::{
-    CtTimeouts, DEFAULT_BPF_ROOT, Dataplane, LbAlgorithm, LoadBalancing, TableSize, XdpAttachMode,
-    remove_pins,
+    CtTimeouts, DEFAULT_BPF_ROOT, Dataplane, LbAlgorithm, LoadBalancing, MapSizes, TableSize,
+    XdpAttachMode, remove_pins,
 };
 use keel_agent::metrics::{self, Metrics};
 use keel_agent::services::{Node, ServicesFile, desired_state};
@@ -136,6 +136,11 @@ struct Args {
     /// no NodePorts).
     #[arg(long, value_delimiter = ',')]
     node_ip: Vec<std::net::Ipv4Addr>,
+    /// Entries of the TC path's conntrack map, one per direction of a flow (an LRU map: when
+    /// full, the least recently used go first); 32 bytes of key and value each, plus the
+    /// kernel's per-element overhead. Changing it replaces the pinned map and the flows in it.
+    #[arg(long, default_value_t = CT4_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    conntrack_max: u32,
     /// Seconds a tracked TCP flow of the TC path may stay idle.
     #[arg(long, default_value_t = 6 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
     conntrack_tcp_timeout: u64,
@@ -271,7 +276,7 @@ fn main() -> anyhow::Result<()> {
         .map_err(|problem| anyhow::anyhow!("--metrics-bind-address: {problem}"))?;
     let metrics = Metrics::default();
     if let (Some(address), Some(_)) = (metrics_address, &dataplane) {
-        metrics.set_conntrack_capacity(CT4_MAX_ENTRIES);
+        metrics.set_conntrack_capacity(args.conntrack_max);
         metrics::serve(address, metrics.clone()).context("cannot start the metrics server")?;
     }
     let mut next_metrics = Instant::now();
@@ -361,8 +366,11 @@ fn main() -> anyhow::Result<()> {
 /// `--devices`, and with Services socket load-balancing on `--socket-lb-cgroup` and TC
 /// load-balancing on the devices. Pinned attachments no longer asked for are detached.
 fn start_dataplane(args: &Args, devices: &[(String, u32)]) -> anyhow::Result<Dataplane> {
+    let sizes = MapSizes {
+        conntrack: args.conntrack_max,
+    };
     let mut dataplane =
-        Dataplane::open(&args.bpf_root).context("cannot load the eBPF dataplane")?;
+        Dataplane::open_sized(&args.bpf_root, sizes).context("cannot load the eBPF dataplane")?;
     let algorithm = match args.lb_algorithm {
         LbAlgorithmArg::Random => LbAlgorithm::Random,
         LbAlgorithmArg::Maglev => LbAlgorithm::Maglev,

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
-use keel_agent::dataplane::{Backends, Dataplane, DataplaneError, Frontend, Protocol, load_object};
+use keel_agent::dataplane::{
+    Backends, Dataplane, DataplaneError, Frontend, MapSizes, Protocol, load_object,
+};
 use keel_ebpf_common::map;
 use keel_ebpf_common::service::{BackendSlotKey, ServiceKey, ServiceValue};
 use keel_testhost::{TestBpffs, TestCgroup, require_root};
@@ -270,5 +272,27 @@ fn a_restarted_agent_keeps_the_maglev_tables_and_a_removed_frontend_takes_its_ta
         outer.keys().filter_map(Result::ok).count(),
         1,
         "one table left"
+    );
+}
+
+#[test]
+fn the_conntrack_map_takes_its_size_from_the_flag_and_a_new_size_replaces_it() {
+    let (_bpffs, root) = bpffs();
+    let ct = root.join("maps").join(keel_ebpf_common::map::CT4);
+    let sized = |conntrack| {
+        Dataplane::open_sized(&root, MapSizes { conntrack }).unwrap();
+        aya::maps::MapInfo::from_pin(&ct).unwrap().max_entries()
+    };
+    assert_eq!(sized(4096), 4096);
+    let pinned_id = aya::maps::MapInfo::from_pin(&ct).unwrap().id();
+    // The same size again: the pinned map (and its flows) is kept.
+    assert_eq!(sized(4096), 4096);
+    assert_eq!(aya::maps::MapInfo::from_pin(&ct).unwrap().id(), pinned_id);
+    // Another size: a new map.
+    assert_eq!(sized(8192), 8192);
+    assert_ne!(aya::maps::MapInfo::from_pin(&ct).unwrap().id(), pinned_id);
+    assert_eq!(
+        sized(MapSizes::default().conntrack),
+        keel_ebpf_common::conntrack::CT4_MAX_ENTRIES
     );
 }

@@ -10,7 +10,7 @@ use keel_ebpf_common::program;
 
 use super::attach::{LB_TC_PROGRAMS, SOCKET_PROGRAMS};
 use super::object::{DataplaneError, load_object, load_object_pinned, program_mut};
-use super::pins::{PinRoot, object_maps};
+use super::pins::{MapSizes, PinRoot, object_maps};
 use super::services::Dataplane;
 
 impl Dataplane {
@@ -28,8 +28,15 @@ impl Dataplane {
     /// attaches stays attached after it is dropped or the process exits; `remove_pins`
     /// undoes it all.
     pub fn open(root: &Path) -> Result<Dataplane, DataplaneError> {
+        Dataplane::open_sized(root, MapSizes::default())
+    }
+
+    /// [`open`](Self::open) with the sizes of the maps that have a flag: a pinned map of
+    /// another size is replaced (its entries lost, said loudly), as any changed definition.
+    pub fn open_sized(root: &Path, sizes: MapSizes) -> Result<Dataplane, DataplaneError> {
         let pins = PinRoot::prepare(root)?;
-        let maps = object_maps()?;
+        let mut maps = object_maps()?;
+        sizes.apply(&mut maps);
         let replaced = pins.drop_incompatible_maps(&maps)?;
         let ebpf = load_object_pinned(&pins.maps_dir(), &maps)?;
         let mut dataplane = Dataplane::with_object(ebpf, Some(pins))?;

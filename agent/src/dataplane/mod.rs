@@ -27,6 +27,6 @@ pub use adopt::Adopted;
 pub use conntrack::{CtCollection, CtTimeouts};
 pub use maglev::{LbAlgorithm, LoadBalancing, TableSize};
 pub use object::{DataplaneError, load_object};
-pub use pins::{DEFAULT_BPF_ROOT, remove_pins};
+pub use pins::{DEFAULT_BPF_ROOT, MapSizes, remove_pins};
 pub use services::{Backends, Dataplane, Frontend, Protocol};
 pub use stats::{Direction, IfaceStats, XdpAttachMode};

@@ -8,7 +8,7 @@ use aya::programs::{ProgramError, SchedClassifier};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 
-use super::pins::MapDefinition;
+use super::pins::{MapDefinition, object_maps};
 
 /// The ELF object holding every Keel eBPF program, embedded by `build.rs`.
 pub static KEEL_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KEEL_EBPF_OBJECT"));
@@ -124,7 +124,7 @@ pub fn load_object() -> Result<Ebpf, DataplaneError> {
 }
 
 /// Loads the embedded object with the maps of its map sections pinned in `maps_dir` under
-/// their names: the pinned map is used where one exists (the caller removed incompatible
+/// their names, sized as `maps` says: the pinned map is used where one exists (the caller removed incompatible
 /// ones first), else a new one is created and pinned.
 pub fn load_object_pinned(
     maps_dir: &Path,
@@ -137,6 +137,17 @@ pub fn load_object_pinned(
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
+    }
+    // Sizes that differ from the object's (flags): the loader creates those maps so.
+    let object = object_maps()?;
+    for (name, definition) in maps {
+        let declared = object
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d.max_entries);
+        if declared != Some(definition.max_entries) {
+            loader.map_max_entries(name, definition.max_entries);
+        }
     }
     loader.load(KEEL_OBJECT).map_err(DataplaneError::Load)
 }

@@ -77,6 +77,32 @@ pub fn object_maps() -> Result<Vec<(String, MapDefinition)>, DataplaneError> {
     Ok(maps)
 }
 
+/// The sizes of the maps an operator may choose (flags); the rest keep the object's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// `CT4`'s entries (LRU: the least recently used flows go first when it is full).
+    pub conntrack: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            conntrack: keel_ebpf_common::conntrack::CT4_MAX_ENTRIES,
+        }
+    }
+}
+
+impl MapSizes {
+    /// Puts these sizes into the object's map definitions.
+    pub fn apply(&self, maps: &mut [(String, MapDefinition)]) {
+        for (name, definition) in maps {
+            if name == keel_ebpf_common::map::CT4 {
+                definition.max_entries = self.conntrack;
+            }
+        }
+    }
+}
+
 /// What an attachment hangs off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkTarget {
