@@ -85,6 +85,33 @@ fn the_agent_registers_its_node_runs_a_bound_pod_and_reports_its_status() {
     assert!(id.starts_with("runc://"), "{id}");
     assert_eq!(node.curl(&url).as_deref().map(str::trim), Some("api pod"));
 
+    // Someone else clears Ready (as the node lifecycle controller does for a node that went
+    // Unknown): the agent, whose pod is still ready, writes its status again.
+    control_plane.kubectl_ok(
+        &[
+            "patch", "pod", "web", "--subresource=status", "--type=json", "-p",
+            r#"[{"op":"replace","path":"/status/conditions","value":[{"type":"Ready","status":"False","reason":"NodeStatusUnknown"}]}]"#,
+        ],
+        None,
+    );
+    let ready_of = || {
+        control_plane.kubectl_ok(
+            &[
+                "get",
+                "pod",
+                "web",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            None,
+        )
+    };
+    node.wait_for(
+        "the agent to write Ready=True again",
+        Duration::from_secs(30),
+        || (ready_of() == "True").then_some(()),
+    );
+
     // The static pod shows in the API as a mirror pod, with its status.
     let mirror =
         node.wait_for(

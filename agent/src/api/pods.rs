@@ -99,6 +99,35 @@ pub async fn delete_finished(client: &kube::Client, pod: &Pod) -> Result<(), kub
     }
 }
 
+/// Whether the API's status of a pod disagrees with the agent's on what the agent owns: the
+/// phase and each condition's status. (Not a full comparison: the API server may fill in or
+/// normalise other fields, and a difference there must not make the agent write forever.)
+pub fn status_differs(api: Option<&PodStatus>, ours: &PodStatus) -> bool {
+    let owned = |status: Option<&PodStatus>| {
+        let phase = status.and_then(|s| s.phase.clone());
+        let mut conditions: Vec<(String, String)> = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|c| (c.type_.clone(), c.status.clone()))
+            .collect();
+        conditions.sort();
+        (phase, conditions)
+    };
+    let (api_phase, api_conditions) = owned(api);
+    let (our_phase, our_conditions) = owned(Some(ours));
+    // Conditions only the agent writes; others (PodScheduled, DisruptionTarget) are the
+    // control plane's and may be there without the agent knowing.
+    let mine = |conditions: &[(String, String)]| -> Vec<(String, String)> {
+        conditions
+            .iter()
+            .filter(|(kind, _)| our_conditions.iter().any(|(ours, _)| ours == kind))
+            .cloned()
+            .collect()
+    };
+    api_phase != our_phase || mine(&api_conditions) != our_conditions
+}
+
 /// Writes `status` to the pod's `status` subresource; false when the pod is not (or no
 /// longer) in the API.
 pub async fn write_status(
@@ -177,5 +206,43 @@ pub async fn sync_mirrors(
         if !wanted && mirror.metadata.deletion_timestamp.is_none() {
             let _ = delete_finished(client, mirror).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodCondition;
+
+    fn condition(kind: &str, status: &str) -> PodCondition {
+        PodCondition {
+            type_: kind.to_owned(),
+            status: status.to_owned(),
+            ..PodCondition::default()
+        }
+    }
+
+    #[test]
+    fn status_differs_on_phase_and_the_agents_conditions_only() {
+        let ours = PodStatus {
+            phase: Some("Running".into()),
+            conditions: Some(vec![
+                condition("Ready", "True"),
+                condition("ContainersReady", "True"),
+            ]),
+            ..PodStatus::default()
+        };
+        let mut api = ours.clone();
+        // The scheduler's condition and a field the API server keeps: no difference.
+        api.conditions
+            .as_mut()
+            .unwrap()
+            .push(condition("PodScheduled", "True"));
+        api.host_ip = Some("198.18.0.1".into());
+        assert!(!status_differs(Some(&api), &ours));
+        // The node lifecycle controller cleared Ready.
+        api.conditions.as_mut().unwrap()[0] = condition("Ready", "False");
+        assert!(status_differs(Some(&api), &ours));
+        assert!(status_differs(None, &ours));
     }
 }

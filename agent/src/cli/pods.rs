@@ -312,6 +312,15 @@ pub fn start(args: &Args, stop: &Termination) -> anyhow::Result<Option<Pods>> {
                 }
                 for (uid, pod) in &running {
                     let Some(status) = &pod.status else { continue };
+                    // Someone else changed what the API says (the node lifecycle controller
+                    // marks pods not Ready when the node went Unknown): write ours again, as
+                    // kubelet's status manager reconciles.
+                    if let Some(api_pod) = from_api.get(uid)
+                        && written.contains_key(uid)
+                        && pods::status_differs(api_pod.status.as_ref(), status)
+                    {
+                        written.remove(uid);
+                    }
                     let reported = from_api.contains_key(uid) || static_pods.contains_key(uid);
                     if reported && written.get(uid) != Some(status) {
                         match pods::write_status(client, pod, status).await {
