@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+pub mod local;
+
 /// Rate of `count` operations done in `elapsed`, per second.
 pub fn per_second(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
@@ -17,13 +19,22 @@ pub fn percentile(samples: &mut [Duration], fraction: f64) -> Duration {
     samples.get(index).copied().unwrap_or_default()
 }
 
-/// Resident set size of a process, in KiB.
+/// Resident set size of a process (`VmRSS`), in KiB.
 pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Peak resident set size of a process (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> std::io::Result<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> std::io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|value| value.split_whitespace().next())
         .and_then(|value| value.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no VmRSS"))
+        .ok_or_else(|| std::io::Error::other(format!("no {field} in /proc/{pid}/status")))
 }

@@ -8,45 +8,20 @@
 //! its `ADDED` event on a watch; last, the API server's RSS idle and holding 10,000 Pods.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use keel_bench::local::{LocalControlPlane, run_concurrently};
 use keel_bench::{per_second, rss_kib};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
 const CONCURRENCY: [usize; 2] = [1, 50];
 const PODS: usize = 10_000;
-
-/// A child process killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn quiet(command: &mut Command, log: &Path) -> anyhow::Result<Child> {
-    let log = std::fs::File::create(log)?;
-    Ok(command
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -58,52 +33,9 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("objects: `{text}` is not a number"))?,
         None => 2_000,
     };
-    let binary =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/keel-controlplane");
-    if !binary.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p keel-controlplane` first",
-            binary.display()
-        );
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("keel-bench-apiserver-")
-        .tempdir()?;
-    let (client_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
-    let endpoint = format!("http://127.0.0.1:{client_port}");
-    let _etcd = Process(quiet(
-        Command::new("etcd")
-            .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
-            .arg(format!("--listen-client-urls={endpoint}"))
-            .arg(format!("--advertise-client-urls={endpoint}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
-            ))
-            .arg(format!(
-                "--initial-cluster=default=http://127.0.0.1:{peer_port}"
-            )),
-        &dir.path().join("etcd.log"),
-    )?);
-    let controlplane = Process(quiet(
-        Command::new(&binary)
-            .arg("apiserver")
-            .arg(format!("--etcd-servers={endpoint}"))
-            .arg(format!("--data-dir={}", dir.path().join("cp").display()))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={api_port}"))
-            .env("RUST_LOG", "warn"),
-        &dir.path().join("controlplane.log"),
-    )?);
-    let client = match wait_for_client(&dir.path().join("cp/admin.kubeconfig")).await {
-        Ok(client) => client,
-        Err(error) => {
-            let log =
-                std::fs::read_to_string(dir.path().join("controlplane.log")).unwrap_or_default();
-            let etcd = std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default();
-            bail!("{error:#}\nkeel-controlplane's log:\n{log}\netcd's log:\n{etcd}");
-        }
-    };
+    let cluster = LocalControlPlane::start("apiserver", &[])?;
+    let client = cluster.client().await?;
+    let endpoint = cluster.endpoint.clone();
 
     // The floor: what etcd itself sustains, measured by etcd's own tool on the same etcd.
     let mut floor = Vec::new();
@@ -112,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         floor.push((load, etcd_check_perf(&endpoint, load)?));
     }
     let mut create_rates = Vec::new();
-    let pid = controlplane.0.id();
+    let pid = cluster.pid();
     let idle = rss_kib(pid)?;
 
     println!(
@@ -255,29 +187,6 @@ fn etcd_check_perf(endpoint: &str, load: &str) -> anyhow::Result<Option<f64>> {
     }))
 }
 
-async fn wait_for_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::from("no kubeconfig written yet");
-    loop {
-        if kubeconfig.exists() {
-            let config = kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(kubeconfig)?,
-                &Default::default(),
-            )
-            .await?;
-            let client = kube::Client::try_from(config)?;
-            match client.apiserver_version().await {
-                Ok(_) => return Ok(client),
-                Err(error) => last = format!("{:#}", anyhow::Error::from(error)),
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the API server did not answer within 60s (last: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn create_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
@@ -311,41 +220,6 @@ async fn watch_delays(api: Api<ConfigMap>) -> anyhow::Result<Delays> {
         }
     });
     Ok(delays)
-}
-
-/// Runs `operation(0..count)` on `concurrency` tasks; each operation's latency.
-async fn run_concurrently<F, Fut>(
-    concurrency: usize,
-    count: usize,
-    operation: F,
-) -> anyhow::Result<Vec<Duration>>
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let next = next.clone();
-        let operation = operation.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if index >= count {
-                    return Ok::<_, anyhow::Error>(latencies);
-                }
-                let started = Instant::now();
-                operation(index).await?;
-                latencies.push(started.elapsed());
-            }
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await??);
-    }
-    Ok(all)
 }
 
 fn report(label: &str, latencies: &[Duration], elapsed: Duration) {

@@ -132,7 +132,8 @@ pub fn prepare_update(
             None => metadata.remove(field),
         };
     }
-    if info.has(Subresource::Status) {
+    // A binding writes the PodScheduled condition with the node; other writes keep the status.
+    if info.has(Subresource::Status) && subresource != Some(Subresource::Binding) {
         match old.get("status") {
             Some(status) => new["status"] = status.clone(),
             None => {

@@ -113,31 +113,34 @@ pub fn schedule(
     Ok(feasible[select(&totals, picker)].name.clone())
 }
 
+/// Filters `nodes` in one part per thread, the first on the calling thread (one spawn
+/// fewer per round); verdicts in node order.
 fn filter_parallel(
     cycle: &Cycle<'_>,
     nodes: &[&NodeInfo],
     threads: usize,
 ) -> Vec<Result<(), Rejection>> {
     let chunk = nodes.len().div_ceil(threads).max(1);
+    let filter = |part: &[&NodeInfo]| -> Vec<Result<(), Rejection>> {
+        part.iter().map(|node| cycle.filter(node)).collect()
+    };
     std::thread::scope(|scope| {
-        let handles: Vec<_> = nodes
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|node| cycle.filter(node))
-                        .collect::<Vec<_>>()
-                })
-            })
+        let mut parts = nodes.chunks(chunk);
+        let first = parts.next().unwrap_or_default();
+        let filter = &filter;
+        let handles: Vec<_> = parts
+            .map(|part| (part.len(), scope.spawn(move || filter(part))))
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| vec![Err(Rejection::unresolvable("filter failed"))])
-            })
-            .collect()
+        let mut verdicts = filter(first);
+        for (len, handle) in handles {
+            match handle.join() {
+                Ok(part) => verdicts.extend(part),
+                Err(_) => {
+                    verdicts.extend((0..len).map(|_| Err(Rejection::unresolvable("filter failed"))))
+                }
+            }
+        }
+        verdicts
     })
 }
 

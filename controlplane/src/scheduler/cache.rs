@@ -71,13 +71,14 @@ impl AffinityTerm {
         }
     }
 
-    /// Whether `pod` (whose namespace carries `namespace_labels`) is selected by the term.
-    pub fn matches(&self, pod: &PodInfo, namespace_labels: &Labels) -> bool {
+    /// Whether `pod` is selected by the term (its namespace's labels, for a namespace
+    /// selector, looked up in `cache` only when the namespace list does not decide).
+    pub fn matches(&self, pod: &PodInfo, cache: &Cache) -> bool {
         let in_namespace = self.namespaces.contains(&pod.namespace)
             || self
                 .namespace_selector
                 .as_ref()
-                .is_some_and(|selector| selector.matches(namespace_labels));
+                .is_some_and(|selector| selector.matches(cache.namespace_labels(&pod.namespace)));
         in_namespace && self.selector.matches(&pod.labels)
     }
 }

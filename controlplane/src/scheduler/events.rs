@@ -5,6 +5,7 @@
 //! does.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
@@ -13,11 +14,15 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource as _};
 use serde_json::json;
-use tokio::sync::Mutex;
 
 use super::COMPONENT;
 
 const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+/// How often expired series are dropped (not on every event: that is O(n) each time).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// A series: the pod's uid, the reason and the message.
+type SeriesKey = (String, String, String);
 
 #[derive(Debug)]
 struct Sent {
@@ -31,7 +36,8 @@ struct Sent {
 pub struct Recorder {
     client: Client,
     instance: String,
-    sent: Mutex<HashMap<(String, String, String), Sent>>,
+    /// Series sent within the window, and when expired ones were last dropped.
+    sent: Mutex<(HashMap<SeriesKey, Sent>, Instant)>,
 }
 
 impl Recorder {
@@ -43,7 +49,7 @@ impl Recorder {
         Self {
             client,
             instance: format!("{COMPONENT}-{host}"),
-            sent: Mutex::new(HashMap::new()),
+            sent: Mutex::new((HashMap::new(), Instant::now())),
         }
     }
 
@@ -63,19 +69,28 @@ impl Recorder {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let key = (uid, reason.to_owned(), message.to_owned());
-        let mut sent = self.sent.lock().await;
-        sent.retain(|_, event| event.at.elapsed() < SERIES_WINDOW);
         let now = Timestamp::now();
-        if let Some(previous) = sent.get_mut(&key) {
-            previous.count += 1;
-            previous.at = Instant::now();
-            let patch = json!({"count": previous.count, "lastTimestamp": Time(now)});
+        // The lock is never held across a request: publishing is concurrent, and a repeat
+        // patches the series of the first event seen.
+        let repeat = {
+            let mut guard = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
+            let (sent, pruned) = &mut *guard;
+            if pruned.elapsed() > PRUNE_EVERY {
+                sent.retain(|_, event| event.at.elapsed() < SERIES_WINDOW);
+                *pruned = Instant::now();
+            }
+            sent.get_mut(&key)
+                .filter(|previous| previous.at.elapsed() < SERIES_WINDOW)
+                .map(|previous| {
+                    previous.count += 1;
+                    previous.at = Instant::now();
+                    (previous.name.clone(), previous.count)
+                })
+        };
+        if let Some((name, count)) = repeat {
+            let patch = json!({"count": count, "lastTimestamp": Time(now)});
             match api
-                .patch(
-                    &previous.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(_) => return Ok(()),
@@ -113,14 +128,18 @@ impl Recorder {
             ..Default::default()
         };
         api.create(&PostParams::default(), &event).await?;
-        sent.insert(
-            key,
-            Sent {
-                name,
-                count: 1,
-                at: Instant::now(),
-            },
-        );
+        self.sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .insert(
+                key,
+                Sent {
+                    name,
+                    count: 1,
+                    at: Instant::now(),
+                },
+            );
         Ok(())
     }
 }

@@ -50,13 +50,13 @@ impl Rejection {
 pub struct Cycle<'a> {
     pub pod: &'a PodInfo,
     pub spec: &'a PodSpec,
-    pub spread: spread::FilterState,
-    pub interpod: interpod::FilterState,
+    pub spread: spread::FilterState<'a>,
+    pub interpod: interpod::FilterState<'a>,
 }
 
 impl<'a> Cycle<'a> {
     /// Prepares the filters for `pod` over the cache's nodes.
-    pub fn new(pod: &'a PodInfo, spec: &'a PodSpec, cache: &Cache) -> Self {
+    pub fn new(pod: &'a PodInfo, spec: &'a PodSpec, cache: &'a Cache) -> Self {
         Self {
             pod,
             spec,
@@ -78,7 +78,7 @@ impl<'a> Cycle<'a> {
         }
         node_ports(self.pod, node)?;
         resources_fit(self.pod, node)?;
-        self.spread.filter(self.pod, node)?;
+        self.spread.filter(node)?;
         self.interpod.filter(node)
     }
 }

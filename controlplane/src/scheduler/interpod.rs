@@ -3,10 +3,9 @@
 //! topology domain computed once per attempt, and the score (preferred terms both ways, plus
 //! existing pods' required affinity at `hardPodAffinityWeight` 1) normalised min..max.
 
-use std::collections::HashMap;
-
 use super::cache::{AffinityTerm, Cache, NodeInfo, PodInfo};
 use super::filters::Rejection;
+use super::pass::{self, LabelMap};
 
 pub const REASON_AFFINITY: &str = "node(s) didn't match pod affinity rules";
 pub const REASON_ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rules";
@@ -14,18 +13,19 @@ pub const REASON_EXISTING_ANTI_AFFINITY: &str =
     "node(s) didn't satisfy existing pods anti-affinity rules";
 const HARD_POD_AFFINITY_WEIGHT: i64 = 1;
 
-/// Counts per topology domain: key, then value (looked up by `&str`, no allocation).
+/// Counts per topology domain: key, then value, both borrowed from the cache's node labels
+/// for the attempt (no allocation per counted pod).
 #[derive(Debug, Default)]
-struct DomainCounts(HashMap<String, HashMap<String, i64>>);
+struct DomainCounts<'a>(LabelMap<'a, LabelMap<'a, i64>>);
 
-impl DomainCounts {
-    fn bump(&mut self, node: &NodeInfo, key: &str, by: i64) {
-        if let Some(value) = node.labels().get(key) {
+impl<'a> DomainCounts<'a> {
+    fn bump(&mut self, node: &'a NodeInfo, key: &str, by: i64) {
+        if let Some((key, value)) = node.labels().get_key_value(key) {
             *self
                 .0
-                .entry(key.to_owned())
+                .entry(key.as_str())
                 .or_default()
-                .entry(value.clone())
+                .entry(value.as_str())
                 .or_insert(0) += by;
         }
     }
@@ -41,67 +41,125 @@ impl DomainCounts {
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Adds another pass's counts (from another chunk of nodes).
+    fn merge(&mut self, other: DomainCounts<'a>) {
+        for (key, values) in other.0 {
+            let mine = self.0.entry(key).or_default();
+            for (value, count) in values {
+                *mine.entry(value).or_insert(0) += count;
+            }
+        }
+    }
+}
+
+/// Sums per topology key for the pods of one node, flushed into [`DomainCounts`] once per
+/// node instead of once per pod.
+#[derive(Debug, Default)]
+struct NodeSums<'t>(Vec<(&'t str, i64)>);
+
+impl<'t> NodeSums<'t> {
+    fn add(&mut self, key: &'t str, by: i64) {
+        match self.0.iter_mut().find(|(known, _)| *known == key) {
+            Some((_, sum)) => *sum += by,
+            None => self.0.push((key, by)),
+        }
+    }
+
+    /// Adds `weight` under the term's key if the term selects `who`.
+    fn add_if(&mut self, term: &'t AffinityTerm, who: &PodInfo, cache: &Cache, weight: i64) {
+        if term.matches(who, cache) {
+            self.add(&term.topology_key, weight);
+        }
+    }
+
+    fn flush<'a>(&mut self, counts: &mut DomainCounts<'a>, node: &'a NodeInfo) {
+        for (key, sum) in self.0.drain(..) {
+            counts.bump(node, key, sum);
+        }
+    }
 }
 
 /// The filter's pre-computed counts.
 #[derive(Debug, Default)]
-pub struct FilterState {
+pub struct FilterState<'a> {
     /// Domains where a placed pod's required anti-affinity selects the incoming pod.
-    existing_anti: DomainCounts,
+    existing_anti: DomainCounts<'a>,
     /// Domains holding pods that match all of the incoming pod's affinity terms.
-    affinity: DomainCounts,
+    affinity: DomainCounts<'a>,
     /// Domains holding pods that one of the incoming pod's anti-affinity terms selects.
-    anti: DomainCounts,
-    required: Vec<AffinityTerm>,
-    required_anti: Vec<AffinityTerm>,
+    anti: DomainCounts<'a>,
+    required: &'a [AffinityTerm],
+    required_anti: &'a [AffinityTerm],
     /// The pod matches its own affinity terms (the first pod of a group may go anywhere).
     matches_itself: bool,
 }
 
-impl FilterState {
+impl<'a> FilterState<'a> {
     /// Counts the domains the pod's and the placed pods' required terms care about.
-    pub fn new(pod: &PodInfo, cache: &Cache) -> Self {
-        let mut state = Self {
-            required: pod.affinity.required.clone(),
-            required_anti: pod.affinity.required_anti.clone(),
-            ..Self::default()
-        };
-        let own_labels = cache.namespace_labels(&pod.namespace);
-        state.matches_itself = state
-            .required
-            .iter()
-            .all(|term| term.matches(pod, own_labels));
-        let incoming_terms = !state.required.is_empty() || !state.required_anti.is_empty();
-        for node in cache.nodes() {
-            if !incoming_terms && node.pods_with_affinity == 0 {
-                continue;
+    pub fn new(pod: &'a PodInfo, cache: &'a Cache) -> Self {
+        let required: &'a [AffinityTerm] = &pod.affinity.required;
+        let required_anti: &'a [AffinityTerm] = &pod.affinity.required_anti;
+        let incoming_terms = !required.is_empty() || !required_anti.is_empty();
+        let visits = |node: &NodeInfo| {
+            if incoming_terms || node.pods_with_affinity > 0 {
+                node.pods.len()
+            } else {
+                0
             }
-            for existing in &node.pods {
-                for term in &existing.affinity.required_anti {
-                    if term.matches(pod, own_labels) {
-                        state.existing_anti.bump(node, &term.topology_key, 1);
-                    }
-                }
-                if !incoming_terms {
+        };
+        let parts = pass::over_nodes(cache, visits, |nodes| {
+            let mut counts = [
+                DomainCounts::default(),
+                DomainCounts::default(),
+                DomainCounts::default(),
+            ];
+            let (mut existing_anti, mut anti) = (NodeSums::default(), NodeSums::default());
+            for node in nodes.iter().copied() {
+                if !incoming_terms && node.pods_with_affinity == 0 {
                     continue;
                 }
-                let labels = cache.namespace_labels(&existing.namespace);
-                if !state.required.is_empty()
-                    && state
-                        .required
-                        .iter()
-                        .all(|term| term.matches(existing, labels))
-                {
-                    for term in &state.required {
-                        state.affinity.bump(node, &term.topology_key, 1);
+                let mut matching_all = 0;
+                for existing in &node.pods {
+                    for term in &existing.affinity.required_anti {
+                        if term.matches(pod, cache) {
+                            existing_anti.add(&term.topology_key, 1);
+                        }
+                    }
+                    if !incoming_terms {
+                        continue;
+                    }
+                    if !required.is_empty()
+                        && required.iter().all(|term| term.matches(existing, cache))
+                    {
+                        matching_all += 1;
+                    }
+                    for term in required_anti {
+                        if term.matches(existing, cache) {
+                            anti.add(&term.topology_key, 1);
+                        }
                     }
                 }
-                for term in &state.required_anti {
-                    if term.matches(existing, labels) {
-                        state.anti.bump(node, &term.topology_key, 1);
+                existing_anti.flush(&mut counts[0], node);
+                if matching_all > 0 {
+                    for term in required {
+                        counts[1].bump(node, &term.topology_key, matching_all);
                     }
                 }
+                anti.flush(&mut counts[2], node);
             }
+            counts
+        });
+        let mut state = Self {
+            required,
+            required_anti,
+            matches_itself: required.iter().all(|term| term.matches(pod, cache)),
+            ..Self::default()
+        };
+        for [existing_anti, affinity, anti] in parts {
+            state.existing_anti.merge(existing_anti);
+            state.affinity.merge(affinity);
+            state.anti.merge(anti);
         }
         state
     }
@@ -109,7 +167,7 @@ impl FilterState {
     /// Rejects a node where the pod's or the placed pods' required terms fail.
     pub fn filter(&self, node: &NodeInfo) -> Result<(), Rejection> {
         let labels = node.labels();
-        let count = |counts: &DomainCounts, key: &str| -> i64 {
+        let count = |counts: &DomainCounts<'_>, key: &str| -> i64 {
             labels.get(key).map_or(0, |value| counts.get(key, value))
         };
         if !self.required.is_empty() {
@@ -147,44 +205,56 @@ impl FilterState {
 
 /// The score's per-domain sums, or `None` to skip the plugin.
 #[derive(Debug, Default)]
-pub struct ScoreState {
-    sums: DomainCounts,
+pub struct ScoreState<'a> {
+    sums: DomainCounts<'a>,
 }
 
-impl ScoreState {
+impl<'a> ScoreState<'a> {
     /// Sums the weights of the terms that hold between the pod and each placed pod.
-    pub fn new(pod: &PodInfo, cache: &Cache) -> Option<Self> {
+    pub fn new(pod: &PodInfo, cache: &'a Cache) -> Option<Self> {
         let own = &pod.affinity;
         let preferring = !own.preferred.is_empty() || !own.preferred_anti.is_empty();
-        let own_labels = cache.namespace_labels(&pod.namespace);
-        let mut sums = DomainCounts::default();
-        for node in cache.nodes() {
-            if (!preferring && node.pods_with_affinity == 0) || node.labels().is_empty() {
-                continue;
-            }
-            for existing in &node.pods {
-                let labels = cache.namespace_labels(&existing.namespace);
-                let mut add = |term: &AffinityTerm, who: &PodInfo, ns: &_, weight: i64| {
-                    if term.matches(who, ns) {
-                        sums.bump(node, &term.topology_key, weight);
+        let skip = |node: &NodeInfo| {
+            (!preferring && node.pods_with_affinity == 0) || node.labels().is_empty()
+        };
+        let visits = |node: &NodeInfo| if skip(node) { 0 } else { node.pods.len() };
+        let parts = pass::over_nodes(cache, visits, |nodes| {
+            let mut sums = DomainCounts::default();
+            let mut node_sums = NodeSums::default();
+            for node in nodes.iter().copied() {
+                if skip(node) {
+                    continue;
+                }
+                for existing in &node.pods {
+                    if !preferring && !existing.affinity.any() {
+                        continue;
                     }
-                };
-                for (weight, term) in &own.preferred {
-                    add(term, existing, labels, i64::from(*weight));
+                    let mut add = |term, who, weight| {
+                        node_sums.add_if(term, who, cache, weight);
+                    };
+                    for (weight, term) in &own.preferred {
+                        add(term, existing, i64::from(*weight));
+                    }
+                    for (weight, term) in &own.preferred_anti {
+                        add(term, existing, -i64::from(*weight));
+                    }
+                    for term in &existing.affinity.required {
+                        add(term, pod, HARD_POD_AFFINITY_WEIGHT);
+                    }
+                    for (weight, term) in &existing.affinity.preferred {
+                        add(term, pod, i64::from(*weight));
+                    }
+                    for (weight, term) in &existing.affinity.preferred_anti {
+                        add(term, pod, -i64::from(*weight));
+                    }
                 }
-                for (weight, term) in &own.preferred_anti {
-                    add(term, existing, labels, -i64::from(*weight));
-                }
-                for term in &existing.affinity.required {
-                    add(term, pod, own_labels, HARD_POD_AFFINITY_WEIGHT);
-                }
-                for (weight, term) in &existing.affinity.preferred {
-                    add(term, pod, own_labels, i64::from(*weight));
-                }
-                for (weight, term) in &existing.affinity.preferred_anti {
-                    add(term, pod, own_labels, -i64::from(*weight));
-                }
+                node_sums.flush(&mut sums, node);
             }
+            sums
+        });
+        let mut sums = DomainCounts::default();
+        for part in parts {
+            sums.merge(part);
         }
         (!sums.is_empty()).then_some(Self { sums })
     }

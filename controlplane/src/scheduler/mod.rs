@@ -8,6 +8,7 @@
 //!
 //! * [`resources`]: requests and allocatable; [`selectors`]: label, node and taint matching.
 //! * [`filters`], [`spread`], [`interpod`]: the filter plugins; [`scores`]: the node scores.
+//! * [`pass`]: the per-attempt passes over every node's pods, split across cores.
 //! * [`runner`]: the watches, the scheduling loop, bindings, events and status.
 
 pub mod algorithm;
@@ -15,6 +16,7 @@ pub mod cache;
 pub mod events;
 pub mod filters;
 pub mod interpod;
+pub mod pass;
 pub mod queue;
 pub mod resources;
 pub mod runner;

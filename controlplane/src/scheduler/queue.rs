@@ -73,6 +73,13 @@ struct State {
     cycle: u64,
     /// The cycle of the last cluster change that could help unschedulable pods.
     moved_at_cycle: u64,
+    /// Whether a pod went to backoff or unschedulable since the last scan of the entries.
+    rescan: bool,
+    /// From the last scan: when the first waiting pod becomes due (backoff over, or
+    /// unschedulable too long), and when the first backoff ends. Until then, and unless
+    /// `rescan`, a scan would promote nothing, so `pop` skips it (no O(pods) walk per pod).
+    next_due: Option<Instant>,
+    next_backoff: Option<Instant>,
 }
 
 /// Pods waiting for a node.
@@ -109,6 +116,7 @@ impl Queue {
                 entry.pod = pod;
                 if changed && entry.place == Place::Unschedulable {
                     entry.place = Place::Backoff;
+                    state.rescan = true;
                     drop(state);
                     self.wake.notify_one();
                 }
@@ -158,6 +166,7 @@ impl Queue {
                 moved = true;
             }
         }
+        state.rescan |= moved;
         drop(state);
         if moved {
             self.wake.notify_one();
@@ -211,6 +220,7 @@ impl Queue {
                 Place::Unschedulable
             };
         }
+        state.rescan = true;
         drop(state);
         self.wake.notify_one();
     }
@@ -230,6 +240,7 @@ impl Queue {
         entry.pod = pod;
         entry.attempts += 1;
         entry.place = Place::Backoff;
+        state.rescan = true;
         drop(state);
         self.wake.notify_one();
     }
@@ -285,8 +296,19 @@ fn push_active(state: &mut State, uid: &str) {
 /// Moves pods whose backoff is over (and long-unschedulable ones) to active; returns how
 /// long until the next backoff ends.
 fn promote(state: &mut State, now: Instant) -> Option<Duration> {
+    let scan = state.rescan || state.next_due.is_some_and(|due| now >= due);
+    if !scan {
+        return state
+            .next_backoff
+            .map(|at| at.saturating_duration_since(now));
+    }
+    state.rescan = false;
     let mut due = Vec::new();
     let mut next: Option<Duration> = None;
+    let mut next_due: Option<Duration> = None;
+    let earliest = |slot: &mut Option<Duration>, left: Duration| {
+        *slot = Some(slot.map_or(left, |current| current.min(left)));
+    };
     for (uid, entry) in &state.entries {
         let since = entry
             .last_try
@@ -297,17 +319,20 @@ fn promote(state: &mut State, now: Instant) -> Option<Duration> {
                 if since >= wait || entry.attempts == 0 {
                     due.push(uid.clone());
                 } else {
-                    let left = wait - since;
-                    next = Some(next.map_or(left, |next| next.min(left)));
+                    earliest(&mut next, wait - since);
+                    earliest(&mut next_due, wait - since);
                 }
             }
             Place::Unschedulable if since >= MAX_UNSCHEDULABLE => due.push(uid.clone()),
+            Place::Unschedulable => earliest(&mut next_due, MAX_UNSCHEDULABLE - since),
             _ => {}
         }
     }
     for uid in due {
         push_active(state, &uid);
     }
+    state.next_due = next_due.map(|left| now + left);
+    state.next_backoff = next.map(|left| now + left);
     next
 }
 

@@ -108,11 +108,15 @@ pub fn intolerable_prefer_no_schedule(tolerations: &[Toleration], node: &NodeInf
             .as_deref()
             .is_none_or(|effect| effect.is_empty() || effect == "PreferNoSchedule")
     };
-    let tolerations: Vec<&Toleration> = tolerations.iter().filter(relevant).collect();
     let count = taints
         .iter()
         .filter(|taint| taint.effect == "PreferNoSchedule")
-        .filter(|taint| !tolerations.iter().any(|t| selectors::tolerates(t, taint)))
+        .filter(|taint| {
+            !tolerations
+                .iter()
+                .filter(relevant)
+                .any(|t| selectors::tolerates(t, taint))
+        })
         .count();
     i64::try_from(count).unwrap_or(i64::MAX)
 }

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{PodSpec, TopologySpreadConstraint};
 
 use super::cache::{Cache, NodeInfo, PodInfo};
 use super::filters::{Rejection, required_node_affinity};
+use super::pass::{self, LabelMap};
 use super::selectors::{self, Labels, Selector};
 
 pub const REASON_CONSTRAINTS: &str = "node(s) didn't match pod topology spread constraints";
@@ -113,60 +114,90 @@ pub fn count_matching(node: &NodeInfo, selector: &Selector, namespace: &str) -> 
     i64::try_from(count).unwrap_or(i64::MAX)
 }
 
-/// The filter's pre-computed counts: per constraint, matching pods per domain.
+/// The filter's pre-computed counts: per constraint, matching pods per domain (domains
+/// borrowed from the cache's node labels for the attempt), the smallest of them and whether
+/// the incoming pod counts itself.
 #[derive(Debug, Default)]
-pub struct FilterState {
+pub struct FilterState<'a> {
     constraints: Vec<Constraint>,
-    counts: Vec<HashMap<String, i64>>,
+    counts: Vec<LabelMap<'a, i64>>,
+    global_min: Vec<i64>,
+    own: Vec<i64>,
 }
 
-impl FilterState {
+impl<'a> FilterState<'a> {
     /// Counts matching pods per domain for the pod's `DoNotSchedule` constraints.
-    pub fn new(pod: &PodInfo, spec: &PodSpec, cache: &Cache) -> Self {
+    pub fn new(pod: &PodInfo, spec: &PodSpec, cache: &'a Cache) -> Self {
         let constraints = constraints(pod, spec, "DoNotSchedule");
         if constraints.is_empty() {
             return Self::default();
         }
-        let mut counts = vec![HashMap::new(); constraints.len()];
-        for node in cache.nodes() {
-            let labels = node.labels();
-            if !has_all_keys(labels, &constraints) {
-                continue;
-            }
-            for (index, constraint) in constraints.iter().enumerate() {
-                if !included(constraint, spec, node) {
-                    continue;
+        let parts = pass::over_nodes(
+            cache,
+            |node| node.pods.len(),
+            |nodes| {
+                let mut counts = vec![LabelMap::default(); constraints.len()];
+                for node in nodes.iter().copied() {
+                    let labels = node.labels();
+                    if !has_all_keys(labels, &constraints) {
+                        continue;
+                    }
+                    for (index, constraint) in constraints.iter().enumerate() {
+                        if !included(constraint, spec, node) {
+                            continue;
+                        }
+                        let value = labels[&constraint.topology_key].as_str();
+                        *counts[index].entry(value).or_insert(0) +=
+                            count_matching(node, &constraint.selector, &pod.namespace);
+                    }
                 }
-                let value = labels[&constraint.topology_key].clone();
-                *counts[index].entry(value).or_insert(0) +=
-                    count_matching(node, &constraint.selector, &pod.namespace);
+                counts
+            },
+        );
+        let mut counts: Vec<LabelMap<'a, i64>> = vec![LabelMap::default(); constraints.len()];
+        for part in parts {
+            for (mine, theirs) in counts.iter_mut().zip(part) {
+                for (value, count) in theirs {
+                    *mine.entry(value).or_insert(0) += count;
+                }
             }
         }
+        let global_min = constraints
+            .iter()
+            .zip(&counts)
+            .map(|(constraint, counts)| {
+                if counts.len() < constraint.min_domains {
+                    0
+                } else {
+                    counts
+                        .values()
+                        .copied()
+                        .min()
+                        .unwrap_or(i64::from(i32::MAX))
+                }
+            })
+            .collect();
+        let own = constraints
+            .iter()
+            .map(|constraint| i64::from(constraint.selector.matches(&pod.labels)))
+            .collect();
         Self {
             constraints,
             counts,
+            global_min,
+            own,
         }
     }
 
     /// Rejects a node whose domain would exceed `maxSkew` with the pod in it.
-    pub fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Result<(), Rejection> {
+    pub fn filter(&self, node: &NodeInfo) -> Result<(), Rejection> {
         let labels = node.labels();
-        for (constraint, counts) in self.constraints.iter().zip(&self.counts) {
+        for (index, constraint) in self.constraints.iter().enumerate() {
             let Some(value) = labels.get(&constraint.topology_key) else {
                 return Err(Rejection::unresolvable(REASON_MISSING_LABEL));
             };
-            let global_min = if counts.len() < constraint.min_domains {
-                0
-            } else {
-                counts
-                    .values()
-                    .copied()
-                    .min()
-                    .unwrap_or(i64::from(i32::MAX))
-            };
-            let own = i64::from(constraint.selector.matches(&pod.labels));
-            let here = counts.get(value).copied().unwrap_or(0);
-            if here + own - global_min > constraint.max_skew {
+            let here = self.counts[index].get(value.as_str()).copied().unwrap_or(0);
+            if here + self.own[index] - self.global_min[index] > constraint.max_skew {
                 return Err(Rejection::unschedulable(REASON_CONSTRAINTS));
             }
         }
@@ -357,10 +388,10 @@ mod tests {
         let spec = pod.pod.spec.clone().expect("spec");
         let state = FilterState::new(&pod, &spec, &cache);
         assert_eq!(
-            state.filter(&pod, cache.node("a1").expect("a1")),
+            state.filter(cache.node("a1").expect("a1")),
             Err(Rejection::unschedulable(REASON_CONSTRAINTS))
         );
-        assert_eq!(state.filter(&pod, cache.node("b1").expect("b1")), Ok(()));
+        assert_eq!(state.filter(cache.node("b1").expect("b1")), Ok(()));
     }
 
     #[test]
@@ -371,8 +402,8 @@ mod tests {
         let state = FilterState::new(&pod, &spec, &cache);
         // Only two domains exist but three are wanted: the global minimum is 0, so b (1 + 1)
         // is too far ahead while a is fine.
-        assert!(state.filter(&pod, cache.node("b1").expect("b1")).is_err());
-        assert_eq!(state.filter(&pod, cache.node("a1").expect("a1")), Ok(()));
+        assert!(state.filter(cache.node("b1").expect("b1")).is_err());
+        assert_eq!(state.filter(cache.node("a1").expect("a1")), Ok(()));
     }
 
     #[test]
@@ -384,7 +415,7 @@ mod tests {
         let spec = pod.pod.spec.clone().expect("spec");
         let state = FilterState::new(&pod, &spec, &cache);
         assert_eq!(
-            state.filter(&pod, cache.node("bare").expect("bare")),
+            state.filter(cache.node("bare").expect("bare")),
             Err(Rejection::unresolvable(REASON_MISSING_LABEL))
         );
     }

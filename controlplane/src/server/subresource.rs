@@ -124,14 +124,10 @@ async fn bind(call: &Call<'_>, name: &str, binding: &Value) -> Result<Response<B
                 format!("pod {name} is already assigned to node \"{existing}\""),
             ));
         }
+        // One write sets the node and the `PodScheduled` condition, as upstream's
+        // BindingREST does (one etcd transaction, one watch event per binding).
         let mut new = current.clone();
         new["spec"]["nodeName"] = json!(node);
-        Ok(new)
-    })
-    .await?;
-    // The scheduled condition lives in the status, which only /status may change.
-    write(call, name, Some(Subresource::Status), None, |current| {
-        let mut new = current.clone();
         let mut conditions: Vec<Value> = current
             .pointer("/status/conditions")
             .and_then(Value::as_array)

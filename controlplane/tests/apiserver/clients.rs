@@ -235,3 +235,69 @@ async fn acknowledged_writes_survive_kill_9() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_binding_is_one_write_with_the_node_and_the_scheduled_condition() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+    use kube::api::{WatchEvent, WatchParams};
+
+    let server = TestApiServer::start_apiserver_only().await?;
+    let pods: Api<Pod> = Api::namespaced(client(&server).await?, "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "image": "registry.local/busybox:1.36"}]},
+    }))?;
+    let created = pods.create(&PostParams::default(), &pod).await?;
+    let version = created
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap_or_default();
+    let mut events = pods
+        .watch(&WatchParams::default().fields("metadata.name=p"), &version)
+        .await?
+        .boxed();
+    let binding = Binding {
+        metadata: kube::api::ObjectMeta {
+            name: Some("p".into()),
+            uid: created.metadata.uid.clone(),
+            ..Default::default()
+        },
+        target: ObjectReference {
+            kind: Some("Node".into()),
+            name: Some("n1".into()),
+            ..Default::default()
+        },
+    };
+    let _: serde_json::Value = pods
+        .create_subresource("binding", "p", &PostParams::default(), &binding)
+        .await?;
+    // The first change a watcher sees already carries both, as from upstream's BindingREST.
+    let event = tokio::time::timeout(Duration::from_secs(30), events.next())
+        .await?
+        .expect("the watch stays open")?;
+    let WatchEvent::Modified(bound) = event else {
+        panic!("expected MODIFIED, got {event:?}");
+    };
+    assert_eq!(
+        bound
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.node_name.as_deref()),
+        Some("n1")
+    );
+    let scheduled = bound
+        .status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .and_then(|conditions| conditions.iter().find(|c| c.type_ == "PodScheduled"))
+        .map(|condition| condition.status.clone());
+    assert_eq!(scheduled.as_deref(), Some("True"), "{bound:?}");
+    // And nothing was written after it.
+    let now = pods.get("p").await?;
+    assert_eq!(
+        now.metadata.resource_version,
+        bound.metadata.resource_version
+    );
+    Ok(())
+}
