@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod protobuf;
 pub mod selector;
 pub mod status;
+pub mod taints;
 pub mod validation;
 
 pub use catalog::{Catalog, ResourceInfo, Subresource};

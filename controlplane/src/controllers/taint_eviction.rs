@@ -12,6 +12,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{
     Event, EventSource, Node, ObjectReference, Pod, PodCondition, Taint, Toleration,
 };
+
+use crate::api::taints::tolerates;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -22,25 +24,6 @@ use super::reflect::store;
 const PERIOD: Duration = Duration::from_secs(1);
 /// The component upstream's controller records events as.
 const COMPONENT: &str = "taint-eviction-controller";
-
-/// Whether `toleration` tolerates `taint` (upstream's `Toleration.ToleratesTaint`).
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    let effect = toleration.effect.as_deref().unwrap_or("");
-    if !effect.is_empty() && effect != taint.effect {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" => {
-            toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        _ => false,
-    }
-}
 
 /// What the taints of a pod's node mean for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,26 +329,5 @@ mod tests {
             verdict(&[default], &[unstamped], |_| at(1000)),
             Verdict::EvictAt(at(1300))
         );
-    }
-
-    #[test]
-    fn toleration_matching_as_upstream() {
-        let t = Taint {
-            key: "dedicated".to_owned(),
-            value: Some("gpu".to_owned()),
-            effect: "NoExecute".to_owned(),
-            time_added: None,
-        };
-        let mut equal = toleration("dedicated", "Equal", "NoExecute", None);
-        equal.value = Some("gpu".to_owned());
-        assert!(tolerates(&equal, &t));
-        equal.value = Some("cpu".to_owned());
-        assert!(!tolerates(&equal, &t));
-        assert!(tolerates(&toleration("dedicated", "Exists", "", None), &t));
-        assert!(!tolerates(
-            &toleration("dedicated", "Exists", "NoSchedule", None),
-            &t
-        ));
-        assert!(tolerates(&toleration("", "Exists", "", None), &t));
     }
 }

@@ -1,13 +1,13 @@
 //! Matching as the scheduler does it: label selectors (`metav1.LabelSelector`), node selector
 //! terms (`matchExpressions` with `In`/`NotIn`/`Exists`/`DoesNotExist`/`Gt`/`Lt`,
-//! `matchFields` on `metadata.name`) and tolerations against taints.
+//! `matchFields` on `metadata.name`); tolerations against taints are [`crate::api::taints`].
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
-};
+use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+pub use crate::api::taints::{node_taints, tolerated, tolerates, untolerated_taint};
 
 /// Labels of an object; an object without labels has none.
 pub type Labels = BTreeMap<String, String>;
@@ -176,52 +176,6 @@ fn node_requirement_matches(
     }
 }
 
-/// Whether the toleration tolerates the taint (upstream's `Toleration.ToleratesTaint`).
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref()
-        && !effect.is_empty()
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or_default();
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        // An empty key with Exists tolerates every taint.
-        "Exists" => true,
-        "" | "Equal" => {
-            toleration.value.as_deref().unwrap_or_default()
-                == taint.value.as_deref().unwrap_or_default()
-        }
-        _ => false,
-    }
-}
-
-/// Whether any of the tolerations tolerates the taint.
-pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations
-        .iter()
-        .any(|toleration| tolerates(toleration, taint))
-}
-
-/// The node's taints.
-pub fn node_taints(node: &Node) -> &[Taint] {
-    node.spec
-        .as_ref()
-        .and_then(|spec| spec.taints.as_deref())
-        .unwrap_or_default()
-}
-
-/// The first `NoSchedule` / `NoExecute` taint none of the tolerations tolerates.
-pub fn untolerated_taint<'a>(taints: &'a [Taint], tolerations: &[Toleration]) -> Option<&'a Taint> {
-    taints.iter().find(|taint| {
-        (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
-            && !tolerated(tolerations, taint)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,34 +240,5 @@ mod tests {
             false,
         );
         assert!(!keyed.matches(&labels));
-    }
-
-    #[test]
-    fn tolerations_match_taints_as_upstream() {
-        let taint: Taint = serde_json::from_value(
-            json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}),
-        )
-        .expect("taint");
-        let toleration = |value| serde_json::from_value::<Toleration>(value).expect("toleration");
-        assert!(tolerates(
-            &toleration(json!({"key": "dedicated", "value": "gpu"})),
-            &taint
-        ));
-        assert!(tolerates(
-            &toleration(json!({"operator": "Exists"})),
-            &taint
-        ));
-        assert!(!tolerates(
-            &toleration(json!({"key": "dedicated", "value": "cpu"})),
-            &taint
-        ));
-        assert!(!tolerates(
-            &toleration(json!({"key": "dedicated", "operator": "Exists", "effect": "NoExecute"})),
-            &taint
-        ));
-        assert_eq!(
-            untolerated_taint(std::slice::from_ref(&taint), &[]),
-            Some(&taint)
-        );
     }
 }

@@ -5,8 +5,10 @@
 
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec,
-    Taint, Toleration,
+    Toleration,
 };
+
+use crate::api::taints::tolerates;
 
 /// Whether a daemon pod should be started on a node, and whether one there may stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,27 +116,6 @@ pub fn placement(node: &Node, spec: &PodSpec) -> Placement {
     }
 }
 
-/// Whether `toleration` tolerates `taint` (upstream's `Toleration.ToleratesTaint`).
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref()
-        && !effect.is_empty()
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" => {
-            toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        _ => false,
-    }
-}
-
 fn selector_matches(node: &Node, spec: &PodSpec) -> bool {
     let labels = node.metadata.labels.clone().unwrap_or_default();
     let selector_ok = spec
@@ -205,7 +186,7 @@ fn requirement_matches(requirement: &NodeSelectorRequirement, value: Option<&Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use std::collections::BTreeMap;
 
@@ -298,24 +279,5 @@ mod tests {
         assert_eq!(node_of(&pinned).as_deref(), Some("b"));
         assert!(placement(&node("b", &[], vec![]), &pinned).should_run);
         assert!(!placement(&node("c", &[], vec![]), &pinned).should_run);
-    }
-
-    #[test]
-    fn toleration_operators() {
-        let equal = Toleration {
-            key: Some("k".into()),
-            value: Some("v".into()),
-            ..Toleration::default()
-        };
-        let mut tainted = taint("k", "NoSchedule");
-        tainted.value = Some("v".into());
-        assert!(tolerates(&equal, &tainted));
-        tainted.value = Some("w".into());
-        assert!(!tolerates(&equal, &tainted));
-        let everything = Toleration {
-            operator: Some("Exists".into()),
-            ..Toleration::default()
-        };
-        assert!(tolerates(&everything, &tainted));
     }
 }
