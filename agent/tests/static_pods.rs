@@ -424,23 +424,67 @@ fn kill_9_of_the_agent_leaves_ten_pods_running_and_the_new_agent_adopts_them() {
         ids.sort();
         ids
     };
-    let before = node.wait_for("ten running containers", Duration::from_secs(120), || {
-        let ids = running(&node);
-        (ids.len() == 10).then_some(ids)
-    });
+    // Each pod's record on disk names its running container.
+    let state = node.state_dir();
+    let record_path = |uid: &str| state.join("pods").join(uid).join("records/c.json");
+    let recorded = |node: &TestNode| -> Vec<String> {
+        let mut ids: Vec<String> = node
+            .pod_uids()
+            .iter()
+            .filter_map(|uid| std::fs::read(record_path(uid)).ok())
+            .filter_map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .filter_map(|record| record["current"]["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = node.wait_for(
+        "ten running, recorded containers",
+        Duration::from_secs(120),
+        || {
+            let ids = running(&node);
+            (ids.len() == 10 && recorded(&node) == ids).then_some(ids)
+        },
+    );
     node.kill_agent();
+    // As if the agent had died between starting one pod's container and recording it: the
+    // record of the first pod forgets its instance. The new agent starts that container
+    // again and must not leave the unrecorded one running beside it.
+    let forgotten_uid = node.pod_uids()[0].clone();
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record_path(&forgotten_uid)).unwrap()).unwrap();
+    let forgotten = record["current"]["id"].as_str().unwrap().to_owned();
+    record["current"] = serde_json::Value::Null;
+    std::fs::write(record_path(&forgotten_uid), record.to_string()).unwrap();
     node.start_agent();
     // Give the new agent time to look at everything (several resyncs), then compare.
     node.wait_for("the new agent to start", Duration::from_secs(30), || {
         (node.agent_log().matches("running pods as node").count() == 2).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(
-        running(&node),
-        before,
-        "same containers, none restarted or added"
+    let after = node.wait_for(
+        "the forgotten container replaced",
+        Duration::from_secs(60),
+        || {
+            let ids = running(&node);
+            (ids.len() == 10 && !ids.contains(&forgotten)).then_some(ids)
+        },
     );
-    for uid in node.pod_uids() {
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(running(&node), after, "nothing restarted or added since");
+    let kept: Vec<&String> = before.iter().filter(|id| **id != forgotten).collect();
+    assert!(
+        kept.iter().all(|id| after.contains(id)),
+        "the nine recorded containers kept running: before {before:?}, after {after:?}"
+    );
+    assert!(
+        node.agent_log()
+            .contains(&format!("removing container {forgotten}"))
+    );
+    for uid in node
+        .pod_uids()
+        .into_iter()
+        .filter(|uid| *uid != forgotten_uid)
+    {
         let logs: Vec<_> = std::fs::read_dir(node.logs.path())
             .unwrap()
             .flatten()

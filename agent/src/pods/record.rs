@@ -100,6 +100,18 @@ impl PodDir {
         self.path.join("containers").join(id)
     }
 
+    /// The ids of the container instances that have a directory here.
+    pub fn container_ids(&self) -> Vec<String> {
+        std::fs::read_dir(self.path.join("containers"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn volumes_dir(&self) -> PathBuf {
         self.path.join("volumes")
     }

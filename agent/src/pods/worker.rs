@@ -274,7 +274,37 @@ impl PodWorker {
             }
             self.records.insert(container.name.clone(), record);
         }
+        self.remove_unrecorded().await;
         Ok(())
+    }
+
+    /// Removes container instances no record points at: a previous agent died between
+    /// creating one and recording it. Left alone, it would run beside the instance this agent
+    /// starts in its place (two copies of one container).
+    async fn remove_unrecorded(&mut self) {
+        let live: std::collections::HashSet<String> = self
+            .records
+            .values()
+            .filter_map(|record| record.current.as_ref())
+            .filter(|instance| instance.terminated.is_none())
+            .map(|instance| instance.id.clone())
+            .collect();
+        for id in self.dir.container_ids() {
+            if live.contains(&id) {
+                continue;
+            }
+            log::warn!(
+                "pod {}: removing container {id}, which a previous agent started but never \
+                 recorded (it stopped mid-start)",
+                self.describe()
+            );
+            let dir = self.dir.container_dir(&id);
+            if let Err(error) =
+                blocking(&self.ctx, move |ctx| container::remove(ctx, &id, &dir)).await
+            {
+                log::warn!("pod {}: {error}", self.describe());
+            }
+        }
     }
 
     fn all_containers(&self) -> Vec<Container> {
