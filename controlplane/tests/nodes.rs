@@ -2,9 +2,7 @@
 //! with simulated nodes (`keel-agent simulate`, the real agent binary): node IPAM gives them
 //! pod CIDRs, their pods run, and when a simulator is killed the node lifecycle controller marks
 //! its nodes Unknown and taints them, and taint-based eviction deletes their pods.
-//!
-//! `keel-agent` is taken from beside this test's executable (`target/<profile>/keel-agent`):
-//! `cargo test` of the whole workspace builds it; alone, run `cargo build -p keel-agent` first.
+//! See `support/simulator.rs` for where `keel-agent` is taken from.
 
 #[path = "support/etcd.rs"]
 #[allow(
@@ -19,96 +17,11 @@ mod etcd;
 )]
 mod server;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/simulator.rs"]
+mod simulator;
 
 use server::TestApiServer;
-
-const DEADLINE: Duration = Duration::from_secs(90);
-
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current executable");
-    let mut dir = exe.parent().expect("a directory").to_owned();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("keel-agent");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo build -p keel-agent`)",
-        path.display()
-    );
-    path
-}
-
-/// A `keel-agent simulate` process, killed on drop.
-struct Simulator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Simulator {
-    fn start(server: &TestApiServer, prefix: &str, nodes: u32, extra: &[&str]) -> Simulator {
-        let log = server.data_dir().join(format!("simulate-{prefix}log"));
-        let file = std::fs::File::create(&log).expect("simulator log");
-        let mut command = Command::new(agent_binary());
-        command
-            .arg("simulate")
-            .arg("--kubeconfig")
-            .arg(server.kubeconfig())
-            .arg(format!("--nodes={nodes}"))
-            .arg(format!("--name-prefix={prefix}"))
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file);
-        etcd::die_with_parent(&mut command);
-        let child = command.spawn().expect("spawning keel-agent simulate");
-        Simulator { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Polls `probe` every 200 ms until it gives a value; panics with `what` and the logs after
-/// [`DEADLINE`].
-fn wait_for<T>(
-    what: &str,
-    server: &TestApiServer,
-    sims: &[&Simulator],
-    mut probe: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = sims.iter().map(|s| s.log()).collect();
-            panic!(
-                "timed out waiting for {what}\ncontrol plane log:\n{}\nsimulator logs:\n{}",
-                server.log(),
-                logs.join("\n---\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use simulator::{Simulator, get, wait_for, wait_for_ready_nodes};
 
 /// Waits for pod `name` to be in `phase`.
 fn wait_for_phase(server: &TestApiServer, sims: &[&Simulator], name: &str, phase: &str) {
@@ -125,15 +38,6 @@ fn wait_for_phase(server: &TestApiServer, sims: &[&Simulator], name: &str, phase
 fn pod_ready(server: &TestApiServer, name: &str) -> Option<String> {
     let ready = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
     get(server, &["get", "pod", name, "-o", ready])
-}
-
-/// kubectl output, when kubectl succeeds.
-fn get(server: &TestApiServer, args: &[&str]) -> Option<String> {
-    let output = server.kubectl(args);
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 fn pod(name: &str, node: &str, extra_spec: &str, annotations: &str) -> String {
@@ -335,18 +239,7 @@ async fn a_node_that_stops_renewing_is_marked_unknown_tainted_and_its_pods_evict
     .expect("control plane");
     let alive = Simulator::start(&server, "alive-", 3, &[]);
     let mut doomed = Simulator::start(&server, "doomed-", 2, &[]);
-    wait_for("5 Ready nodes", &server, &[&alive, &doomed], || {
-        let out = get(
-            &server,
-            &[
-                "get",
-                "nodes",
-                "-o",
-                "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-        )?;
-        (out.split_whitespace().filter(|s| *s == "True").count() == 5).then_some(())
-    });
+    wait_for_ready_nodes(&server, &[&alive, &doomed], 5);
 
     let tolerate_five = "  tolerations:\n  - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 5}\n";
     server.ok_with_input(
@@ -587,11 +480,7 @@ async fn a_deployment_is_scheduled_over_three_simulated_nodes_and_rolls_out_with
     let server = TestApiServer::start().await.expect("control plane");
     let sim = Simulator::start(&server, "web-", 3, &["--cpu=2"]);
     let sims = [&sim];
-    wait_for("three Ready nodes", &server, &sims, || {
-        let ready = "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}";
-        get(&server, &["get", "nodes", "-o", ready])
-            .filter(|out| out.split_whitespace().filter(|s| *s == "True").count() == 3)
-    });
+    wait_for_ready_nodes(&server, &sims, 3);
     // 500m each on 2-CPU nodes: at most 4 per node, so 10 replicas need all three nodes.
     let deployment = |image: &str| {
         format!(

@@ -120,6 +120,7 @@ pub fn apply(group: &str, kind: &str, object: &mut Value) {
         ("batch", "Job") => {
             if let Some(spec) = child(object, "spec") {
                 job_spec(spec);
+                default(spec, "manualSelector", json!(false));
             }
         }
         ("batch", "CronJob") => {
@@ -186,12 +187,14 @@ fn string_data(object: &mut Value) {
     }
 }
 
+/// `SetDefaults_Job`'s spec part: `completions` only when `parallelism` is unset too (a
+/// work queue sets parallelism alone and keeps completions unset).
 fn job_spec(spec: &mut Value) {
-    let indexed = spec.get("completionMode").and_then(Value::as_str) == Some("Indexed");
-    default(spec, "parallelism", json!(1));
-    if !indexed {
+    let unset = |key: &str| spec.get(key).is_none_or(Value::is_null);
+    if unset("completions") && unset("parallelism") {
         default(spec, "completions", json!(1));
     }
+    default(spec, "parallelism", json!(1));
     default(spec, "backoffLimit", json!(6));
     default(spec, "completionMode", json!("NonIndexed"));
     default(spec, "suspend", json!(false));
@@ -363,6 +366,28 @@ mod tests {
         assert_eq!(container["imagePullPolicy"], "Always");
         assert_eq!(container["terminationMessagePath"], "/dev/termination-log");
         assert_eq!(spec["template"]["spec"]["dnsPolicy"], "ClusterFirst");
+    }
+
+    #[test]
+    fn jobs_default_completions_only_without_parallelism() {
+        let mut single = json!({"spec": {}});
+        apply("batch", "Job", &mut single);
+        let spec = &single["spec"];
+        assert_eq!(
+            (&spec["completions"], &spec["parallelism"]),
+            (&json!(1), &json!(1))
+        );
+        assert_eq!(spec["manualSelector"], false);
+        assert_eq!(spec["backoffLimit"], 6);
+        let mut queue = json!({"spec": {"parallelism": 3}});
+        apply("batch", "Job", &mut queue);
+        assert!(queue["spec"].get("completions").is_none(), "{queue}");
+        let mut fixed = json!({"spec": {"completions": 5}});
+        apply("batch", "Job", &mut fixed);
+        assert_eq!(
+            (&fixed["spec"]["completions"], &fixed["spec"]["parallelism"]),
+            (&json!(5), &json!(1))
+        );
     }
 
     #[test]

@@ -40,6 +40,59 @@ impl LabelRequirement {
     }
 }
 
+/// The requirements of a `metav1.LabelSelector` object (`matchLabels` and `matchExpressions`,
+/// as upstream's `LabelSelectorAsSelector`): `None` for a missing (null) selector, which
+/// selects nothing; an empty one selects everything. An unknown operator selects nothing.
+pub fn label_selector(selector: &Value) -> Option<Vec<LabelRequirement>> {
+    if selector.is_null() {
+        return None;
+    }
+    let mut requirements = Vec::new();
+    for (key, value) in selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        requirements.push(LabelRequirement::Equals(
+            key.clone(),
+            value.as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    for expression in selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = expression["key"].as_str().unwrap_or_default().to_owned();
+        let values: Vec<String> = expression["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|value| value.as_str().map(str::to_owned))
+            .collect();
+        requirements.push(match expression["operator"].as_str() {
+            Some("In") => LabelRequirement::In(key, values),
+            Some("NotIn") => LabelRequirement::NotIn(key, values),
+            Some("Exists") => LabelRequirement::Exists(key),
+            Some("DoesNotExist") => LabelRequirement::NotExists(key),
+            _ => return None,
+        });
+    }
+    Some(requirements)
+}
+
+/// Whether `labels` (a `metadata.labels` object, or none) meet every requirement.
+pub fn labels_match(
+    requirements: &[LabelRequirement],
+    labels: Option<&serde_json::Map<String, Value>>,
+) -> bool {
+    requirements
+        .iter()
+        .all(|requirement| requirement.matches(labels))
+}
+
 /// Parses a `labelSelector` query value.
 pub fn parse_labels(text: &str) -> Result<Vec<LabelRequirement>, ApiError> {
     let error = |detail: &str| {

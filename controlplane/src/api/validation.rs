@@ -86,6 +86,7 @@ pub fn validate(kind: &str, object: &Value, old: Option<&Value>) -> Vec<Cause> {
                     &["OnFailure", "Never"],
                 ));
             }
+            super::job::validate_selector(object, old, &mut causes);
         }
         "ConfigMap" | "Secret" => {
             for section in ["data", "binaryData", "stringData"] {

@@ -29,10 +29,7 @@ use logic::Outcome;
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 /// The label (and annotation) with an Indexed Job pod's index.
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
-/// The label with the Job's uid.
-pub const CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
-/// The label with the Job's name.
-pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
+pub use crate::api::job::{CONTROLLER_UID, JOB_NAME, LEGACY_CONTROLLER_UID, LEGACY_JOB_NAME};
 
 /// Runs the Job controller until its watch streams end.
 pub async fn run(client: Client) {
@@ -369,8 +366,8 @@ fn new_pod(job: &Job, index: Option<i32>) -> Pod {
     for (key, value) in [
         (CONTROLLER_UID, &uid),
         (JOB_NAME, &name),
-        ("controller-uid", &uid),
-        ("job-name", &name),
+        (LEGACY_CONTROLLER_UID, &uid),
+        (LEGACY_JOB_NAME, &name),
     ] {
         workload::set_label(&mut pod.metadata, key, value.clone());
     }

@@ -14,9 +14,7 @@ use serde_json::json;
 use crate::TestApiServer;
 
 async fn client(server: &TestApiServer) -> anyhow::Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig())?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
+    server.client().await
 }
 
 fn config_map(name: &str, value: &str) -> ConfigMap {

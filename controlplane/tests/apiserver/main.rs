@@ -8,6 +8,7 @@ mod server;
 
 mod clients;
 mod errors;
+mod jobs;
 mod kubectl;
 
 pub use server::TestApiServer;

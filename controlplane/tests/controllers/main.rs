@@ -26,9 +26,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A kube-rs client with the server's admin kubeconfig.
 pub async fn client(server: &TestApiServer) -> anyhow::Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig())?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
+    server.client().await
 }
 
 /// Polls `check` until it returns `Some`, failing after [`DEADLINE`] with `what`, the last

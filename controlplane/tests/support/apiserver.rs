@@ -135,6 +135,14 @@ impl TestApiServer {
         self.data_dir.path().join("admin.kubeconfig")
     }
 
+    /// A kube-rs client with the admin kubeconfig.
+    #[allow(dead_code, reason = "not every test binary uses kube-rs")]
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig())?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Output {
         Command::new(kubectl_path())
             .args(args)

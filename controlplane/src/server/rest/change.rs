@@ -4,7 +4,9 @@
 use ::http::Response;
 use serde_json::{Value, json};
 
-use crate::api::{ApiError, Cause, ResourceInfo, Subresource, Target, defaults, meta, validation};
+use crate::api::{
+    ApiError, Cause, ResourceInfo, Subresource, Target, defaults, job, meta, validation,
+};
 use crate::server::http::{self, Body};
 use crate::server::patch;
 use crate::server::subresource;
@@ -148,6 +150,9 @@ pub async fn create(call: &Call<'_>, mut object: Value) -> Result<Response<Body>
     defaults::apply(call.info.group, call.info.kind, &mut object);
     meta::prepare_create(call.info, &mut object);
     initial_status(call.info, &mut object);
+    if (call.info.group, call.info.kind) == ("batch", "Job") {
+        job::generate_selector(&mut object);
+    }
     let causes = validation::validate(call.info.kind, &object, None);
     if !causes.is_empty() {
         return Err(invalid(call, &object, causes));
