@@ -4,6 +4,9 @@
 //! starts, each as a background process in its own process group with its log under
 //! `.keel/logs/`:
 //! - etcd (Debian's binary) on 127.0.0.1:2379, data in `.keel/etcd`;
+//! - an image registry (Debian's `docker-registry`) on `198.18.0.1:5000`, storage in
+//!   `.keel/registry`, with a busybox image built from this host's static busybox pushed as
+//!   `busybox:stable` (what `manifests/examples/` run; no internet needed);
 //! - `keel-controlplane all` (API server, controller manager) on the node address
 //!   `198.18.0.1:6443`, data (CA, certificates, `admin.kubeconfig`) in `.keel/controlplane`;
 //! - `keel-agent` as the node (named after the host), state in `.keel/node/`, pods under the
@@ -44,6 +47,12 @@ const NODE_PREFIX: u8 = 24;
 const API_PORT: u16 = 6443;
 const ETCD_CLIENT_PORT: u16 = 2379;
 const ETCD_PEER_PORT: u16 = 2380;
+/// The image registry's port on the node address: nodes pull `198.18.0.1:5000/...` over plain
+/// HTTP (the agents get `--insecure-registry` for it).
+const REGISTRY_PORT: u16 = 5000;
+/// The images `up` pushes into its registry, built from this host's static busybox (Debian's
+/// `busybox-static`): no internet needed. `manifests/examples/` use them.
+const REGISTRY_IMAGES: [&str; 1] = ["busybox:stable"];
 /// Where the node's pod addresses come from.
 const POD_CIDR: &str = "10.244.0.0/24";
 /// The cgroup the node's `kubepods` tree goes under.
@@ -75,16 +84,23 @@ pub struct UpArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Component {
     Etcd,
+    Registry,
     ControlPlane,
     Agent,
 }
 
 impl Component {
-    const ALL: [Component; 3] = [Component::Etcd, Component::ControlPlane, Component::Agent];
+    const ALL: [Component; 4] = [
+        Component::Etcd,
+        Component::Registry,
+        Component::ControlPlane,
+        Component::Agent,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Component::Etcd => "etcd",
+            Component::Registry => "registry",
             Component::ControlPlane => "controlplane",
             Component::Agent => "agent",
         }
@@ -112,6 +128,10 @@ impl State {
         self.dir.join("controlplane")
     }
 
+    fn registry(&self) -> PathBuf {
+        self.dir.join("registry")
+    }
+
     fn kubeconfig(&self) -> PathBuf {
         self.controlplane().join("admin.kubeconfig")
     }
@@ -136,6 +156,7 @@ impl State {
     fn running(&self, component: Component) -> Option<u32> {
         let wanted = match component {
             Component::Etcd => "etcd",
+            Component::Registry => "docker-registry",
             Component::ControlPlane => "keel-controlplane",
             Component::Agent => "keel-agent",
         };
@@ -222,6 +243,7 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
             ]),
         )?;
     }
+    let registry = start_registry(&state)?;
     let mut controlplane = None;
     if state.running(Component::ControlPlane).is_none() {
         port_free(NODE_IP, API_PORT, "the API server")?;
@@ -246,7 +268,8 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
     )?;
 
     if let Some(count) = args.nodes {
-        return nodes::up(&state, &bin, count, args.socket_lb_cgroup.as_deref(), &[]);
+        let pull = [format!("--insecure-registry={registry}")];
+        return nodes::up(&state, &bin, count, args.socket_lb_cgroup.as_deref(), &pull);
     }
     let node = node_name()?;
     let mut agent = None;
@@ -267,6 +290,7 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
                     format!("--cgroup-root={CGROUP_ROOT}"),
                     format!("--bpf-root={BPF_ROOT}"),
                     format!("--devices={BRIDGE}"),
+                    format!("--insecure-registry={registry}"),
                 ])
                 .args(
                     args.socket_lb_cgroup
@@ -295,6 +319,12 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
             state.log(component).display()
         );
     }
+    eprintln!(
+        "Images: {} (try `kubectl apply -f manifests/examples/web.yaml`).",
+        REGISTRY_IMAGES
+            .map(|image| format!("{registry}/{image}"))
+            .join(", ")
+    );
     eprintln!("Stop it with `cargo xtask down`. To use kubectl:");
     println!("export KUBECONFIG={}", state.kubeconfig().display());
     Ok(())
@@ -338,7 +368,11 @@ pub fn down(paths: &Paths) -> anyhow::Result<()> {
         )),
         None => {}
     }
-    for component in [Component::ControlPlane, Component::Etcd] {
+    for component in [
+        Component::ControlPlane,
+        Component::Registry,
+        Component::Etcd,
+    ] {
         if let Some(pid) = state.running(component) {
             stop(pid, component.name(), Duration::from_secs(15));
         }
@@ -358,6 +392,71 @@ pub fn down(paths: &Paths) -> anyhow::Result<()> {
         state.dir.display()
     );
     Ok(())
+}
+
+/// Starts the image registry (Debian's `docker-registry`, storage under `.keel/registry`) on
+/// the node address unless it runs, and pushes [`REGISTRY_IMAGES`] into it; its `host:port`.
+fn start_registry(state: &State) -> anyhow::Result<String> {
+    let address = format!("{NODE_IP}:{REGISTRY_PORT}");
+    if state.running(Component::Registry).is_none() {
+        port_free(NODE_IP, REGISTRY_PORT, "the image registry")?;
+        let dir = state.registry();
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
+                 delete:\n    enabled: true\nhttp:\n  addr: {address}\n",
+                dir.join("storage").display()
+            ),
+        )
+        .with_context(|| format!("cannot write {}", config.display()))?;
+        let child = spawn(
+            state,
+            Component::Registry,
+            Command::new("docker-registry").arg("serve").arg(&config),
+        )?;
+        wait(
+            state,
+            Component::Registry,
+            Some(child),
+            "the image registry",
+            || Ok(registry_answers(&address)),
+        )?;
+    }
+    let spec = keel_testhost::registry::ImageSpec {
+        cmd: vec!["sh".to_owned()],
+        ..Default::default()
+    };
+    let image = keel_testhost::registry::TestImage::busybox(&spec)
+        .context("cannot build the busybox image from /usr/bin/busybox")?;
+    for name_tag in REGISTRY_IMAGES {
+        keel_testhost::registry::push_image(
+            Command::new("skopeo"),
+            &address,
+            &image,
+            name_tag,
+            None,
+        )
+        .with_context(|| format!("cannot push {name_tag} to the registry at {address}"))?;
+    }
+    Ok(address)
+}
+
+/// Whether a registry answers the v2 API at `address`.
+fn registry_answers(address: &str) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET /v2/ HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_to_string(&mut response).is_ok()
+        && response.starts_with("HTTP/1.1 200")
 }
 
 /// Starts `command` in the background, in its own process group so it outlives xtask, with

@@ -187,29 +187,50 @@ impl TestRegistry {
 
     /// Pushes `image` as `<host>/<name>:<tag>` and returns that reference.
     pub fn push(&self, image: &TestImage, name: &str, tag: &str) -> Result<String, RegistryError> {
-        let reference = format!("{}/{name}:{tag}", self.host());
-        let mut command = TestRegistry::command(self.netns.as_deref(), "skopeo");
-        command
-            .args([
-                "--insecure-policy",
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-            ])
-            .arg("--all");
-        if self.basic_auth {
-            command.arg(format!("--dest-creds={BASIC_USER}:{BASIC_PASSWORD}"));
-        }
-        command
-            .arg(format!(
-                "oci:{}:{}",
-                image.layout.path().display(),
-                image.tag
-            ))
-            .arg(format!("docker://{reference}"));
-        run_checked(&mut command)?;
-        Ok(reference)
+        let credentials = self
+            .basic_auth
+            .then(|| format!("{BASIC_USER}:{BASIC_PASSWORD}"));
+        push_image(
+            TestRegistry::command(self.netns.as_deref(), "skopeo"),
+            &self.host(),
+            image,
+            &format!("{name}:{tag}"),
+            credentials.as_deref(),
+        )
     }
+}
+
+/// Copies `image` with `skopeo` (the command to run it, in whatever namespace) into the
+/// plain-HTTP registry at `registry` (`host:port`) as `<registry>/<name_tag>`, logging in as
+/// `credentials` (`user:password`) if given; returns that reference.
+pub fn push_image(
+    mut skopeo: Command,
+    registry: &str,
+    image: &TestImage,
+    name_tag: &str,
+    credentials: Option<&str>,
+) -> Result<String, RegistryError> {
+    let reference = format!("{registry}/{name_tag}");
+    skopeo
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ])
+        .arg("--all");
+    if let Some(credentials) = credentials {
+        skopeo.arg(format!("--dest-creds={credentials}"));
+    }
+    skopeo
+        .arg(format!(
+            "oci:{}:{}",
+            image.layout.path().display(),
+            image.tag
+        ))
+        .arg(format!("docker://{reference}"));
+    run_checked(&mut skopeo)?;
+    Ok(reference)
 }
 
 fn free_port(address: Ipv4Addr) -> Result<SocketAddr, RegistryError> {
