@@ -356,7 +356,11 @@ pub fn down(paths: &Paths) -> anyhow::Result<()> {
             ]));
             // The pods' log files (the agent's --pod-logs-dir) go with the node.
             let logs = remove_dir(&state.node());
-            for result in [reset, unpin, logs] {
+            // The node's cgroup root (its `kubepods` went with the reset), in every hierarchy.
+            let cgroups = nodes::cgroup_hierarchies()
+                .iter()
+                .try_for_each(|hierarchy| nodes::remove_cgroup_tree(&hierarchy.join(CGROUP_ROOT)));
+            for result in [reset, unpin, logs, cgroups] {
                 if let Err(error) = result {
                     errors.push(format!("{error:#}"));
                 }

@@ -385,7 +385,7 @@ fn remove_node(state: &State, node: &Node, agent: Option<&Path>) -> anyhow::Resu
 
 /// Where a node's cgroups may be: every hierarchy under `/sys/fs/cgroup` (v1 controllers and
 /// a hybrid host's `unified`), and `/sys/fs/cgroup` itself on a unified host.
-fn cgroup_hierarchies() -> Vec<PathBuf> {
+pub(super) fn cgroup_hierarchies() -> Vec<PathBuf> {
     std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
@@ -397,7 +397,7 @@ fn cgroup_hierarchies() -> Vec<PathBuf> {
 
 /// Removes the cgroup `dir` and the groups under it, deepest first (each must be empty of
 /// processes: a cgroup holding one cannot be removed, and says so).
-fn remove_cgroup_tree(dir: &Path) -> anyhow::Result<()> {
+pub(super) fn remove_cgroup_tree(dir: &Path) -> anyhow::Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
