@@ -4,7 +4,8 @@
 //! different nodes reach each other by pod IP with no NAT, across the eBPF dataplane on each
 //! node's interface, directly and through a ClusterIP whose backends are on other nodes. A
 //! node whose agent stops goes Unknown and its pods are evicted after their toleration and
-//! replaced on the other nodes.
+//! replaced on the other nodes, while a client on another node, retrying as clients do, gets
+//! an answer from the Service in front of them every time it asks.
 
 mod support;
 
@@ -280,14 +281,16 @@ fn a_stopped_nodes_pods_are_replaced_on_the_others_after_their_toleration() {
         ],
         &[],
     );
+    let image = whoami_image(&cluster);
     let deployment = format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: sleepers}}\nspec:\n  replicas: 3\n  \
          selector: {{matchLabels: {{app: sleepers}}}}\n  template:\n    metadata: {{labels: {{app: sleepers}}}}\n    \
          spec:\n      terminationGracePeriodSeconds: 1\n      tolerations:\n      \
          - {{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 3}}\n      \
          - {{key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 3}}\n      \
-         containers:\n      - {{name: c, image: {}, command: [sleep, '3600']}}\n",
-        cluster.image
+         containers:\n      - {{name: c, image: {image}, command: [httpd, -f, -p, '80', -h, /www]}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: sleepers}}\nspec:\n  \
+         selector: {{app: sleepers}}\n  ports:\n  - {{port: 80}}\n"
     );
     cluster
         .control_plane
@@ -318,38 +321,115 @@ fn a_stopped_nodes_pods_are_replaced_on_the_others_after_their_toleration() {
     });
     let (victim, stopped) = (running[0].0.clone(), running[0].1.clone());
 
+    // A client pod on a node that stays up asks the Service, as a client that retries does
+    // (each try given a second): the Service must answer every ask, before, while and after
+    // the node is lost.
+    let client_node = ["node1", "node2", "node3"]
+        .into_iter()
+        .find(|node| *node != stopped)
+        .expect("another node");
+    cluster.control_plane.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&web_pod("client", client_node, &image, "client")),
+    );
+    running_ip(&cluster, "client");
+    let cluster_ip = cluster
+        .jsonpath(&["get", "service", "sleepers"], "{.spec.clusterIP}")
+        .expect("service sleepers");
+    let ask = |cluster: &TestCluster| -> Option<String> {
+        let script = format!(
+            "for try in 1 2 3 4 5 6 7 8 9 10; do \
+             timeout 1 wget -q -O - http://{cluster_ip}/cgi-bin/ip && exit 0; done; exit 1"
+        );
+        // kubectl exec itself may fail under load (the stream, not the Service): ask again.
+        // Only the script's own failure (every try went unanswered) counts as no answer.
+        for _ in 0..5 {
+            let output = cluster
+                .control_plane
+                .kubectl(&["exec", "client", "--", "sh", "-c", &script]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if output.status.success() {
+                let text = String::from_utf8_lossy(&output.stdout);
+                return Some(
+                    text.split_whitespace()
+                        .last()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+            if stderr.contains("command terminated with exit code 1") {
+                return None;
+            }
+            eprintln!("kubectl exec failed, asking again: {stderr}");
+        }
+        panic!("kubectl exec into the client pod keeps failing");
+    };
+    let answered = cluster.wait_for("the Service to answer", Duration::from_secs(60), || {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..12 {
+            seen.insert(ask(&cluster)?);
+        }
+        (seen.len() == 3).then_some(seen)
+    });
+    assert!(answered.contains(&victim), "{answered:?}");
+    let asking = std::sync::atomic::AtomicBool::new(true);
+
     // The node's agent stops: the node goes Unknown, gets the unreachable taint, and after the
     // 3 s toleration its pod is evicted and replaced on a node that is still up.
     cluster.node_mut(&stopped).stop_agent(libc::SIGKILL);
-    cluster.wait_for(
-        &format!("{stopped} NotReady with the unreachable taint"),
-        Duration::from_secs(60),
-        || {
-            let taints = cluster
-                .jsonpath(&["get", "node", &stopped], "{.spec.taints[*].key}")
-                .unwrap_or_default();
-            (cluster.node_condition(&stopped, "Ready") == "Unknown"
-                && taints.contains("node.kubernetes.io/unreachable"))
-            .then_some(())
-        },
+    let shared = &cluster;
+    let (answers, replaced) = std::thread::scope(|scope| {
+        let asker = scope.spawn(|| {
+            let mut answers = Vec::new();
+            while asking.load(std::sync::atomic::Ordering::Relaxed) {
+                answers.push(ask(shared));
+            }
+            answers
+        });
+        cluster.wait_for(
+            &format!("{stopped} NotReady with the unreachable taint"),
+            Duration::from_secs(60),
+            || {
+                let taints = cluster
+                    .jsonpath(&["get", "node", &stopped], "{.spec.taints[*].key}")
+                    .unwrap_or_default();
+                (cluster.node_condition(&stopped, "Ready") == "Unknown"
+                    && taints.contains("node.kubernetes.io/unreachable"))
+                .then_some(())
+            },
+        );
+        let replaced = cluster.wait_for(
+            &format!("{victim} evicted and replaced"),
+            Duration::from_secs(60),
+            || {
+                let all = pods(&cluster);
+                let victim_gone = all
+                    .iter()
+                    .all(|(name, _, _, deleting)| *name != victim || *deleting);
+                let elsewhere: Vec<_> = all
+                    .iter()
+                    .filter(|(_, node, phase, deleting)| {
+                        *node != stopped && phase == "Running" && !*deleting
+                    })
+                    .cloned()
+                    .collect();
+                (victim_gone && elsewhere.len() == 3).then_some(elsewhere)
+            },
+        );
+        asking.store(false, std::sync::atomic::Ordering::Relaxed);
+        (asker.join().expect("the asking thread"), replaced)
+    });
+    assert!(answers.len() >= 3, "asked only {} times", answers.len());
+    assert!(
+        answers.iter().all(Option::is_some),
+        "the Service went unanswered while {stopped} was lost: {answers:?}"
     );
-    let replaced = cluster.wait_for(
-        &format!("{victim} evicted and replaced"),
-        Duration::from_secs(60),
-        || {
-            let all = pods(&cluster);
-            let victim_gone = all
-                .iter()
-                .all(|(name, _, _, deleting)| *name != victim || *deleting);
-            let elsewhere: Vec<_> = all
-                .iter()
-                .filter(|(_, node, phase, deleting)| {
-                    *node != stopped && phase == "Running" && !*deleting
-                })
-                .cloned()
-                .collect();
-            (victim_gone && elsewhere.len() == 3).then_some(elsewhere)
-        },
+    // Once the endpoint went, only the live backends answer.
+    assert!(
+        answers
+            .last()
+            .is_some_and(|last| last.as_deref() != Some(victim.as_str())),
+        "{answers:?}"
     );
     assert!(
         replaced.iter().all(|(name, _, _, _)| *name != victim),
