@@ -17,6 +17,7 @@ pub mod api;
 pub mod cgroups;
 pub mod cni;
 pub mod dataplane;
+pub mod dns;
 pub mod image;
 pub mod metrics;
 pub mod nodeapi;

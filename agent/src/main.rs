@@ -28,6 +28,7 @@ use keel_agent::dataplane::{
     CtTimeouts, DEFAULT_BPF_ROOT, Dataplane, LbAlgorithm, LoadBalancing, MapSizes, TableSize,
     XdpAttachMode, remove_pins,
 };
+use keel_agent::dns::{DnsServer, Zone};
 use keel_agent::metrics::{self, Metrics};
 use keel_agent::services::{Node, ServicesFile, desired_state};
 use keel_ebpf_common::conntrack::CT4_MAX_ENTRIES;
@@ -161,6 +162,18 @@ struct Args {
     /// empty: no metrics.
     #[arg(long, default_value = metrics::DEFAULT_BIND_ADDRESS)]
     metrics_bind_address: String,
+    /// Serve cluster DNS on this address (port 53, UDP and TCP), put on the loopback interface
+    /// (label `lo:keel-dns`); kubelet's flag, the address pods are told to ask. Node-local DNS uses
+    /// 169.254.20.10. Absent: no DNS.
+    #[arg(long)]
+    cluster_dns: Option<std::net::Ipv4Addr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = keel_agent::dns::DEFAULT_DOMAIN)]
+    cluster_domain: String,
+    /// Where names outside the cluster domain are forwarded (IP or IP:PORT, comma-separated;
+    /// default: the nameservers of /etc/resolv.conf).
+    #[arg(long, value_delimiter = ',')]
+    dns_upstream: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -255,8 +268,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let stop = signals::block_termination()?;
+    let dns = start_dns(&args)?;
     let mut pods = if args.pod_manifest_path.is_some() || args.kubeconfig.is_some() {
-        match pods::start(&args, &stop)? {
+        match pods::start(&args, &stop, dns.clone())? {
             Some(pods) => Some(pods),
             // SIGINT / SIGTERM while waiting for the API server or a pod CIDR.
             None => return Ok(()),
@@ -285,6 +299,7 @@ fn main() -> anyhow::Result<()> {
         node: node(&args),
         seen: None,
         metrics: metrics.clone(),
+        dns: dns.clone(),
     });
 
     let stats_interval = Duration::from_secs(args.stats_interval);
@@ -445,6 +460,8 @@ struct ServicesFromFile {
     /// Modification time and length of the version last read, good or bad.
     seen: Option<(SystemTime, u64)>,
     metrics: Metrics,
+    /// The cluster DNS, answering from the same file.
+    dns: Option<(DnsServer, String)>,
 }
 
 impl ServicesFromFile {
@@ -463,6 +480,9 @@ impl ServicesFromFile {
                 return;
             }
         };
+        if let Some((dns, domain)) = &self.dns {
+            dns.set_zone(Zone::build(domain, &file.services, &file.slices));
+        }
         let desired = desired_state(&file.services, &file.slices, &self.node);
         let started = Instant::now();
         let applied = dataplane.apply(&desired);
@@ -487,6 +507,43 @@ fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_owned())
+}
+
+/// With `--cluster-dns`: the address on the loopback (`lo:keel-dns`) and the DNS server on it
+/// (its records come from the services file or the API); the server and the domain.
+fn start_dns(args: &Args) -> anyhow::Result<Option<(DnsServer, String)>> {
+    let Some(address) = args.cluster_dns else {
+        return Ok(None);
+    };
+    let upstreams = if args.dns_upstream.is_empty() {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        keel_agent::dns::upstreams_from_resolv_conf(&text, address.into())
+    } else {
+        args.dns_upstream
+            .iter()
+            .map(|text| {
+                text.parse::<std::net::SocketAddr>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                    .map_err(|_| {
+                        anyhow::anyhow!("--dns-upstream: `{text}` is not an IP or IP:PORT")
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    if upstreams.is_empty() {
+        log::warn!(
+            "DNS: no upstream resolvers (--dns-upstream, /etc/resolv.conf): names outside {} get SERVFAIL",
+            args.cluster_domain
+        );
+    }
+    keel_agent::dns::ensure_interface(address)
+        .with_context(|| format!("cannot put {address} on {}", keel_agent::dns::INTERFACE))?;
+    let server = DnsServer::new(Zone::build(&args.cluster_domain, &[], &[]), upstreams);
+    server
+        .clone()
+        .serve((address, 53).into())
+        .with_context(|| format!("cannot serve DNS on {address}:53"))?;
+    Ok(Some((server, args.cluster_domain.clone())))
 }
 
 /// Reads the drop and interface counters into `metrics`; a failed read is logged and leaves

@@ -1,7 +1,8 @@
 //! `keel-agent reset`: removes what an agent made on its node, as `kubeadm reset` does for
 //! kubelet's part: every container in its runc root, the keeper, every mount under its root
 //! dir (container rootfs, volumes, the pods' network and IPC namespaces, whose veth pairs go
-//! with them), its `kubepods` cgroup tree in every hierarchy, and then the root dir itself.
+//! with them), its `kubepods` cgroup tree in every hierarchy, the cluster DNS's address
+//! (`lo:keel-dns`), and then the root dir itself.
 //!
 //! Run it after the agent has stopped; a running agent would start its pods again. It touches
 //! only paths under the root dir and the cgroup tree under `--cgroup-root`, so agents that use
@@ -65,6 +66,10 @@ pub fn reset(
     report.keeper_killed = kill_keeper(&root_dir.join("keeper"));
     report.mounts = unmount_under(root_dir)?;
     report.cgroups = remove_kubepods(cgroups)?;
+    // The cluster DNS address (`--cluster-dns`), in this network namespace.
+    if let Err(error) = crate::dns::remove_interface() {
+        log::warn!("{error}");
+    }
     match std::fs::remove_dir_all(root_dir) {
         Err(error) if error.kind() != io::ErrorKind::NotFound => {
             return Err(ResetError::Remove {

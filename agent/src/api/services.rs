@@ -30,18 +30,10 @@ const PROXY_SELECTOR: &str =
 /// Watches Services and EndpointSlices and sends `node`'s desired state to `sink` whenever
 /// it changes, until `sink` is closed.
 pub async fn feed(client: kube::Client, node: Node, sink: std::sync::mpsc::Sender<DesiredState>) {
-    let changed = Arc::new(Notify::new());
     let config = watcher::Config::default().labels(PROXY_SELECTOR);
-    let services = reflect::<Service>(&client, config.clone(), &changed);
-    let slices = reflect::<EndpointSlice>(&client, config, &changed);
-    for ready in [
-        services.wait_until_ready().await,
-        slices.wait_until_ready().await,
-    ] {
-        if ready.is_err() {
-            return;
-        }
-    }
+    let Some((services, slices, changed)) = watch_both(&client, config).await else {
+        return;
+    };
     let mut last: Option<DesiredState> = None;
     loop {
         let service_list: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
@@ -62,6 +54,36 @@ pub async fn feed(client: kube::Client, node: Node, sink: std::sync::mpsc::Sende
         tokio::time::sleep(DEBOUNCE).await;
         changed.notified().await;
     }
+}
+
+/// Watches every Service and EndpointSlice (headless ones included, which kube-proxy's
+/// selector leaves out) and keeps the cluster DNS's zone in step with them.
+pub async fn dns_feed(client: kube::Client, domain: String, server: crate::dns::DnsServer) {
+    let Some((services, slices, changed)) = watch_both(&client, watcher::Config::default()).await
+    else {
+        return;
+    };
+    loop {
+        let service_list: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
+        let slice_list: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
+        server.set_zone(crate::dns::Zone::build(&domain, &service_list, &slice_list));
+        tokio::time::sleep(DEBOUNCE).await;
+        changed.notified().await;
+    }
+}
+
+/// Reflectors of Services and EndpointSlices selected by `config`, once both have listed, and
+/// the notification of their changes; `None` if a watch ended first.
+async fn watch_both(
+    client: &kube::Client,
+    config: watcher::Config,
+) -> Option<(Store<Service>, Store<EndpointSlice>, Arc<Notify>)> {
+    let changed = Arc::new(Notify::new());
+    let services = reflect::<Service>(client, config.clone(), &changed);
+    let slices = reflect::<EndpointSlice>(client, config, &changed);
+    services.wait_until_ready().await.ok()?;
+    slices.wait_until_ready().await.ok()?;
+    Some((services, slices, changed))
 }
 
 /// A store of `K` kept by a watch, and the task that drives it; `changed` is notified on

@@ -44,7 +44,11 @@ pub struct Pods {
 
 /// Starts the pod side; `None` when SIGINT or SIGTERM (`stop`) came while it was still
 /// waiting for the API server or for the node's pod CIDR.
-pub fn start(args: &Args, stop: &Termination) -> anyhow::Result<Option<Pods>> {
+pub fn start(
+    args: &Args,
+    stop: &Termination,
+    dns: Option<(keel_agent::dns::DnsServer, String)>,
+) -> anyhow::Result<Option<Pods>> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("cannot install rustls' crypto provider"))?;
@@ -156,6 +160,13 @@ pub fn start(args: &Args, stop: &Termination) -> anyhow::Result<Option<Pods>> {
         ));
         receiver
     });
+    if let (Some((client, _, _)), Some((server, domain))) = (&api, dns) {
+        runtime.spawn(keel_agent::api::services::dns_feed(
+            client.clone(),
+            domain,
+            server,
+        ));
+    }
     network::enable_forwarding().context("cannot enable IPv4 forwarding for pods")?;
     if let Some((client, _, _)) = &api {
         if args.auto_direct_node_routes {

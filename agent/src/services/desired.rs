@@ -52,20 +52,7 @@ pub fn desired_state(services: &[Service], slices: &[EndpointSlice], node: &Node
         }
         let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
         let name = service.metadata.name.as_deref().unwrap_or_default();
-        let own_slices: Vec<&EndpointSlice> = slices
-            .iter()
-            .filter(|slice| {
-                slice.address_type == "IPv4"
-                    && slice.metadata.namespace.as_deref().unwrap_or("default") == namespace
-                    && slice
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-                        .map(String::as_str)
-                        == Some(name)
-            })
-            .collect();
+        let own_slices: Vec<&EndpointSlice> = service_slices(slices, namespace, name).collect();
         let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
         let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
             spec.session_affinity_config
@@ -147,6 +134,26 @@ pub fn desired_state(services: &[Service], slices: &[EndpointSlice], node: &Node
 }
 
 /// IPv4 addresses among `texts`, sorted and without duplicates; `None` and IPv6 are skipped.
+/// The IPv4 EndpointSlices of Service `name` in `namespace` (their `kubernetes.io/service-name`
+/// label).
+pub fn service_slices<'a>(
+    slices: &'a [EndpointSlice],
+    namespace: &'a str,
+    name: &'a str,
+) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+    slices.iter().filter(move |slice| {
+        slice.address_type == "IPv4"
+            && slice.metadata.namespace.as_deref().unwrap_or("default") == namespace
+            && slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+                .map(String::as_str)
+                == Some(name)
+    })
+}
+
 fn ipv4s<'a>(texts: impl Iterator<Item = &'a String>) -> BTreeSet<Ipv4Addr> {
     texts.filter_map(|text| text.parse().ok()).collect()
 }
