@@ -7,6 +7,8 @@
 //!   through the ClusterIP (routed via the node, the TC path) are answered by all three.
 //! - `job.yaml`: five completions, the pods' output in `kubectl logs`.
 //! - `daemonset.yaml`: a pod on the node, reporting the node's name.
+//!
+//! The agent also serves cluster DNS (`--cluster-dns`): a web pod resolves the Service's name.
 
 mod support;
 
@@ -66,6 +68,10 @@ fn the_examples_run_web_answers_from_every_replica_the_job_completes_the_daemons
         link.a.interface.clone(),
         "--node-ip".into(),
         node_ip.to_string(),
+        "--cluster-dns".into(),
+        "169.254.20.10".into(),
+        "--metrics-bind-address".into(),
+        String::new(),
     ];
     node.start_agent();
     let image = node.image.clone();
@@ -112,6 +118,28 @@ fn the_examples_run_web_answers_from_every_replica_the_job_completes_the_daemons
     }
     let log = kubectl(&["logs", "deployment/web"], None);
     assert!(log.contains("serving web-"), "{log}");
+
+    // Cluster DNS from inside a pod: its resolv.conf points at the node's DNS with the
+    // namespace's search path, and the Service's name resolves to its ClusterIP.
+    let pod = names.iter().next().expect("a web pod").clone();
+    let resolv = kubectl(&["exec", &pod, "--", "cat", "/etc/resolv.conf"], None);
+    assert!(resolv.starts_with("nameserver 169.254.20.10\n"), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+    let lookup = kubectl(
+        &[
+            "exec",
+            &pod,
+            "--",
+            "nslookup",
+            "web.default.svc.cluster.local",
+        ],
+        None,
+    );
+    assert!(lookup.contains(cluster_ip.trim()), "{lookup}");
 
     // job: five completions, two at a time; each pod printed its line.
     kubectl(&["apply", "-f", "-"], Some(&example("job.yaml", &image)));

@@ -47,6 +47,8 @@ const NODE_PREFIX: u8 = 24;
 const API_PORT: u16 = 6443;
 const ETCD_CLIENT_PORT: u16 = 2379;
 const ETCD_PEER_PORT: u16 = 2380;
+/// Where each agent serves cluster DNS (node-local DNS's address, on the node's loopback).
+const CLUSTER_DNS: &str = "169.254.20.10";
 /// The image registry's port on the node address: nodes pull `198.18.0.1:5000/...` over plain
 /// HTTP (the agents get `--insecure-registry` for it).
 const REGISTRY_PORT: u16 = 5000;
@@ -268,7 +270,10 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
     )?;
 
     if let Some(count) = args.nodes {
-        let pull = [format!("--insecure-registry={registry}")];
+        let pull = [
+            format!("--insecure-registry={registry}"),
+            format!("--cluster-dns={CLUSTER_DNS}"),
+        ];
         return nodes::up(&state, &bin, count, args.socket_lb_cgroup.as_deref(), &pull);
     }
     let node = node_name()?;
@@ -291,6 +296,7 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
                     format!("--bpf-root={BPF_ROOT}"),
                     format!("--devices={BRIDGE}"),
                     format!("--insecure-registry={registry}"),
+                    format!("--cluster-dns={CLUSTER_DNS}"),
                 ])
                 .args(
                     args.socket_lb_cgroup

@@ -199,6 +199,12 @@ pub fn start(
         events,
         client: api.as_ref().map(|(client, _, _)| client.clone()),
         status_changed: Arc::new(Notify::new()),
+        cluster_dns: args
+            .cluster_dns
+            .map(|address| keel_agent::pods::dns::ClusterDns {
+                address,
+                domain: args.cluster_domain.clone(),
+            }),
     });
     log::info!(
         "running pods as node {node_name} (pod CIDR {cidr}, cgroups {:?}){}{}",

@@ -3,6 +3,7 @@
 //! across agent restarts ([`record`]), and the status they report ([`status`]).
 
 pub mod container;
+pub mod dns;
 pub mod env;
 pub mod events;
 pub mod manager;

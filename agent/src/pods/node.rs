@@ -35,6 +35,8 @@ pub struct NodeContext {
     /// Notified when a worker publishes a changed pod status (it is written to the API at
     /// once, not at the next resync).
     pub status_changed: std::sync::Arc<tokio::sync::Notify>,
+    /// `--cluster-dns` and `--cluster-domain`: what pods with `ClusterFirst` are told to ask.
+    pub cluster_dns: Option<super::dns::ClusterDns>,
 }
 
 impl std::fmt::Debug for NodeContext {

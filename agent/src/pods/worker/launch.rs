@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Container;
 
 use crate::image::{Image, RegistryCredentials};
+use crate::runtime::bundle::BindMount;
 
 use super::super::container::{self, Launch};
 use super::super::env::container_env;
@@ -17,7 +18,26 @@ use super::super::volumes;
 use super::{BACKOFF_INITIAL, BACKOFF_MAX, PodWorker, blocking, now};
 use crate::probe::ContainerProbes;
 
+/// Where a container finds its resolver configuration.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
 impl PodWorker {
+    /// Writes the pod's resolv.conf (its `dnsPolicy` and `dnsConfig` against the node's
+    /// cluster DNS and /etc/resolv.conf) into the pod's directory; the mount that puts it at
+    /// `/etc/resolv.conf` in a container.
+    fn resolv_conf(&self) -> Result<BindMount, String> {
+        let host = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
+        let text = super::super::dns::resolv_conf(&self.pod, self.ctx.cluster_dns.as_ref(), &host)?;
+        let path = self.dir.path.join("resolv.conf");
+        std::fs::write(&path, text)
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        Ok(BindMount {
+            source: path,
+            destination: RESOLV_CONF.to_owned(),
+            read_only: false,
+        })
+    }
+
     /// The image for `container`, pulled as its `imagePullPolicy` says.
     pub(super) async fn image_for(
         &mut self,
@@ -215,9 +235,12 @@ impl PodWorker {
         )
         .map_err(|e| e.to_string())
         .and_then(|env| {
-            let mounts =
+            let mut mounts =
                 volumes::mounts_for(container, self.volumes.as_ref().unwrap_or(&BTreeMap::new()))
                     .map_err(|e| e.to_string())?;
+            if !mounts.iter().any(|m| m.destination == RESOLV_CONF) {
+                mounts.push(self.resolv_conf()?);
+            }
             Ok((env, mounts))
         });
         let (env, mounts) = match prepared_input {
