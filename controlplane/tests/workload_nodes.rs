@@ -29,7 +29,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt as _;
 use kube::api::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::Value;
 
 use server::TestApiServer;
@@ -37,9 +37,20 @@ use simulator::{Simulator, get, wait_for, wait_for_ready_nodes, wait_longer};
 
 /// Every pod change a label selector saw, in the order the API server sent them (etcd
 /// revision order); deleted pods are recorded with `deleted`.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct PodHistory {
     changes: Arc<Mutex<Vec<(Pod, bool)>>>,
+    /// The watch task; aborted on drop, so it never outlives the control plane it watches
+    /// (a watch retrying a dead server would keep the test's runtime from shutting down).
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for PodHistory {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl PodHistory {
@@ -47,13 +58,13 @@ impl PodHistory {
     async fn start(server: &TestApiServer, selector: &str) -> PodHistory {
         let client = server.client().await.expect("a kube client");
         let pods: Api<Pod> = Api::namespaced(client, "default");
-        let history = PodHistory::default();
+        let mut history = PodHistory::default();
         let (listed, ready) = tokio::sync::oneshot::channel();
         let changes = Arc::clone(&history.changes);
         let config = watcher::Config::default().labels(selector);
-        tokio::spawn(async move {
+        history.task = Some(tokio::spawn(async move {
             let mut listed = Some(listed);
-            let mut stream = watcher(pods, config).boxed();
+            let mut stream = watcher(pods, config).default_backoff().boxed();
             while let Some(event) = stream.next().await {
                 let mut changes = changes.lock().expect("pod history");
                 match event {
@@ -70,8 +81,11 @@ impl PodHistory {
                     Err(error) => eprintln!("pod watch: {error}"),
                 }
             }
-        });
-        ready.await.expect("the pod watch listed");
+        }));
+        tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .expect("the pod watch listed within a minute")
+            .expect("the pod watch listed");
         history
     }
 
