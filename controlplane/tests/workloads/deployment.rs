@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt as _;
 use kube::api::{Api, ListParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 
 use crate::Cluster;
 use crate::kubelet::FakeKubelet;
@@ -82,7 +82,9 @@ impl PodObserver {
         let task = tokio::spawn(async move {
             let mut known: HashMap<String, Pod> = HashMap::new();
             let mut listing: HashMap<String, Pod> = HashMap::new();
-            let mut events = watcher(pods, watcher::Config::default()).boxed();
+            let mut events = watcher(pods, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             while let Some(event) = events.next().await {
                 match event {
                     Ok(watcher::Event::Apply(pod)) => {
