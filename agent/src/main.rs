@@ -536,7 +536,7 @@ fn start_dns(args: &Args) -> anyhow::Result<Option<(DnsServer, String)>> {
             args.cluster_domain
         );
     }
-    keel_agent::dns::ensure_interface(address)
+    keel_agent::dns::claim_address(&args.root_dir, address)
         .with_context(|| format!("cannot put {address} on {}", keel_agent::dns::INTERFACE))?;
     let server = DnsServer::new(Zone::build(&args.cluster_domain, &[], &[]), upstreams);
     server

@@ -66,8 +66,8 @@ pub fn reset(
     report.keeper_killed = kill_keeper(&root_dir.join("keeper"));
     report.mounts = unmount_under(root_dir)?;
     report.cgroups = remove_kubepods(cgroups)?;
-    // The cluster DNS address (`--cluster-dns`), in this network namespace.
-    if let Err(error) = crate::dns::remove_interface() {
+    // The cluster DNS address (`--cluster-dns`) it put on this network namespace's loopback.
+    if let Err(error) = crate::dns::release_address(root_dir) {
         log::warn!("{error}");
     }
     match std::fs::remove_dir_all(root_dir) {

@@ -119,6 +119,8 @@ fn the_agent_answers_cluster_names_and_forwards_the_rest() {
         .arg(env!("CARGO_BIN_EXE_keel-agent"))
         .arg("--services-file")
         .arg(&file)
+        .arg("--root-dir")
+        .arg(dir.path().join("root"))
         .arg("--socket-lb-cgroup")
         .arg(cgroup.path())
         .arg("--bpf-root")

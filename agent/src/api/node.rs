@@ -34,6 +34,9 @@ pub struct NodeFacts {
     pub name: String,
     pub internal_ip: Option<Ipv4Addr>,
     pub pod_cidr: Option<String>,
+    /// Whether the pod network is ready: the node has its pod CIDR. Until then the node
+    /// reports Ready=False, as kubelet does while its network plugin is not ready.
+    pub network_ready: bool,
     pub cpus: u32,
     pub memory_bytes: i64,
     pub ephemeral_storage_bytes: u64,
@@ -73,6 +76,7 @@ impl NodeFacts {
         NodeFacts {
             name: name.to_owned(),
             internal_ip,
+            network_ready: pod_cidr.is_some(),
             pod_cidr,
             cpus: std::thread::available_parallelism()
                 .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1)),
@@ -98,9 +102,20 @@ fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
 
-/// The four conditions kubelet reports, healthy, with its reasons and messages.
-pub fn conditions(since: &BTreeMap<String, Time>) -> Vec<NodeCondition> {
+/// Why a node whose pod network is not ready is not Ready (kubelet's wording, with the
+/// runtime's network condition in it).
+pub const NETWORK_NOT_READY: &str = "container runtime network not ready: NetworkReady=false \
+     reason:NetworkPluginNotReady message:the node has no pod CIDR yet (spec.podCIDR)";
+
+/// The four conditions kubelet reports, with its reasons and messages: healthy, except Ready
+/// while the pod network is not (`network_ready`).
+pub fn conditions(since: &BTreeMap<String, Time>, network_ready: bool) -> Vec<NodeCondition> {
     let heartbeat = now();
+    let ready = if network_ready {
+        ("True", "KubeletReady", "kubelet is posting ready status")
+    } else {
+        ("False", "KubeletNotReady", NETWORK_NOT_READY)
+    };
     [
         (
             "MemoryPressure",
@@ -120,12 +135,7 @@ pub fn conditions(since: &BTreeMap<String, Time>) -> Vec<NodeCondition> {
             "KubeletHasSufficientPID",
             "kubelet has sufficient PID available",
         ),
-        (
-            "Ready",
-            "True",
-            "KubeletReady",
-            "kubelet is posting ready status",
-        ),
+        ("Ready", ready.0, ready.1, ready.2),
     ]
     .into_iter()
     .map(|(type_, status, reason, message)| NodeCondition {
@@ -168,7 +178,7 @@ pub fn status(facts: &NodeFacts, since: &BTreeMap<String, Time>) -> NodeStatus {
         capacity: Some(resources.clone()),
         allocatable: Some(resources),
         addresses: Some(addresses),
-        conditions: Some(conditions(since)),
+        conditions: Some(conditions(since, facts.network_ready)),
         daemon_endpoints: facts.kubelet_port.map(|port| NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint {
                 port: i32::from(port),
@@ -214,8 +224,9 @@ pub fn labels(facts: &NodeFacts) -> BTreeMap<String, String> {
 }
 
 /// Registers the node (creating it, or taking over an existing one of the same name) and
-/// writes its status. Returns the node as stored.
-pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<Node, kube::Error> {
+/// writes its status. Returns the node as stored. A node that has a pod CIDR already (an
+/// agent restarting) is network-ready from the start.
+pub async fn register(client: &kube::Client, facts: &mut NodeFacts) -> Result<Node, kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = Node {
         metadata: ObjectMeta {
@@ -230,10 +241,13 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> Result<Node, 
         }),
         status: None,
     };
-    match nodes.create(&PostParams::default(), &node).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
+    let stored = match nodes.create(&PostParams::default(), &node).await {
+        Ok(created) => created,
+        Err(kube::Error::Api(status)) if status.code == 409 => nodes.get(&facts.name).await?,
         Err(error) => return Err(error),
+    };
+    if stored.spec.and_then(|spec| spec.pod_cidr).is_some() {
+        facts.network_ready = true;
     }
     update_status(client, facts, &BTreeMap::new()).await
 }
@@ -348,5 +362,41 @@ pub async fn wait_for_pod_cidr(client: &kube::Client, node: &Node) -> String {
             next_renew = now + LEASE_RENEW;
         }
         tokio::time::sleep(POD_CIDR_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(conditions: &[NodeCondition]) -> (&str, &str, &str) {
+        let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        (
+            ready.status.as_str(),
+            ready.reason.as_deref().unwrap_or_default(),
+            ready.message.as_deref().unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn a_node_without_its_pod_network_is_not_ready_as_kubelet_says() {
+        let not_ready = conditions(&BTreeMap::new(), false);
+        let (status, reason, message) = ready(&not_ready);
+        assert_eq!((status, reason), ("False", "KubeletNotReady"));
+        assert!(message.contains("NetworkReady=false"), "{message}");
+        assert!(message.contains("spec.podCIDR"), "{message}");
+        let healthy = conditions(&BTreeMap::new(), true);
+        let (status, reason, _) = ready(&healthy);
+        assert_eq!((status, reason), ("True", "KubeletReady"));
+        // The facts of a node given no pod CIDR start out not network-ready.
+        let facts = NodeFacts::read("n", None, None, std::path::Path::new("/"));
+        assert!(!facts.network_ready);
+        let facts = NodeFacts::read(
+            "n",
+            None,
+            Some("10.0.0.0/24".into()),
+            std::path::Path::new("/"),
+        );
+        assert!(facts.network_ready);
     }
 }

@@ -302,7 +302,9 @@ pub fn start(
         });
         let mut source = manifests.map(|dir| ManifestDir::new(&dir, &node_name));
         let changed = Arc::new(Notify::new());
-        let api = api.map(|(client, node, facts)| {
+        let api = api.map(|(client, node, mut facts)| {
+            // The pod CIDR is known by now: the heartbeat's first status (at once) says Ready.
+            facts.network_ready = true;
             tokio::spawn(heartbeat(client.clone(), node, facts));
             let (store, _watch) = pods::watch_pods(&client, &node_name, Arc::clone(&changed));
             (client, store)
@@ -478,7 +480,7 @@ async fn connect(
         &args.root_dir,
     );
     facts.kubelet_port = (args.node_api_port != 0).then_some(args.node_api_port);
-    let node = api_node::register(&client, &facts)
+    let node = api_node::register(&client, &mut facts)
         .await
         .with_context(|| format!("cannot register node {node_name}"))?;
     api_node::renew_lease(&client, &node)

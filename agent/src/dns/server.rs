@@ -250,9 +250,18 @@ pub fn ensure_interface(address: Ipv4Addr) -> std::io::Result<()> {
     ])
 }
 
-/// Removes the addresses under the agent's label from the loopback interface, if any.
-pub fn remove_interface() -> std::io::Result<()> {
-    ip(&["addr", "flush", "dev", "lo", "label", super::INTERFACE])
+/// Removes `address` (put there by [`ensure_interface`]) from the loopback interface, if it is
+/// there. Only that address: another agent in the same network namespace (a second cluster on
+/// the host) may have its own under the same label.
+pub fn remove_interface(address: Ipv4Addr) -> std::io::Result<()> {
+    let shown = std::process::Command::new("ip")
+        .args(["-o", "addr", "show", "dev", "lo", "label", super::INTERFACE])
+        .output()?;
+    let wanted = format!(" {address}/32 ");
+    if String::from_utf8_lossy(&shown.stdout).contains(&wanted) {
+        ip(&["addr", "del", &format!("{address}/32"), "dev", "lo"])?;
+    }
+    Ok(())
 }
 
 fn ip(args: &[&str]) -> std::io::Result<()> {

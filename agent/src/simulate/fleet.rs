@@ -68,6 +68,8 @@ impl FleetSpec {
                 NodeFacts {
                     internal_ip: Some(node_ip(hash)),
                     pod_cidr: None,
+                    // Simulated pods get no network: nothing to wait for.
+                    network_ready: true,
                     cpus: self.cpus,
                     memory_bytes: self.memory_bytes,
                     ephemeral_storage_bytes: EPHEMERAL_STORAGE_BYTES,
@@ -200,11 +202,11 @@ impl Fleet {
     }
 
     async fn register(&self, name: &str) -> Result<(), SimulateError> {
-        let Some(facts) = self.state().nodes.get(name).map(|n| n.facts.clone()) else {
+        let Some(mut facts) = self.state().nodes.get(name).map(|n| n.facts.clone()) else {
             return Ok(());
         };
         loop {
-            let registered = match api_node::register(&self.client, &facts).await {
+            let registered = match api_node::register(&self.client, &mut facts).await {
                 Ok(node) => api_node::renew_lease(&self.client, &node)
                     .await
                     .map(|()| node),
