@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::cluster::{Background, Terminal, api_node};
+use support::cluster::{Terminal, api_node, background_kubectl};
 
 fn stderr_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -53,9 +53,10 @@ fn kubectl_logs_reads_follows_tails_and_picks_containers_as_upstream() {
     // Following sees lines written after it started.
     let before = control_plane.kubectl_ok(&["logs", "talk", "-c", "count"], None);
     let last = number(before.lines().last().unwrap());
-    let follow = Background::kubectl(
+    let follow = background_kubectl(
         &node,
         &control_plane,
+        &[],
         &["logs", "-f", "talk", "-c", "count"],
     );
     let seen = follow
@@ -70,7 +71,12 @@ fn kubectl_logs_reads_follows_tails_and_picks_containers_as_upstream() {
     // kubectl attach: the output from now on, not what was written before.
     let before = control_plane.kubectl_ok(&["logs", "talk", "-c", "count", "--tail=1"], None);
     let last = number(before.trim());
-    let attach = Background::kubectl(&node, &control_plane, &["attach", "talk", "-c", "count"]);
+    let attach = background_kubectl(
+        &node,
+        &control_plane,
+        &[],
+        &["attach", "talk", "-c", "count"],
+    );
     let seen = attach
         .read_until(Duration::from_secs(30), |line| {
             line.starts_with("line ") && number(line) > last + 1
@@ -246,7 +252,7 @@ fn kubectl_exec_and_port_forward_reach_the_pod_through_the_api_server() {
         (None, "18080"),
         (Some(("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")), "18081"),
     ] {
-        let forward = Background::kubectl_with_env(
+        let forward = background_kubectl(
             &node,
             &control_plane,
             env.as_slice(),
@@ -269,9 +275,10 @@ fn kubectl_exec_and_port_forward_reach_the_pod_through_the_api_server() {
     }
 
     // Nothing listens on port 81: kubelet's error comes back on the error stream.
-    let refused = Background::kubectl(
+    let refused = background_kubectl(
         &node,
         &control_plane,
+        &[],
         &["port-forward", "pod/web", "18082:81"],
     );
     refused

@@ -12,12 +12,16 @@
 //! - `keel-agent` as the node (named after the host), state in `.keel/node/`, pods under the
 //!   `keel` cgroup, its eBPF dataplane pinned under `/sys/fs/bpf/keel` with TC / XDP on the
 //!   node bridge and socket-level load-balancing on the cgroup2 root (`--socket-lb-cgroup`
-//!   names another group).
+//!   names another group), its node API and metrics on the node address.
 //!
 //! The node address lives on a bridge `keel0` that `up` creates (198.18.0.0/15 is reserved for
 //! benchmarks and never routed off the machine); nothing is attached to the machine's own
 //! interfaces. `up` waits until the node is Ready and prints `export KUBECONFIG=...` on a line
 //! of its own. Running `up` again while the cluster runs changes nothing.
+//!
+//! Every name, address, port and directory here is the default of a flag ([`Placement`], and
+//! `--state-dir`), so a second cluster can run beside the first without touching it; `down
+//! --state-dir DIR` finds what its `up` made from the placement recorded in DIR.
 //!
 //! `up --nodes N` runs N nodes instead, each agent in a network namespace of its own on the
 //! bridge (see [`nodes`]).
@@ -38,32 +42,31 @@ use crate::paths::Paths;
 use crate::{ebpf, setup, test};
 
 mod nodes;
+mod placement;
 
-/// The bridge that holds the node address.
-const BRIDGE: &str = "keel0";
-/// The node's address (on [`BRIDGE`]); the API server listens and advertises here.
-const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const NODE_PREFIX: u8 = 24;
-const API_PORT: u16 = 6443;
-const ETCD_CLIENT_PORT: u16 = 2379;
-const ETCD_PEER_PORT: u16 = 2380;
-/// Where each agent serves cluster DNS (node-local DNS's address, on the node's loopback).
-const CLUSTER_DNS: &str = "169.254.20.10";
-/// The image registry's port on the node address: nodes pull `198.18.0.1:5000/...` over plain
-/// HTTP (the agents get `--insecure-registry` for it).
-const REGISTRY_PORT: u16 = 5000;
+pub use placement::Placement;
+
 /// The images `up` pushes into its registry, built from this host's static busybox (Debian's
 /// `busybox-static`): no internet needed. `manifests/examples/` use them.
 const REGISTRY_IMAGES: [&str; 1] = ["busybox:stable"];
-/// Where the node's pod addresses come from.
-const POD_CIDR: &str = "10.244.0.0/24";
-/// The cgroup the node's `kubepods` tree goes under.
-const CGROUP_ROOT: &str = "keel";
-/// Where the node's eBPF maps and links are pinned (they outlive agent restarts).
-const BPF_ROOT: &str = "/sys/fs/bpf/keel";
+/// The agents' metrics port (kube-proxy's), on the node address.
+const METRICS_PORT: u16 = 10249;
+
+/// Which cluster: where its state lives.
+#[derive(Debug, clap::Args)]
+pub struct StateDirArg {
+    /// The cluster's state: etcd data, certificates and kubeconfig, logs, pids, and the
+    /// placement `up` was given [default: `.keel` in the workspace].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
+    #[command(flatten)]
+    state_dir: StateDirArg,
+    #[command(flatten)]
+    placement: Placement,
     /// Start from an empty cluster: remove the etcd data and the control plane's certificates
     /// first (the cluster must be down).
     #[arg(long)]
@@ -73,12 +76,15 @@ pub struct UpArgs {
     release: bool,
     /// The cgroup2 group whose processes get socket-level Service load-balancing (default:
     /// the cgroup2 root, every process on this host, as on a real node). On a host shared
-    /// with other clusters, name a group of your own.
+    /// with other clusters, name a group of your own; the cluster's cgroup root in the
+    /// cgroup2 hierarchy (`/sys/fs/cgroup/unified/keel` on a hybrid host) also holds the pods,
+    /// so they are served too (pods outside the group are not: the TC path serves only the
+    /// --devices).
     #[arg(long)]
     socket_lb_cgroup: Option<PathBuf>,
     /// Run this many nodes, each agent in a network namespace of its own on the bridge, with
     /// pods reaching each other across nodes (default: one node, the agent on this host).
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(nodes::MAX_NODES)))]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(placement::MAX_NODES)))]
     nodes: Option<u8>,
 }
 
@@ -109,17 +115,30 @@ impl Component {
     }
 }
 
-/// Where a cluster's state lives: `<workspace>/.keel/`.
+/// A cluster: where its state lives (`<workspace>/.keel/` unless `--state-dir`), and where
+/// on the host it runs.
 #[derive(Debug, Clone)]
 struct State {
     dir: PathBuf,
+    placement: Placement,
 }
 
 impl State {
-    fn new(paths: &Paths) -> State {
-        State {
-            dir: paths.root.join(".keel"),
-        }
+    /// The cluster of `dir` (default `<workspace>/.keel`) with the placement its `up`
+    /// recorded, or the defaults.
+    fn open(paths: &Paths, dir: &StateDirArg) -> anyhow::Result<State> {
+        let dir = match &dir.state_dir {
+            Some(dir) => std::path::absolute(dir)
+                .with_context(|| format!("--state-dir {}", dir.display()))?,
+            None => paths.root.join(".keel"),
+        };
+        let placement =
+            Placement::recorded(&dir.join("run").join("placement"))?.unwrap_or_default();
+        Ok(State { dir, placement })
+    }
+
+    fn placement_file(&self) -> PathBuf {
+        self.dir.join("run").join("placement")
     }
 
     fn etcd_data(&self) -> PathBuf {
@@ -186,7 +205,7 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
         is_root(),
         "a cluster needs root (network namespaces, cgroups, eBPF, runc): run `sudo -E cargo xtask up`"
     );
-    let state = State::new(paths);
+    let mut state = State::open(paths, &args.state_dir)?;
     nodes::check_mode(&state, args.nodes)?;
     let running: Vec<Component> = Component::ALL
         .into_iter()
@@ -195,6 +214,16 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
     if args.fresh && !running.is_empty() {
         bail!("the cluster is running: `cargo xtask down` first, then `up --fresh`");
     }
+    if !running.is_empty() && state.placement != args.placement {
+        bail!(
+            "the cluster of {} runs with `{}`: give the same placement, or `cargo xtask down` first",
+            state.dir.display(),
+            state.placement.to_args().join(" ")
+        );
+    }
+    state.placement = args.placement.clone();
+    let placement = &state.placement;
+    let host_ip = placement.host_ip();
     setup::run(paths)?;
     ebpf::build(paths)?;
     let mut build = test::cargo(paths);
@@ -224,10 +253,12 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(state.dir.join(dir))
             .with_context(|| format!("cannot create {}", state.dir.join(dir).display()))?;
     }
-    ensure_bridge()?;
+    placement.record(&state.placement_file())?;
+    ensure_bridge(placement)?;
 
+    let (etcd_client, etcd_peer) = (placement.etcd_client_port, placement.etcd_peer_port);
     if state.running(Component::Etcd).is_none() {
-        for port in [ETCD_CLIENT_PORT, ETCD_PEER_PORT] {
+        for port in [etcd_client, etcd_peer] {
             port_free(Ipv4Addr::LOCALHOST, port, "etcd")?;
         }
         let data = state.etcd_data();
@@ -236,11 +267,11 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
             Component::Etcd,
             Command::new("etcd").args([
                 format!("--data-dir={}", data.display()),
-                format!("--listen-client-urls=http://127.0.0.1:{ETCD_CLIENT_PORT}"),
-                format!("--advertise-client-urls=http://127.0.0.1:{ETCD_CLIENT_PORT}"),
-                format!("--listen-peer-urls=http://127.0.0.1:{ETCD_PEER_PORT}"),
-                format!("--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PEER_PORT}"),
-                format!("--initial-cluster=default=http://127.0.0.1:{ETCD_PEER_PORT}"),
+                format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                format!("--initial-cluster=default=http://127.0.0.1:{etcd_peer}"),
                 "--experimental-watch-progress-notify-interval=5s".to_owned(),
             ]),
         )?;
@@ -248,16 +279,17 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
     let registry = start_registry(&state)?;
     let mut controlplane = None;
     if state.running(Component::ControlPlane).is_none() {
-        port_free(NODE_IP, API_PORT, "the API server")?;
+        port_free(host_ip, placement.api_port, "the API server")?;
         controlplane = Some(spawn(
             &state,
             Component::ControlPlane,
             Command::new(bin.join("keel-controlplane")).args([
                 "all".to_owned(),
-                format!("--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}"),
+                format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
                 format!("--data-dir={}", state.controlplane().display()),
-                format!("--bind-address={NODE_IP}"),
-                format!("--secure-port={API_PORT}"),
+                format!("--bind-address={host_ip}"),
+                format!("--secure-port={}", placement.api_port),
+                format!("--cluster-cidr={}", placement.cluster_cidr),
             ]),
         )?);
     }
@@ -272,13 +304,16 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
     if let Some(count) = args.nodes {
         let pull = [
             format!("--insecure-registry={registry}"),
-            format!("--cluster-dns={CLUSTER_DNS}"),
+            format!("--cluster-dns={}", placement.cluster_dns),
         ];
         return nodes::up(&state, &bin, count, args.socket_lb_cgroup.as_deref(), &pull);
     }
     let node = node_name()?;
     let mut agent = None;
     if state.running(Component::Agent).is_none() {
+        if let Some(group) = &args.socket_lb_cgroup {
+            socket_lb_group(placement, group)?;
+        }
         remember_forwarding(&state)?;
         let node_dir = state.node();
         agent = Some(spawn(
@@ -288,15 +323,16 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
                 .args([
                     format!("--kubeconfig={}", state.kubeconfig().display()),
                     format!("--node-name={node}"),
-                    format!("--node-ip={NODE_IP}"),
+                    format!("--node-ip={host_ip}"),
+                    format!("--address={host_ip}"),
+                    format!("--metrics-bind-address={host_ip}:{METRICS_PORT}"),
                     format!("--root-dir={}", node_dir.join("agent").display()),
                     format!("--pod-logs-dir={}", node_dir.join("pods").display()),
-                    format!("--pod-cidr={POD_CIDR}"),
-                    format!("--cgroup-root={CGROUP_ROOT}"),
-                    format!("--bpf-root={BPF_ROOT}"),
-                    format!("--devices={BRIDGE}"),
+                    format!("--cgroup-root={}", placement.cgroup_root),
+                    format!("--bpf-root={}", placement.bpf_root.display()),
+                    format!("--devices={}", placement.bridge),
                     format!("--insecure-registry={registry}"),
-                    format!("--cluster-dns={CLUSTER_DNS}"),
+                    format!("--cluster-dns={}", placement.cluster_dns),
                 ])
                 .args(
                     args.socket_lb_cgroup
@@ -331,14 +367,18 @@ pub fn up(paths: &Paths, args: &UpArgs) -> anyhow::Result<()> {
             .map(|image| format!("{registry}/{image}"))
             .join(", ")
     );
-    eprintln!("Stop it with `cargo xtask down`. To use kubectl:");
+    eprintln!(
+        "Metrics: http://{host_ip}:{METRICS_PORT}/metrics. Stop it with `cargo xtask down{}`. To use kubectl:",
+        state.down_flags(paths)
+    );
     println!("export KUBECONFIG={}", state.kubeconfig().display());
     Ok(())
 }
 
-pub fn down(paths: &Paths) -> anyhow::Result<()> {
+pub fn down(paths: &Paths, args: &StateDirArg) -> anyhow::Result<()> {
     ensure!(is_root(), "run `sudo -E cargo xtask down`");
-    let state = State::new(paths);
+    let state = State::open(paths, args)?;
+    let placement = &state.placement;
     let mut errors = nodes::down(paths, &state);
     if let Some(pid) = state.running(Component::Agent) {
         stop(pid, Component::Agent.name(), Duration::from_secs(30));
@@ -354,18 +394,20 @@ pub fn down(paths: &Paths) -> anyhow::Result<()> {
             let reset = command::run(Command::new(&agent).args([
                 "reset".to_owned(),
                 format!("--root-dir={}", node_dir.display()),
-                format!("--cgroup-root={CGROUP_ROOT}"),
+                format!("--cgroup-root={}", placement.cgroup_root),
             ]));
             let unpin = command::run(Command::new(&agent).args([
                 "--cleanup-bpf".to_owned(),
-                format!("--bpf-root={BPF_ROOT}"),
+                format!("--bpf-root={}", placement.bpf_root.display()),
             ]));
             // The pods' log files (the agent's --pod-logs-dir) go with the node.
             let logs = remove_dir(&state.node());
             // The node's cgroup root (its `kubepods` went with the reset), in every hierarchy.
             let cgroups = nodes::cgroup_hierarchies()
                 .iter()
-                .try_for_each(|hierarchy| nodes::remove_cgroup_tree(&hierarchy.join(CGROUP_ROOT)));
+                .try_for_each(|hierarchy| {
+                    nodes::remove_cgroup_tree(&hierarchy.join(&placement.cgroup_root))
+                });
             for result in [reset, unpin, logs, cgroups] {
                 if let Err(error) = result {
                     errors.push(format!("{error:#}"));
@@ -391,12 +433,14 @@ pub fn down(paths: &Paths) -> anyhow::Result<()> {
     if let Err(error) = restore_forwarding(&state) {
         errors.push(format!("{error:#}"));
     }
-    if let Err(error) = remove_bridge() {
+    if let Err(error) = remove_bridge(&placement.bridge) {
         errors.push(format!("{error:#}"));
     }
     if !errors.is_empty() {
         bail!("down left something behind:\n{}", errors.join("\n"));
     }
+    // The placement goes with the cluster's processes: the next `up` may choose another.
+    let _ = std::fs::remove_file(state.placement_file());
     eprintln!(
         "Keel is down; the cluster's data stays in {} (`cargo xtask up --fresh` starts empty).",
         state.dir.display()
@@ -404,12 +448,24 @@ pub fn down(paths: &Paths) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl State {
+    /// What `down` needs beyond its defaults to find this cluster.
+    fn down_flags(&self, paths: &Paths) -> String {
+        if paths.root.join(".keel") == self.dir {
+            String::new()
+        } else {
+            format!(" --state-dir {}", self.dir.display())
+        }
+    }
+}
+
 /// Starts the image registry (Debian's `docker-registry`, storage under `.keel/registry`) on
 /// the node address unless it runs, and pushes [`REGISTRY_IMAGES`] into it; its `host:port`.
 fn start_registry(state: &State) -> anyhow::Result<String> {
-    let address = format!("{NODE_IP}:{REGISTRY_PORT}");
+    let (ip, port) = (state.placement.host_ip(), state.placement.registry_port);
+    let address = format!("{ip}:{port}");
     if state.running(Component::Registry).is_none() {
-        port_free(NODE_IP, REGISTRY_PORT, "the image registry")?;
+        port_free(ip, port, "the image registry")?;
         let dir = state.registry();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -453,6 +509,24 @@ fn start_registry(state: &State) -> anyhow::Result<String> {
         .with_context(|| format!("cannot push {name_tag} to the registry at {address}"))?;
     }
     Ok(address)
+}
+
+/// Checks the single node's `--socket-lb-cgroup`: a group that exists, or one inside the
+/// cluster's own cgroup root (`<cgroup2>/<cgroup-root>`, where the node's pods go, so they are
+/// load-balanced too), which `up` creates and `down` removes with the rest.
+fn socket_lb_group(placement: &Placement, group: &Path) -> anyhow::Result<()> {
+    if group.is_dir() {
+        return Ok(());
+    }
+    let own = nodes::cgroup2_mount()?.join(&placement.cgroup_root);
+    ensure!(
+        group.starts_with(&own),
+        "--socket-lb-cgroup {}: no such cgroup (make it, or name one under {}, which `up` makes)",
+        group.display(),
+        own.display()
+    );
+    std::fs::create_dir_all(group)
+        .with_context(|| format!("cannot create the cgroup {}", group.display()))
 }
 
 /// Whether a registry answers the v2 API at `address`.
@@ -618,21 +692,22 @@ fn node_name() -> anyhow::Result<String> {
     Ok(name.trim().to_lowercase())
 }
 
-/// Creates the bridge holding the node address, unless it is there.
-fn ensure_bridge() -> anyhow::Result<()> {
-    let exists = command::output(Command::new("ip").args(["link", "show", BRIDGE]))?
+/// Creates the bridge holding the host's node-network address, unless it is there.
+fn ensure_bridge(placement: &Placement) -> anyhow::Result<()> {
+    let bridge = placement.bridge.as_str();
+    let exists = command::output(Command::new("ip").args(["link", "show", bridge]))?
         .status
         .success();
     if !exists {
-        command::run(Command::new("ip").args(["link", "add", BRIDGE, "type", "bridge"]))?;
+        command::run(Command::new("ip").args(["link", "add", bridge, "type", "bridge"]))?;
     }
-    let address = format!("{NODE_IP}/{NODE_PREFIX}");
-    let shown = command::stdout_if_ok(Command::new("ip").args(["-o", "addr", "show", BRIDGE]))?
+    let address = format!("{}/{}", placement.host_ip(), placement.node_subnet.prefix);
+    let shown = command::stdout_if_ok(Command::new("ip").args(["-o", "addr", "show", bridge]))?
         .unwrap_or_default();
     if !shown.contains(&format!(" {address} ")) {
-        command::run(Command::new("ip").args(["addr", "add", &address, "dev", BRIDGE]))?;
+        command::run(Command::new("ip").args(["addr", "add", &address, "dev", bridge]))?;
     }
-    command::run(Command::new("ip").args(["link", "set", BRIDGE, "up"]))
+    command::run(Command::new("ip").args(["link", "set", bridge, "up"]))
 }
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -658,12 +733,12 @@ fn restore_forwarding(state: &State) -> anyhow::Result<()> {
     std::fs::remove_file(&saved).with_context(|| format!("cannot remove {}", saved.display()))
 }
 
-fn remove_bridge() -> anyhow::Result<()> {
-    let exists = command::output(Command::new("ip").args(["link", "show", BRIDGE]))?
+fn remove_bridge(bridge: &str) -> anyhow::Result<()> {
+    let exists = command::output(Command::new("ip").args(["link", "show", bridge]))?
         .status
         .success();
     if exists {
-        command::run(Command::new("ip").args(["link", "del", BRIDGE]))?;
+        command::run(Command::new("ip").args(["link", "del", bridge]))?;
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ enum Task {
     /// plane and an agent; prints `export KUBECONFIG=...` once the node is Ready.
     Up(cluster::UpArgs),
     /// Stop the cluster `up` started and remove what it made (its etcd data stays).
-    Down,
+    Down(cluster::StateDirArg),
     /// Install what is missing: Debian packages (as root), nightly rust-src, bpf-linker.
     Setup,
     /// Build the eBPF object (release) into target/bpf/, where the agent embeds it from.
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     let paths = paths::Paths::discover()?;
     match cli.task {
         Task::Up(args) => cluster::up(&paths, &args),
-        Task::Down => cluster::down(&paths),
+        Task::Down(args) => cluster::down(&paths, &args),
         Task::Setup => setup::run(&paths),
         Task::BuildEbpf => {
             setup::run(&paths)?;

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the whole suite, in the order CI runs it.
 //!
 //! setup -> fmt -> eBPF build (and proof that a second build does nothing) -> clippy (host
-//! crates and the eBPF crate) -> unit tests -> integration tests (root) -> leak check.
+//! crates and the eBPF crate) -> unit tests -> integration tests (root) -> the end-to-end
+//! suite (`tests/e2e`: `cargo xtask up`, kubectl, `down`) -> leak check.
 //! The eBPF build comes before clippy because the agent embeds the object: without it the
 //! agent does not compile, so neither clippy nor any test could look at it.
 
@@ -70,9 +71,24 @@ pub fn run(paths: &Paths, args: &TestArgs) -> anyhow::Result<()> {
                 .args(&args.filter),
         )
     });
+    // `cargo test` holds cargo's build lock while the tests run, so the suite that runs
+    // `cargo xtask up` itself comes after them, as a program of its own.
+    let e2e = match (&integration, args.filter.is_empty()) {
+        (Ok(()), true) => step("end-to-end suite (tests/e2e)", || {
+            command::run(cargo(paths).args(["run", "--locked", "--quiet", "-p", "keel-e2e"]))
+        }),
+        (Ok(()), false) => {
+            eprintln!(
+                "\n== end-to-end suite: NOT RUN, a test filter was given (`cargo run -p keel-e2e` runs it)"
+            );
+            Ok(())
+        }
+        (Err(_), _) => Ok(()),
+    };
     // Whatever the tests did, nothing they created may stay on the host.
     let leaked = step("leak check", leaks::check);
     integration?;
+    e2e?;
     leaked?;
     eprintln!("xtask test: all steps passed in {:.0?}", started.elapsed());
     Ok(())

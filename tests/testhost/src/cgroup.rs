@@ -56,30 +56,39 @@ impl TestCgroup {
     /// Makes `command` join this group before it executes, so every socket it creates
     /// belongs to the group.
     pub fn place<'a>(&self, command: &'a mut Command) -> Result<&'a mut Command, CgroupError> {
-        let procs_path = self.path.join("cgroup.procs");
-        // Opened here, before the fork: the child may only make async-signal-safe calls.
-        let procs = fs::OpenOptions::new()
-            .write(true)
-            .open(&procs_path)
-            .map_err(|source| CgroupError::Create {
-                path: procs_path,
-                source,
-            })?;
-        // SAFETY: the closure runs in the forked child before exec and makes one
-        // async-signal-safe call, write(2), on a descriptor opened before the fork. Writing
-        // "0" to cgroup.procs moves the writing process.
-        let command = unsafe {
-            command.pre_exec(move || {
-                let written = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
-                if written == 1 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            })
-        };
-        Ok(command)
+        place_in(&self.path, command)
     }
+}
+
+/// Makes `command` join the cgroup2 group `group` before it executes, so every socket it
+/// creates belongs to the group.
+pub fn place_in<'a>(
+    group: &Path,
+    command: &'a mut Command,
+) -> Result<&'a mut Command, CgroupError> {
+    let procs_path = group.join("cgroup.procs");
+    // Opened here, before the fork: the child may only make async-signal-safe calls.
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(&procs_path)
+        .map_err(|source| CgroupError::Create {
+            path: procs_path,
+            source,
+        })?;
+    // SAFETY: the closure runs in the forked child before exec and makes one
+    // async-signal-safe call, write(2), on a descriptor opened before the fork. Writing "0" to
+    // cgroup.procs moves the writing process.
+    let command = unsafe {
+        command.pre_exec(move || {
+            let written = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
+            if written == 1 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        })
+    };
+    Ok(command)
 }
 
 impl Drop for TestCgroup {

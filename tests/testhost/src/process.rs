@@ -114,3 +114,84 @@ impl Drop for HostProcess {
         self.stop();
     }
 }
+
+/// A child left running whose output lines (stdout, and stderr when asked) arrive on
+/// [`OutputLines::lines`] as it prints them; killed on drop.
+#[derive(Debug)]
+pub struct OutputLines {
+    child: Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl OutputLines {
+    /// Spawns `command` with its stdout (and its stderr, if `with_stderr`) read line by line.
+    pub fn spawn(command: &mut Command, with_stderr: bool) -> io::Result<OutputLines> {
+        use std::io::BufRead as _;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let (sender, lines) = std::sync::mpsc::channel();
+        let mut outputs: Vec<Box<dyn io::Read + Send>> =
+            vec![Box::new(child.stdout.take().expect("piped"))];
+        if with_stderr {
+            outputs.push(Box::new(child.stderr.take().expect("piped")));
+        }
+        for output in outputs {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in io::BufReader::new(output).lines() {
+                    let Ok(line) = line else { break };
+                    if sender.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(OutputLines { child, lines })
+    }
+
+    /// Reads lines until one satisfies `wanted`, for at most `timeout`: every line read, as
+    /// `Err` if none did.
+    pub fn read_until(
+        &self,
+        timeout: Duration,
+        mut wanted: impl FnMut(&str) -> bool,
+    ) -> Result<Vec<String>, Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = wanted(&line);
+                    seen.push(line);
+                    if done {
+                        return Ok(seen);
+                    }
+                }
+                Err(_) => return Err(seen),
+            }
+        }
+    }
+
+    /// Kills the child and returns what it printed on stderr, if that was not read as lines.
+    pub fn kill(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            use std::io::Read as _;
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        stderr
+    }
+}
+
+impl Drop for OutputLines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,12 +1,13 @@
 //! `cargo xtask up --nodes N`: N nodes on this host, each agent in a network namespace of its
 //! own (`keel-node<k>`, as `ip netns` names it) plugged into the bridge `keel0` by a veth pair
 //! (`keel-n<k>` on the bridge, `eth0` in the node), with the node address `198.18.0.<10+k>/24`
-//! and a default route via the host's `198.18.0.1`, where the API server listens.
+//! and a default route via the host's `198.18.0.1`, where the API server listens. (These are
+//! the defaults; the [`Placement`] flags name others.)
 //!
 //! Each agent has its own state (`.keel/nodes/<node>/`), log (`.keel/logs/<node>.log`),
 //! cgroup root (`keel/<node>`), socket-LB cgroup (the cgroup2 group `keel/<node>`, which holds
-//! its pods), bpffs pins (`/sys/fs/bpf/<node>`) and `--devices eth0`: only interfaces `up`
-//! made. Pod CIDRs come from the control plane's node IPAM; the agents route each other's, and
+//! its pods), bpffs pins (`/sys/fs/bpf/<node>`, beside the single node's `--bpf-root`) and
+//! `--devices eth0`: only interfaces `up` made. Pod CIDRs come from the control plane's node IPAM; the agents route each other's, and
 //! `up` routes each node's pod CIDR via the node's address on the host (route protocol 75, as
 //! the agents' routes), so the host reaches every pod. `down` stops the agents, resets each
 //! node, unpins its dataplane, removes its cgroups, namespace, veth and state, and the host
@@ -19,16 +20,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 
-use super::{BRIDGE, Component, NODE_PREFIX, State, kubectl, remove_dir, stop, tail};
+use super::placement::MAX_NODES;
+use super::{Component, Placement, State, kubectl, remove_dir, stop, tail};
 use crate::command;
 use crate::paths::Paths;
 
-/// The most nodes `up` makes (addresses `198.18.0.11` ... `198.18.0.110`).
-pub const MAX_NODES: u8 = 100;
 /// The route protocol of the host's routes to the pod CIDRs (the agents' own number).
 const ROUTE_PROTOCOL: &str = "75";
-/// The host's address on the bridge, the nodes' gateway.
-const GATEWAY: Ipv4Addr = super::NODE_IP;
 
 /// Node `k` (from 1).
 #[derive(Debug, Clone)]
@@ -37,14 +35,25 @@ struct Node {
     ip: Ipv4Addr,
     /// The host end of its veth pair, on the bridge.
     port: String,
+    /// Its cgroup root: its own group under the cluster's.
+    cgroup_root: String,
+    /// Where it pins its dataplane.
+    bpf_root: PathBuf,
 }
 
 impl Node {
-    fn new(k: u8) -> Node {
+    fn new(placement: &Placement, k: u8) -> Node {
+        let name = format!("{}node{k}", placement.node_prefix);
         Node {
-            name: format!("keel-node{k}"),
-            ip: Ipv4Addr::new(198, 18, 0, 10 + k),
-            port: format!("keel-n{k}"),
+            ip: placement.node_ip(k),
+            port: format!("{}n{k}", placement.node_prefix),
+            cgroup_root: format!("{}/{name}", placement.cgroup_root),
+            bpf_root: placement
+                .bpf_root
+                .parent()
+                .unwrap_or(Path::new("/sys/fs/bpf"))
+                .join(&name),
+            name,
         }
     }
 
@@ -58,14 +67,6 @@ impl Node {
 
     fn pid_file(&self, state: &State) -> PathBuf {
         state.dir.join("run").join(format!("{}.pid", self.name))
-    }
-
-    fn cgroup_root(&self) -> String {
-        format!("{}/{}", super::CGROUP_ROOT, self.name)
-    }
-
-    fn bpf_root(&self) -> String {
-        format!("/sys/fs/bpf/{}", self.name)
     }
 
     /// `program` in the node's network namespace (only: its mounts stay the host's, so `down`
@@ -137,14 +138,15 @@ pub fn up(
     let cgroup2 = cgroup2_mount()?;
     std::fs::write(count_file(state), format!("{count}\n"))
         .with_context(|| format!("cannot write {}", count_file(state).display()))?;
-    let nodes: Vec<Node> = (1..=count).map(Node::new).collect();
+    let placement = &state.placement;
+    let nodes: Vec<Node> = (1..=count).map(|k| Node::new(placement, k)).collect();
     let mut started: Vec<(Node, Child)> = Vec::new();
     for node in &nodes {
         if node.running(state).is_some() {
             continue;
         }
-        plug(node)?;
-        let socket_lb = cgroup2.join(node.cgroup_root());
+        plug(placement, node)?;
+        let socket_lb = cgroup2.join(&node.cgroup_root);
         std::fs::create_dir_all(&socket_lb)
             .with_context(|| format!("cannot create the cgroup {}", socket_lb.display()))?;
         let dir = node.dir(state);
@@ -155,8 +157,8 @@ pub fn up(
             format!("--node-ip={}", node.ip),
             format!("--root-dir={}", dir.join("agent").display()),
             format!("--pod-logs-dir={}", dir.join("pods").display()),
-            format!("--cgroup-root={}", node.cgroup_root()),
-            format!("--bpf-root={}", node.bpf_root()),
+            format!("--cgroup-root={}", node.cgroup_root),
+            format!("--bpf-root={}", node.bpf_root.display()),
             format!("--socket-lb-cgroup={}", socket_lb.display()),
             "--devices=eth0".to_owned(),
         ]);
@@ -249,7 +251,7 @@ fn wait_ready(state: &State, node: &Node, started: &mut [(Node, Child)]) -> anyh
 }
 
 /// Makes the node's network namespace and plugs it into the bridge, unless done already.
-fn plug(node: &Node) -> anyhow::Result<()> {
+fn plug(placement: &Placement, node: &Node) -> anyhow::Result<()> {
     if !Path::new("/run/netns").join(&node.name).exists() {
         command::run(Command::new("ip").args(["netns", "add", &node.name]))?;
     }
@@ -261,9 +263,16 @@ fn plug(node: &Node) -> anyhow::Result<()> {
             "link", "add", &node.port, "type", "veth", "peer", "name", "eth0", "netns", &node.name,
         ]))?;
     }
-    command::run(Command::new("ip").args(["link", "set", &node.port, "master", BRIDGE, "up"]))?;
-    let address = format!("{}/{NODE_PREFIX}", node.ip);
-    let gateway = GATEWAY.to_string();
+    command::run(Command::new("ip").args([
+        "link",
+        "set",
+        &node.port,
+        "master",
+        &placement.bridge,
+        "up",
+    ]))?;
+    let address = format!("{}/{}", node.ip, placement.node_subnet.prefix);
+    let gateway = placement.host_ip().to_string();
     let in_node = |args: &[&str]| -> anyhow::Result<()> {
         command::run(Command::new("ip").args(["-n", &node.name]).args(args))
     };
@@ -274,7 +283,7 @@ fn plug(node: &Node) -> anyhow::Result<()> {
 }
 
 /// The cgroup2 hierarchy's mount point (socket load-balancing attaches there).
-fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+pub(super) fn cgroup2_mount() -> anyhow::Result<PathBuf> {
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
     mountinfo
@@ -294,7 +303,9 @@ pub fn down(paths: &Paths, state: &State) -> Vec<String> {
     let Some(count) = recorded(state) else {
         return Vec::new();
     };
-    let nodes: Vec<Node> = (1..=count).map(Node::new).collect();
+    let nodes: Vec<Node> = (1..=count)
+        .map(|k| Node::new(&state.placement, k))
+        .collect();
     for node in &nodes {
         if let Some(pid) = node.running(state) {
             stop(pid, &node.name, Duration::from_secs(30));
@@ -316,7 +327,7 @@ pub fn down(paths: &Paths, state: &State) -> Vec<String> {
         let _ = std::fs::remove_dir(state.dir.join("nodes"));
         // The nodes' common parent cgroup, once empty.
         for hierarchy in cgroup_hierarchies() {
-            let _ = std::fs::remove_dir(hierarchy.join(super::CGROUP_ROOT));
+            let _ = std::fs::remove_dir(hierarchy.join(&state.placement.cgroup_root));
         }
     }
     errors
@@ -335,13 +346,13 @@ fn remove_node(state: &State, node: &Node, agent: Option<&Path>) -> anyhow::Resu
             command::run(reset.args([
                 "reset".to_owned(),
                 format!("--root-dir={}", dir.join("agent").display()),
-                format!("--cgroup-root={}", node.cgroup_root()),
+                format!("--cgroup-root={}", node.cgroup_root),
             ]))?;
         }
-        if Path::new(&node.bpf_root()).exists() {
+        if node.bpf_root.exists() {
             command::run(Command::new(agent).args([
                 "--cleanup-bpf".to_owned(),
-                format!("--bpf-root={}", node.bpf_root()),
+                format!("--bpf-root={}", node.bpf_root.display()),
             ]))?;
         }
     } else if dir.exists() {
@@ -351,7 +362,7 @@ fn remove_node(state: &State, node: &Node, agent: Option<&Path>) -> anyhow::Resu
         );
     }
     for hierarchy in cgroup_hierarchies() {
-        remove_cgroup_tree(&hierarchy.join(node.cgroup_root()))?;
+        remove_cgroup_tree(&hierarchy.join(&node.cgroup_root))?;
     }
     let cidrs = command::stdout_if_ok(Command::new("ip").args([
         "route",
@@ -415,14 +426,28 @@ mod tests {
 
     #[test]
     fn nodes_get_their_own_names_addresses_and_places() {
-        let node = Node::new(3);
+        let placement = Placement::default();
+        let node = Node::new(&placement, 3);
         assert_eq!(node.name, "keel-node3");
         assert_eq!(node.ip, Ipv4Addr::new(198, 18, 0, 13));
         assert_eq!(node.port, "keel-n3");
-        assert_eq!(node.cgroup_root(), "keel/keel-node3");
-        assert_eq!(node.bpf_root(), "/sys/fs/bpf/keel-node3");
-        let last = Node::new(MAX_NODES);
-        assert_eq!(last.ip, Ipv4Addr::new(198, 18, 0, 110));
+        assert_eq!(node.cgroup_root, "keel/keel-node3");
+        assert_eq!(node.bpf_root, Path::new("/sys/fs/bpf/keel-node3"));
+        let other = Placement::from_args(&[
+            "--node-prefix=kt-e2e-".to_owned(),
+            "--node-subnet=198.19.254.0/24".to_owned(),
+            "--cgroup-root=kt-e2e".to_owned(),
+            "--bpf-root=/sys/fs/bpf/kt-e2e".to_owned(),
+        ])
+        .unwrap();
+        let node = Node::new(&other, 1);
+        assert_eq!(node.name, "kt-e2e-node1");
+        assert_eq!(node.ip, Ipv4Addr::new(198, 19, 254, 11));
+        assert_eq!(node.port, "kt-e2e-n1");
+        assert_eq!(node.cgroup_root, "kt-e2e/kt-e2e-node1");
+        assert_eq!(node.bpf_root, Path::new("/sys/fs/bpf/kt-e2e-node1"));
+        let last = Node::new(&other, MAX_NODES);
+        assert_eq!(last.ip, Ipv4Addr::new(198, 19, 254, 110));
         assert!(
             last.port.len() <= 15,
             "interface names have at most 15 bytes"
@@ -434,6 +459,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = State {
             dir: dir.path().to_owned(),
+            placement: Placement::default(),
         };
         std::fs::create_dir_all(dir.path().join("run")).unwrap();
         assert!(check_mode(&state, None).is_ok());
@@ -445,7 +471,11 @@ mod tests {
         let single = check_mode(&state, None).unwrap_err().to_string();
         assert!(single.contains("--nodes 3"), "{single}");
         // A pid file whose process is gone is no running agent.
-        std::fs::write(Node::new(1).pid_file(&state), "999999999\n").unwrap();
-        assert_eq!(Node::new(1).running(&state), None);
+        std::fs::write(
+            Node::new(&state.placement, 1).pid_file(&state),
+            "999999999\n",
+        )
+        .unwrap();
+        assert_eq!(Node::new(&state.placement, 1).running(&state), None);
     }
 }
