@@ -1,11 +1,19 @@
-//! TCP connections per second through a ClusterIP (socket-level load-balancing), with 1 and
-//! with 10,000 Services programmed, beside connections straight to the backend in the same run
-//! (the floor: what the path costs without any Service).
+//! Service load-balancing against its floor and against the incumbent, in one run on test
+//! hosts (a client and a server host on a switch):
+//! - TCP connections per second through a ClusterIP (socket-level load-balancing), with 1 and
+//!   with 10,000 Services (10 backends each) programmed, beside connections straight to the
+//!   backend (the floor: what the path costs without any Service);
+//! - the same two figures through kube-proxy's iptables mode: its `KUBE-SERVICES` /
+//!   `KUBE-SVC-*` / `KUBE-SEP-*` chain layout with `statistic` random backends and the
+//!   masquerade marks, loaded with `iptables-restore` into the client host's nat table (the
+//!   measured Service last in `KUBE-SERVICES`, the worst case of its linear walk);
+//! - iperf3 throughput client -> ClusterIP beside client -> server directly.
 //!
 //! Run as root: `cargo run --release -p keel-bench --bin service-lb [-- CONNECTIONS]`.
-//! The client is this binary again (`client` mode), started inside a test host and inside the
-//! cgroup2 group the socket programs are attached to; the backend is a server in another test
-//! host.
+//! The client is this binary again (`client` mode), started inside the client host and inside
+//! the cgroup2 group the socket programs are attached to; the backend is a server in the other
+//! test host. The iptables rules catch only their own VIPs (10.98.0.0/16), which the eBPF
+//! dataplane does not know, so the two never serve the same connection.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -20,7 +28,13 @@ use keel_bench::per_second;
 use keel_testhost::{LinkOptions, TestCgroup, TestNet};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The Service the iptables rules serve (the eBPF dataplane has no frontend for it).
+const IPTABLES_VIP: Ipv4Addr = Ipv4Addr::new(10, 98, 255, 254);
 const BACKEND_PORT: u16 = 8080;
+const IPERF_PORT: u16 = 5201;
+/// How many Services the "many" figures have programmed, each with [`BACKENDS_EACH`].
+const SERVICES: u32 = 10_000;
+const BACKENDS_EACH: u8 = 10;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -59,7 +73,18 @@ fn bench(connections: usize) -> anyhow::Result<()> {
     let mut net = TestNet::new("benchlb")?;
     let mut switch = net.add_switch("sw")?;
     let client_host = net.add_host("client")?;
-    net.plug(&client_host, &mut switch, LinkOptions::default())?;
+    let client_port = net.plug(&client_host, &mut switch, LinkOptions::default())?;
+    // As on a node, the VIPs are routable (the nat OUTPUT hook comes after the route lookup);
+    // socket LB needs no route, it rewrites at connect.
+    let route = client_host.run(&[
+        "ip",
+        "route",
+        "add",
+        "10.98.0.0/16",
+        "dev",
+        &client_port.interface,
+    ])?;
+    ensure!(route.status.success(), "cannot route 10.98.0.0/16 in the client host");
     let server_host = net.add_host("server")?;
     let server_port = net.plug(&server_host, &mut switch, LinkOptions::default())?;
     let backend = SocketAddrV4::new(server_port.ip, BACKEND_PORT);
@@ -90,6 +115,14 @@ fn bench(connections: usize) -> anyhow::Result<()> {
         },
         &[backend],
     )?;
+    dataplane.upsert(
+        Frontend {
+            address: VIP,
+            port: IPERF_PORT,
+            protocol: Protocol::Tcp,
+        },
+        &[SocketAddrV4::new(server_port.ip, IPERF_PORT)],
+    )?;
 
     let run = |address: Ipv4Addr, port: u16| -> anyhow::Result<f64> {
         let mut command = client_host.command(&std::env::current_exe()?.to_string_lossy());
@@ -117,25 +150,41 @@ fn bench(connections: usize) -> anyhow::Result<()> {
     );
     let direct_before = run(*backend.ip(), BACKEND_PORT)?;
     let one = run(VIP, 80)?;
-    for index in 0..9_999u32 {
-        let frontend = Frontend {
-            address: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + index),
-            port: 80,
-            protocol: Protocol::Tcp,
-        };
-        let backends: Vec<SocketAddrV4> = (1..=10u8)
-            .map(|host| {
-                SocketAddrV4::new(
-                    Ipv4Addr::new(198, 18, 200, host),
-                    10_000 + (index % 50_000) as u16,
-                )
-            })
-            .collect();
-        dataplane.upsert(frontend, &backends)?;
+    let others = other_services();
+    for (frontend, backends) in &others {
+        dataplane.upsert(
+            Frontend {
+                address: *frontend.ip(),
+                port: frontend.port(),
+                protocol: Protocol::Tcp,
+            },
+            backends,
+        )?;
     }
     let many = run(VIP, 80)?;
     let direct_after = run(*backend.ip(), BACKEND_PORT)?;
     let direct = (direct_before + direct_after) / 2.0;
+    let iperf_direct = iperf3(&client_host, &server_host, server_port.ip, &cgroup)?;
+    let iperf_vip = iperf3(&client_host, &server_host, VIP, &cgroup)?;
+
+    // kube-proxy's iptables mode in the client host, first with only the measured Service,
+    // then with the others before it. (From here the client host's nat table, and with it
+    // conntrack, sees every new connection.)
+    let target = (SocketAddrV4::new(IPTABLES_VIP, 80), vec![backend]);
+    let started = Instant::now();
+    iptables_restore(
+        &client_host,
+        &kube_proxy_rules(std::slice::from_ref(&target)),
+    )?;
+    let restore_one = started.elapsed();
+    let iptables_one = run(IPTABLES_VIP, 80)?;
+    let mut all = iptables_services(&others);
+    all.push(target);
+    let started = Instant::now();
+    iptables_restore(&client_host, &kube_proxy_rules(&all))?;
+    let restore_many = started.elapsed();
+    let iptables_many = run(IPTABLES_VIP, 80)?;
+    let direct_iptables = run(*backend.ip(), BACKEND_PORT)?;
 
     println!("{:<44} {:>12} {:>10}", "path", "conn/s", "vs direct");
     println!(
@@ -155,10 +204,215 @@ fn bench(connections: usize) -> anyhow::Result<()> {
         many / direct
     );
     println!(
+        "{:<44} {:>12.0} {:>10.2}",
+        "ClusterIP, kube-proxy iptables, 1 Service",
+        iptables_one,
+        iptables_one / direct
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.2}",
+        "ClusterIP, kube-proxy iptables, 10,000",
+        iptables_many,
+        iptables_many / direct
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.2}",
+        "direct, beside kube-proxy's 10,000 Services",
+        direct_iptables,
+        direct_iptables / direct
+    );
+    println!(
+        "socket LB / iptables: {:.2}x with 1 Service, {:.2}x with 10,000",
+        one / iptables_one,
+        many / iptables_many
+    );
+    println!(
         "(direct before / after the 10,000 Services: {direct_before:.0} / {direct_after:.0} conn/s: the spread is the noise)"
+    );
+    println!(
+        "(iptables-restore of the rules: 1 Service {restore_one:.2?}, {SERVICES} Services x {BACKENDS_EACH} backends {restore_many:.2?})"
+    );
+    println!();
+    println!("iperf3, one TCP stream for {IPERF_SECONDS} s:");
+    println!(
+        "  client -> server directly (floor) {:>8.2} Gbit/s",
+        iperf_direct / 1e9
+    );
+    println!(
+        "  client -> ClusterIP (socket LB)   {:>8.2} Gbit/s  {:.2}x the floor",
+        iperf_vip / 1e9,
+        iperf_vip / iperf_direct
     );
 
     stop.store(true, Ordering::Relaxed);
     let _ = server.join();
     Ok(())
+}
+
+/// The 9,999 other Services (10 backends each, none reachable: they only take room).
+fn other_services() -> Vec<(SocketAddrV4, Vec<SocketAddrV4>)> {
+    (0..SERVICES - 1)
+        .map(|index| {
+            let frontend = SocketAddrV4::new(
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + index),
+                80,
+            );
+            let backends = (1..=BACKENDS_EACH)
+                .map(|host| {
+                    SocketAddrV4::new(
+                        Ipv4Addr::new(198, 18, 200, host),
+                        10_000 + (index % 50_000) as u16,
+                    )
+                })
+                .collect();
+            (frontend, backends)
+        })
+        .collect()
+}
+
+/// The same Services with VIPs of the iptables range (10.98.0.0/16).
+fn iptables_services(
+    services: &[(SocketAddrV4, Vec<SocketAddrV4>)],
+) -> Vec<(SocketAddrV4, Vec<SocketAddrV4>)> {
+    services
+        .iter()
+        .map(|(frontend, backends)| {
+            let [_, _, c, d] = frontend.ip().octets();
+            (
+                SocketAddrV4::new(Ipv4Addr::new(10, 98, c, d), frontend.port()),
+                backends.clone(),
+            )
+        })
+        .collect()
+}
+
+/// kube-proxy's iptables-mode nat table for `services` (ClusterIP, TCP), in the order given:
+/// `OUTPUT` / `PREROUTING` -> `KUBE-SERVICES`, one `KUBE-SVC-*` chain per Service choosing a
+/// `KUBE-SEP-*` endpoint chain with `statistic --mode random` (probability 1/n, 1/(n-1), ...,
+/// the last unconditional), each endpoint marking hairpin traffic for masquerade and DNATing,
+/// and `KUBE-POSTROUTING` masquerading marked packets. (Chain names are numbered where
+/// kube-proxy hashes: the layout and the rule count are what cost.)
+fn kube_proxy_rules(services: &[(SocketAddrV4, Vec<SocketAddrV4>)]) -> String {
+    use std::fmt::Write as _;
+    let mut chains = String::from(
+        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n",
+    );
+    let mut rules = String::from(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n",
+    );
+    let mut endpoint = 0usize;
+    for (index, (frontend, backends)) in services.iter().enumerate() {
+        let svc = format!("KUBE-SVC-{index:016X}");
+        let _ = writeln!(chains, ":{svc} - [0:0]");
+        let _ = writeln!(
+            rules,
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"bench/svc{index}:http cluster IP\" -m tcp --dport {} -j {svc}",
+            frontend.ip(),
+            frontend.port()
+        );
+        for (k, backend) in backends.iter().enumerate() {
+            let sep = format!("KUBE-SEP-{endpoint:016X}");
+            endpoint += 1;
+            let _ = writeln!(chains, ":{sep} - [0:0]");
+            let left = backends.len() - k;
+            if left > 1 {
+                let _ = writeln!(
+                    rules,
+                    "-A {svc} -m comment --comment \"bench/svc{index}:http -> {backend}\" -m statistic --mode random --probability {:.11} -j {sep}",
+                    1.0 / left as f64
+                );
+            } else {
+                let _ = writeln!(
+                    rules,
+                    "-A {svc} -m comment --comment \"bench/svc{index}:http -> {backend}\" -j {sep}"
+                );
+            }
+            let _ = writeln!(
+                rules,
+                "-A {sep} -s {}/32 -m comment --comment \"bench/svc{index}:http\" -j KUBE-MARK-MASQ",
+                backend.ip()
+            );
+            let _ = writeln!(
+                rules,
+                "-A {sep} -p tcp -m comment --comment \"bench/svc{index}:http\" -m tcp -j DNAT --to-destination {backend}"
+            );
+        }
+    }
+    chains.push_str(&rules);
+    chains.push_str("COMMIT\n");
+    chains
+}
+
+/// Loads `rules` into `host`'s tables with `iptables-restore` (replacing the nat table).
+fn iptables_restore(host: &keel_testhost::Host, rules: &str) -> anyhow::Result<()> {
+    let mut restore = host
+        .command("iptables-restore")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run iptables-restore (Debian package iptables)")?;
+    restore
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(rules.as_bytes())?;
+    let output = restore.wait_with_output()?;
+    ensure!(
+        output.status.success(),
+        "iptables-restore failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+const IPERF_SECONDS: u32 = 5;
+
+/// iperf3's received bits per second, one stream from `client` (in `cgroup`) to
+/// `address:IPERF_PORT`, served by `iperf3 -s` in `server`.
+fn iperf3(
+    client: &keel_testhost::Host,
+    server: &keel_testhost::Host,
+    address: Ipv4Addr,
+    cgroup: &TestCgroup,
+) -> anyhow::Result<f64> {
+    let _server = keel_testhost::HostProcess::spawn(
+        server
+            .command("iperf3")
+            .args(["-s", "-1", "-p", &IPERF_PORT.to_string()])
+            .stdout(Stdio::null()),
+    )
+    .context("cannot start iperf3 -s (Debian package iperf3)")?;
+    let mut output = None;
+    // The server needs a moment to listen.
+    for _ in 0..50 {
+        let mut command = client.command("iperf3");
+        command.args([
+            "-c",
+            &address.to_string(),
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-t",
+            &IPERF_SECONDS.to_string(),
+            "-J",
+        ]);
+        cgroup.place(&mut command)?;
+        let result = command.output()?;
+        if result.status.success() {
+            output = Some(result);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = output.with_context(|| format!("iperf3 -c {address} never connected"))?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("iperf3 -J printed no end.sum_received: {report}"))
 }
