@@ -10,6 +10,8 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::services::desired::SliceIndex;
+
 /// kubelet's and CoreDNS's default cluster domain.
 pub const DEFAULT_DOMAIN: &str = "cluster.local";
 
@@ -45,8 +47,9 @@ impl Zone {
             cname: BTreeMap::new(),
             names: BTreeSet::new(),
         };
+        let index = SliceIndex::new(slices);
         for service in services {
-            zone.add_service(service, slices);
+            zone.add_service(service, &index);
         }
         let domain = zone.domain.clone();
         for extra in ["svc", "pod"] {
@@ -74,7 +77,7 @@ impl Zone {
         zone
     }
 
-    fn add_service(&mut self, service: &Service, slices: &[EndpointSlice]) {
+    fn add_service(&mut self, service: &Service, slices: &SliceIndex<'_>) {
         let (Some(svc), Some(ns)) = (
             service.metadata.name.as_deref(),
             service.metadata.namespace.as_deref(),
@@ -115,7 +118,7 @@ impl Zone {
         }
         // Headless: the ready endpoints of the Service's slices.
         let mut addresses = Vec::new();
-        for slice in crate::services::desired::service_slices(slices, ns, svc) {
+        for slice in slices.of(ns, svc) {
             for endpoint in &slice.endpoints {
                 let ready = endpoint
                     .conditions

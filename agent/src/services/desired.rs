@@ -13,7 +13,7 @@
 //!   ClusterIP frontends; `externalTrafficPolicy: Local`: the same for externalIPs,
 //!   LoadBalancer IPs and NodePorts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -45,6 +45,7 @@ pub struct Node {
 pub fn desired_state(services: &[Service], slices: &[EndpointSlice], node: &Node) -> DesiredState {
     let local = Some(node.name.as_deref().unwrap_or_default());
     let mut state = DesiredState::new();
+    let index = SliceIndex::new(slices);
     for service in services {
         let Some(spec) = &service.spec else { continue };
         if spec.type_.as_deref() == Some("ExternalName") {
@@ -52,7 +53,7 @@ pub fn desired_state(services: &[Service], slices: &[EndpointSlice], node: &Node
         }
         let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
         let name = service.metadata.name.as_deref().unwrap_or_default();
-        let own_slices: Vec<&EndpointSlice> = service_slices(slices, namespace, name).collect();
+        let own_slices = index.of(namespace, name);
         let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
         let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
             spec.session_affinity_config
@@ -88,8 +89,8 @@ pub fn desired_state(services: &[Service], slices: &[EndpointSlice], node: &Node
             let Ok(number) = u16::try_from(port.port) else {
                 continue;
             };
-            let all = backends(&own_slices, port, protocol, None);
-            let on_this_node = || backends(&own_slices, port, protocol, local);
+            let all = backends(own_slices, port, protocol, None);
+            let on_this_node = || backends(own_slices, port, protocol, local);
             let internal = if local_only {
                 on_this_node()
             } else {
@@ -133,27 +134,48 @@ pub fn desired_state(services: &[Service], slices: &[EndpointSlice], node: &Node
     state
 }
 
-/// IPv4 addresses among `texts`, sorted and without duplicates; `None` and IPv6 are skipped.
-/// The IPv4 EndpointSlices of Service `name` in `namespace` (their `kubernetes.io/service-name`
-/// label).
-pub fn service_slices<'a>(
-    slices: &'a [EndpointSlice],
-    namespace: &'a str,
-    name: &'a str,
-) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-    slices.iter().filter(move |slice| {
-        slice.address_type == "IPv4"
-            && slice.metadata.namespace.as_deref().unwrap_or("default") == namespace
-            && slice
+/// The IPv4 EndpointSlices of each Service (by namespace and their
+/// `kubernetes.io/service-name` label), indexed once so that computing every Service's
+/// backends costs one pass over the slices, not one per Service.
+#[derive(Debug, Default)]
+pub struct SliceIndex<'a> {
+    by_namespace: HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    pub fn new(slices: &'a [EndpointSlice]) -> SliceIndex<'a> {
+        let mut index = SliceIndex::default();
+        for slice in slices.iter().filter(|slice| slice.address_type == "IPv4") {
+            let Some(service) = slice
                 .metadata
                 .labels
                 .as_ref()
                 .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-                .map(String::as_str)
-                == Some(name)
-    })
+            else {
+                continue;
+            };
+            let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+            index
+                .by_namespace
+                .entry(namespace)
+                .or_default()
+                .entry(service.as_str())
+                .or_default()
+                .push(slice);
+        }
+        index
+    }
+
+    /// The slices of Service `name` in `namespace`.
+    pub fn of(&self, namespace: &str, name: &str) -> &[&'a EndpointSlice] {
+        self.by_namespace
+            .get(namespace)
+            .and_then(|services| services.get(name))
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
+/// IPv4 addresses among `texts`, sorted and without duplicates; `None` and IPv6 are skipped.
 fn ipv4s<'a>(texts: impl Iterator<Item = &'a String>) -> BTreeSet<Ipv4Addr> {
     texts.filter_map(|text| text.parse().ok()).collect()
 }

@@ -12,10 +12,10 @@
 //! node's keeper process.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use keel_bench::runc::{RuncFloor, print_latency};
 use keel_bench::{percentile, rss_kib};
 use keel_testhost::cluster::TestControlPlane;
 use keel_testhost::node::{TestNode, keeper_pid};
@@ -54,8 +54,8 @@ fn remove_all(node: &TestNode) -> anyhow::Result<()> {
 /// Creates `count` Pods bound to the node one after another through the API and times each
 /// to `phase: Running` and to `Ready`, seen on a watch. Runs inside the node's network
 /// namespace (where the API server listens).
-fn api_pods(
-    kubeconfig: &Path,
+async fn api_pods(
+    client: kube::Client,
     image: &str,
     count: usize,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
@@ -63,17 +63,7 @@ fn api_pods(
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(kubeconfig)?,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?;
-        let client = kube::Client::try_from(config)?;
+    {
         let pods: Api<Pod> = Api::namespaced(client, "default");
         // The node registers first.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -121,97 +111,7 @@ fn api_pods(
                 .await;
         }
         Ok((running, ready))
-    })
-}
-
-fn print_latency(label: &str, samples: &mut [Duration], floor: Option<Duration>) {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
-    let ratio = floor.map_or(String::new(), |f| {
-        format!("   {:.2}x the runc p50", ms(p50) / ms(f).max(1e-9))
-    });
-    println!(
-        "  {label:<40} p50 {:>8.1} ms   p99 {:>8.1} ms{ratio}",
-        ms(p50),
-        ms(p99)
-    );
-}
-
-/// `runc run --detach` of the same busybox command from a prepared bundle: the floor.
-fn runc_baseline(count: usize, work: &Path) -> anyhow::Result<Vec<Duration>> {
-    let bundle = work.join("bundle");
-    let rootfs = bundle.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin"))?;
-    std::fs::create_dir_all(rootfs.join("marks"))?;
-    std::fs::copy("/usr/bin/busybox", rootfs.join("bin/busybox"))?;
-    for applet in ["sh", "touch", "sleep"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
     }
-    let marks = work.join("marks");
-    std::fs::create_dir_all(&marks)?;
-    let runc_root = work.join("runc");
-    let mut samples = Vec::with_capacity(count);
-    let mut ids = Vec::new();
-    let result = (|| -> anyhow::Result<()> {
-        for n in 0..count {
-            let id = format!("kt-bench-{}-{n}", std::process::id());
-            let config = serde_json::json!({
-                "ociVersion": "1.0.2",
-                "process": {"user": {"uid": 0, "gid": 0}, "cwd": "/",
-                    "args": ["sh", "-c", format!("touch /marks/{id}; exec sleep 3600")],
-                    "env": ["PATH=/bin"]},
-                "root": {"path": rootfs},
-                "mounts": [
-                    {"destination": "/proc", "type": "proc", "source": "proc"},
-                    {"destination": "/marks", "type": "bind", "source": marks, "options": ["rbind", "rw"]}
-                ],
-                "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-                    "cgroupsPath": format!("/kt-bench-{}/{id}", std::process::id())}
-            });
-            std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)?;
-            let started = Instant::now();
-            let status = Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["run", "--detach", "--bundle"])
-                .arg(&bundle)
-                .arg(&id)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()?;
-            ids.push(id.clone());
-            if !status.success() {
-                bail!("runc run {id} failed");
-            }
-            wait_for("the baseline container", Duration::from_secs(30), || {
-                marks.join(&id).exists()
-            })?;
-            samples.push(started.elapsed());
-        }
-        Ok(())
-    })();
-    for id in &ids {
-        let _ = Command::new("runc")
-            .arg("--root")
-            .arg(&runc_root)
-            .args(["delete", "--force", id])
-            .output();
-    }
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let dir = hierarchy
-            .path()
-            .join(format!("kt-bench-{}", std::process::id()));
-        let _ = Command::new("find")
-            .arg(&dir)
-            .args(["-depth", "-type", "d", "-delete"])
-            .output();
-    }
-    result.map(|()| samples)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -288,16 +188,16 @@ fn main() -> anyhow::Result<()> {
     ];
     node.start_agent();
     let kubeconfig = control_plane.kubeconfig();
-    let (mut api_running, mut api_ready) = node
-        .host
-        .enter(|| api_pods(&kubeconfig, &image, count))
-        .map_err(|e| anyhow::anyhow!("{e}"))??;
+    let (mut api_running, mut api_ready) =
+        keel_bench::with_client_in(&node.host, &kubeconfig, async |client| {
+            api_pods(client, &image, count).await
+        })?;
     remove_all(&node)?;
 
     let work = tempfile::Builder::new()
         .prefix("kt-podbench-runc-")
         .tempdir()?;
-    let mut floor = runc_baseline(count, work.path())?;
+    let mut floor = RuncFloor::new(work.path())?.sequential(count)?;
     let floor_p50 = percentile(&mut floor, 0.5);
     print_latency("runc run --detach (floor)", &mut floor, None);
     print_latency(

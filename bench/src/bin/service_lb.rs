@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use keel_agent::dataplane::{Dataplane, Frontend, Protocol};
-use keel_bench::per_second;
+use keel_bench::{kube_proxy, per_second};
 use keel_testhost::{LinkOptions, TestCgroup, TestNet};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -84,7 +84,10 @@ fn bench(connections: usize) -> anyhow::Result<()> {
         "dev",
         &client_port.interface,
     ])?;
-    ensure!(route.status.success(), "cannot route 10.98.0.0/16 in the client host");
+    ensure!(
+        route.status.success(),
+        "cannot route 10.98.0.0/16 in the client host"
+    );
     let server_host = net.add_host("server")?;
     let server_port = net.plug(&server_host, &mut switch, LinkOptions::default())?;
     let backend = SocketAddrV4::new(server_port.ip, BACKEND_PORT);
@@ -172,16 +175,16 @@ fn bench(connections: usize) -> anyhow::Result<()> {
     // conntrack, sees every new connection.)
     let target = (SocketAddrV4::new(IPTABLES_VIP, 80), vec![backend]);
     let started = Instant::now();
-    iptables_restore(
+    kube_proxy::restore(
         &client_host,
-        &kube_proxy_rules(std::slice::from_ref(&target)),
+        &kube_proxy::rules(std::slice::from_ref(&target)),
     )?;
     let restore_one = started.elapsed();
     let iptables_one = run(IPTABLES_VIP, 80)?;
     let mut all = iptables_services(&others);
     all.push(target);
     let started = Instant::now();
-    iptables_restore(&client_host, &kube_proxy_rules(&all))?;
+    kube_proxy::restore(&client_host, &kube_proxy::rules(&all))?;
     let restore_many = started.elapsed();
     let iptables_many = run(IPTABLES_VIP, 80)?;
     let direct_iptables = run(*backend.ip(), BACKEND_PORT)?;
@@ -284,92 +287,6 @@ fn iptables_services(
             )
         })
         .collect()
-}
-
-/// kube-proxy's iptables-mode nat table for `services` (ClusterIP, TCP), in the order given:
-/// `OUTPUT` / `PREROUTING` -> `KUBE-SERVICES`, one `KUBE-SVC-*` chain per Service choosing a
-/// `KUBE-SEP-*` endpoint chain with `statistic --mode random` (probability 1/n, 1/(n-1), ...,
-/// the last unconditional), each endpoint marking hairpin traffic for masquerade and DNATing,
-/// and `KUBE-POSTROUTING` masquerading marked packets. (Chain names are numbered where
-/// kube-proxy hashes: the layout and the rule count are what cost.)
-fn kube_proxy_rules(services: &[(SocketAddrV4, Vec<SocketAddrV4>)]) -> String {
-    use std::fmt::Write as _;
-    let mut chains = String::from(
-        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n",
-    );
-    let mut rules = String::from(
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
-         -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
-         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
-         -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n\
-         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n",
-    );
-    let mut endpoint = 0usize;
-    for (index, (frontend, backends)) in services.iter().enumerate() {
-        let svc = format!("KUBE-SVC-{index:016X}");
-        let _ = writeln!(chains, ":{svc} - [0:0]");
-        let _ = writeln!(
-            rules,
-            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"bench/svc{index}:http cluster IP\" -m tcp --dport {} -j {svc}",
-            frontend.ip(),
-            frontend.port()
-        );
-        for (k, backend) in backends.iter().enumerate() {
-            let sep = format!("KUBE-SEP-{endpoint:016X}");
-            endpoint += 1;
-            let _ = writeln!(chains, ":{sep} - [0:0]");
-            let left = backends.len() - k;
-            if left > 1 {
-                let _ = writeln!(
-                    rules,
-                    "-A {svc} -m comment --comment \"bench/svc{index}:http -> {backend}\" -m statistic --mode random --probability {:.11} -j {sep}",
-                    1.0 / left as f64
-                );
-            } else {
-                let _ = writeln!(
-                    rules,
-                    "-A {svc} -m comment --comment \"bench/svc{index}:http -> {backend}\" -j {sep}"
-                );
-            }
-            let _ = writeln!(
-                rules,
-                "-A {sep} -s {}/32 -m comment --comment \"bench/svc{index}:http\" -j KUBE-MARK-MASQ",
-                backend.ip()
-            );
-            let _ = writeln!(
-                rules,
-                "-A {sep} -p tcp -m comment --comment \"bench/svc{index}:http\" -m tcp -j DNAT --to-destination {backend}"
-            );
-        }
-    }
-    chains.push_str(&rules);
-    chains.push_str("COMMIT\n");
-    chains
-}
-
-/// Loads `rules` into `host`'s tables with `iptables-restore` (replacing the nat table).
-fn iptables_restore(host: &keel_testhost::Host, rules: &str) -> anyhow::Result<()> {
-    let mut restore = host
-        .command("iptables-restore")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run iptables-restore (Debian package iptables)")?;
-    restore
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(rules.as_bytes())?;
-    let output = restore.wait_with_output()?;
-    ensure!(
-        output.status.success(),
-        "iptables-restore failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(())
 }
 
 const IPERF_SECONDS: u32 = 5;
