@@ -142,9 +142,15 @@ struct Args {
     /// kernel's per-element overhead. Changing it replaces the pinned map and the flows in it.
     #[arg(long, default_value_t = CT4_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     conntrack_max: u32,
-    /// Seconds a tracked TCP flow of the TC path may stay idle.
+    /// Seconds an established TCP flow of the TC path may stay idle.
     #[arg(long, default_value_t = 6 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
     conntrack_tcp_timeout: u64,
+    /// Seconds a TCP flow whose SYN was never answered may stay idle.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    conntrack_tcp_syn_timeout: u64,
+    /// Seconds a TCP flow may stay idle after a FIN or RST.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    conntrack_tcp_close_timeout: u64,
     /// Seconds a tracked UDP flow of the TC path may stay idle.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     conntrack_udp_timeout: u64,
@@ -306,6 +312,8 @@ fn main() -> anyhow::Result<()> {
     let mut next_report = Instant::now() + stats_interval;
     let timeouts = CtTimeouts {
         tcp: Duration::from_secs(args.conntrack_tcp_timeout),
+        tcp_syn: Duration::from_secs(args.conntrack_tcp_syn_timeout),
+        tcp_close: Duration::from_secs(args.conntrack_tcp_close_timeout),
         udp: Duration::from_secs(args.conntrack_udp_timeout),
     };
     let mut next_gc = Instant::now() + CONNTRACK_GC;

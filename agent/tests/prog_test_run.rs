@@ -342,6 +342,8 @@ fn idle_flows_are_collected_by_protocol_timeout() {
     let kept = dataplane
         .collect_conntrack(CtTimeouts {
             tcp: long,
+            tcp_syn: long,
+            tcp_close: long,
             udp: long,
         })
         .unwrap();
@@ -362,6 +364,8 @@ fn idle_flows_are_collected_by_protocol_timeout() {
     let udp_gone = dataplane
         .collect_conntrack(CtTimeouts {
             tcp: long,
+            tcp_syn: long,
+            tcp_close: long,
             udp: short,
         })
         .unwrap();
@@ -373,8 +377,11 @@ fn idle_flows_are_collected_by_protocol_timeout() {
         }
     );
     let tcp_gone = dataplane
+        // The TCP flows sent only a SYN: the unanswered timeout is theirs.
         .collect_conntrack(CtTimeouts {
-            tcp: short,
+            tcp: long,
+            tcp_syn: short,
+            tcp_close: long,
             udp: long,
         })
         .unwrap();
@@ -417,6 +424,100 @@ fn idle_flows_are_collected_by_protocol_timeout() {
         CtCollection {
             entries: 2,
             removed: 0
+        }
+    );
+}
+
+/// TCP state in the TC path's conntrack: a flow whose SYN is unanswered, an established one,
+/// one closed by the client's FIN, one reset by the backend, and one closed and then reopened
+/// by a new SYN on the same tuple each age under their own timeout.
+#[test]
+fn tcp_flows_age_by_the_state_their_packets_showed() {
+    keel_testhost::require_root();
+    let client = Ipv4Addr::new(198, 18, 0, 1);
+    let vip = Ipv4Addr::new(10, 96, 0, 13);
+    let backend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 2), 8080);
+    let mut dataplane = service_on_port_80(vip, backend);
+    let ends = |src_ip, dst_ip| Endpoints {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src_ip,
+        dst_ip,
+    };
+    let request = |dataplane: &mut Dataplane, port: u16, flags: u8| {
+        let packet = packet::tcp(&ends(client, vip), port, 80, 1, flags, b"");
+        let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, &packet, 1).unwrap();
+        assert_eq!(run.verdict, TC_ACT_OK);
+    };
+    let reply = |dataplane: &mut Dataplane, port: u16, flags: u8| {
+        let packet = packet::tcp(&ends(*backend.ip(), client), 8080, port, 1, flags, b"");
+        let run = run_tc(dataplane.object(), program::TC_LB_EGRESS, &packet, 1).unwrap();
+        assert_eq!(run.verdict, TC_ACT_OK);
+        // The reply leaves as the VIP's: its flow is tracked.
+        assert_eq!(&run.packet[26..30], &vip.octets());
+    };
+    let (unanswered, established, closed, reset, reopened) = (41000, 41001, 41002, 41003, 41004);
+    request(&mut dataplane, unanswered, packet::TCP_SYN);
+    for port in [established, closed, reset, reopened] {
+        request(&mut dataplane, port, packet::TCP_SYN);
+        reply(&mut dataplane, port, packet::TCP_SYN | packet::TCP_ACK);
+        request(&mut dataplane, port, packet::TCP_ACK);
+    }
+    request(&mut dataplane, closed, packet::TCP_FIN | packet::TCP_ACK);
+    reply(&mut dataplane, reset, packet::TCP_RST);
+    request(&mut dataplane, reopened, packet::TCP_FIN | packet::TCP_ACK);
+    reply(&mut dataplane, reopened, packet::TCP_FIN | packet::TCP_ACK);
+    request(&mut dataplane, reopened, packet::TCP_SYN);
+    reply(&mut dataplane, reopened, packet::TCP_SYN | packet::TCP_ACK);
+    std::thread::sleep(Duration::from_millis(30));
+
+    let (long, short) = (Duration::from_secs(3600), Duration::from_millis(20));
+    let collect = |dataplane: &mut Dataplane, timeouts: CtTimeouts| {
+        dataplane.collect_conntrack(timeouts).unwrap()
+    };
+    // Closing (FIN from the client, RST from the backend): two pairs.
+    let closing = CtTimeouts {
+        tcp_close: short,
+        ..CtTimeouts::all(long)
+    };
+    assert_eq!(
+        collect(&mut dataplane, closing),
+        CtCollection {
+            entries: 10,
+            removed: 4
+        }
+    );
+    // The unanswered SYN.
+    let syn = CtTimeouts {
+        tcp_syn: short,
+        ..CtTimeouts::all(long)
+    };
+    assert_eq!(
+        collect(&mut dataplane, syn),
+        CtCollection {
+            entries: 6,
+            removed: 2
+        }
+    );
+    // The established flow and the reopened one live by the established timeout only.
+    assert_eq!(
+        collect(
+            &mut dataplane,
+            CtTimeouts {
+                tcp: long,
+                ..CtTimeouts::all(short)
+            }
+        ),
+        CtCollection {
+            entries: 4,
+            removed: 0
+        }
+    );
+    assert_eq!(
+        collect(&mut dataplane, CtTimeouts::all(short)),
+        CtCollection {
+            entries: 4,
+            removed: 4
         }
     );
 }
@@ -507,12 +608,8 @@ fn tc_lb_sends_a_new_flow_to_its_maglev_entry() {
     }
 
     // No tracked flow left: the same 5-tuples choose again, and choose the same.
-    let zero = Duration::ZERO;
     dataplane
-        .collect_conntrack(CtTimeouts {
-            tcp: zero,
-            udp: zero,
-        })
+        .collect_conntrack(CtTimeouts::all(Duration::ZERO))
         .unwrap();
     for (source_port, before) in (40_000..40_300u16).zip(&chosen).step_by(7) {
         let syn = packet::tcp(&ends, source_port, 80, 1, packet::TCP_SYN, b"");

@@ -139,10 +139,7 @@ impl TwoNodes {
 
     /// Forgets every tracked flow on both nodes: the next packet of a flow chooses afresh.
     fn forget_flows(&mut self) {
-        let now = CtTimeouts {
-            tcp: Duration::ZERO,
-            udp: Duration::ZERO,
-        };
+        let now = CtTimeouts::all(Duration::ZERO);
         for node in &mut self.nodes {
             node.dataplane.collect_conntrack(now).unwrap();
         }

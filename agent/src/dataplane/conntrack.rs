@@ -5,29 +5,63 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use keel_ebpf_common::conntrack::{CT_FORWARD, CT_REVERSE, CtKey, CtValue};
+use keel_ebpf_common::conntrack::{
+    CT_CLOSING, CT_FORWARD, CT_REVERSE, CT_UNREPLIED, CtKey, CtValue,
+};
 use keel_ebpf_common::map;
 use keel_ebpf_common::service::PROTO_TCP;
 
 use super::object::DataplaneError;
 use super::services::{Dataplane, Frontend, Protocol, map_error};
 
-/// How long a tracked flow may stay idle before it is collected.
-///
-/// Keel does not follow TCP's state machine yet, so a TCP flow lives for the established
-/// timeout whether or not it was closed; the LRU map bounds what that costs.
+/// How long a tracked flow may stay idle before it is collected, by protocol and, for TCP, by
+/// the state the TC programs saw (`CT_UNREPLIED`, `CT_CLOSING`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CtTimeouts {
+    /// An established TCP flow (answered, not closing).
     pub tcp: Duration,
+    /// A TCP flow whose SYN was never answered.
+    pub tcp_syn: Duration,
+    /// A TCP flow after a FIN or RST (until a SYN reopens the tuple).
+    pub tcp_close: Duration,
     pub udp: Duration,
 }
 
 impl Default for CtTimeouts {
-    /// Cilium's defaults for established TCP (6 hours) and for non-TCP flows (60 seconds).
+    /// Cilium's defaults: established TCP 6 hours, TCP SYN 60 s, TCP closing 10 s, non-TCP
+    /// 60 s.
     fn default() -> Self {
         CtTimeouts {
             tcp: Duration::from_secs(6 * 3600),
+            tcp_syn: Duration::from_secs(60),
+            tcp_close: Duration::from_secs(10),
             udp: Duration::from_secs(60),
+        }
+    }
+}
+
+impl CtTimeouts {
+    /// The same `timeout` for every flow (`Duration::ZERO`: collect everything idle at all).
+    pub fn all(timeout: Duration) -> CtTimeouts {
+        CtTimeouts {
+            tcp: timeout,
+            tcp_syn: timeout,
+            tcp_close: timeout,
+            udp: timeout,
+        }
+    }
+
+    /// The timeout of a flow of `protocol` whose entries carry `flags` (forward and reverse
+    /// OR-ed, except `CT_UNREPLIED`, which only the reverse entry carries).
+    pub fn of(&self, protocol: u8, forward_flags: u8, reverse_flags: u8) -> Duration {
+        if protocol != PROTO_TCP {
+            self.udp
+        } else if (forward_flags | reverse_flags) & CT_CLOSING != 0 {
+            self.tcp_close
+        } else if reverse_flags & CT_UNREPLIED != 0 {
+            self.tcp_syn
+        } else {
+            self.tcp
         }
     }
 }
@@ -50,26 +84,23 @@ impl Dataplane {
         let now = monotonic_now();
         let mut ct = self.map::<CtKey, CtValue>(map::CT4)?;
         let entries: HashMap<CtKey, CtValue> = ct.iter().filter_map(Result::ok).collect();
-        let idle = |key: &CtKey, value: &CtValue| {
-            let timeout = if key.protocol == PROTO_TCP {
-                timeouts.tcp
-            } else {
-                timeouts.udp
-            };
+        let idle = |value: &CtValue, timeout: Duration| {
             now.saturating_sub(Duration::from_nanos(value.last_seen)) > timeout
         };
-        // A flow ages as a pair: the client may talk for a long time before the backend
-        // answers, so the reverse entry goes only when both directions are idle.
+        // A flow ages as a pair, under the state both directions show: the client may talk
+        // for a long time before the backend answers, so the reverse entry goes only when both
+        // directions are idle.
         let mut collect = Vec::new();
         for (key, value) in &entries {
             if value.kind != CT_FORWARD {
                 continue;
             }
-            let reverse = reverse_key(key, value);
-            let reverse_idle = entries.get(&reverse).is_none_or(|r| idle(&reverse, r));
-            if idle(key, value) && reverse_idle {
+            let reverse_key = reverse_key(key, value);
+            let reverse = entries.get(&reverse_key);
+            let timeout = timeouts.of(key.protocol, value.flags, reverse.map_or(0, |r| r.flags));
+            if idle(value, timeout) && reverse.is_none_or(|r| idle(r, timeout)) {
                 collect.push(*key);
-                collect.push(reverse);
+                collect.push(reverse_key);
             }
         }
         // Reverse entries whose forward entry is gone (LRU eviction) follow their own clock.
@@ -79,7 +110,10 @@ impl Dataplane {
             .map(|(key, value)| reverse_key(key, value))
             .collect();
         for (key, value) in &entries {
-            if value.kind == CT_REVERSE && !owned.contains(key) && idle(key, value) {
+            if value.kind == CT_REVERSE
+                && !owned.contains(key)
+                && idle(value, timeouts.of(key.protocol, 0, value.flags))
+            {
                 collect.push(*key);
             }
         }
@@ -164,4 +198,29 @@ fn monotonic_now() -> Duration {
         now.tv_sec.try_into().unwrap_or(0),
         now.tv_nsec.try_into().unwrap_or(0),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_ebpf_common::service::PROTO_UDP;
+
+    #[test]
+    fn a_flow_times_out_by_its_protocol_and_tcp_state() {
+        let timeouts = CtTimeouts::default();
+        // UDP: one timeout whatever the flags.
+        assert_eq!(timeouts.of(PROTO_UDP, 0, 0), timeouts.udp);
+        // TCP: unanswered SYN, established, closing from either side; closing wins.
+        assert_eq!(timeouts.of(PROTO_TCP, 0, CT_UNREPLIED), timeouts.tcp_syn);
+        assert_eq!(timeouts.of(PROTO_TCP, 0, 0), timeouts.tcp);
+        assert_eq!(timeouts.of(PROTO_TCP, CT_CLOSING, 0), timeouts.tcp_close);
+        assert_eq!(timeouts.of(PROTO_TCP, 0, CT_CLOSING), timeouts.tcp_close);
+        assert_eq!(
+            timeouts.of(PROTO_TCP, CT_CLOSING, CT_UNREPLIED),
+            timeouts.tcp_close
+        );
+        // Cilium's defaults.
+        assert_eq!(timeouts.tcp_syn, Duration::from_secs(60));
+        assert_eq!(timeouts.tcp_close, Duration::from_secs(10));
+    }
 }

@@ -10,6 +10,13 @@ pub const CT_FORWARD: u8 = 1;
 /// `CtValue::kind` of an entry keyed by a backend-to-client tuple.
 pub const CT_REVERSE: u8 = 2;
 
+/// `CtValue::flags`: a TCP flow's reverse entry until the first reply passes (the SYN is
+/// unanswered). Entries of programs before TCP state had no flags: they count as answered.
+pub const CT_UNREPLIED: u8 = 1;
+/// `CtValue::flags`: a FIN or RST of the flow passed this entry's direction (a SYN clears it:
+/// the tuple is reused for a new connection).
+pub const CT_CLOSING: u8 = 2;
+
 /// Key of `CT4`: a packet's tuple as it arrives, addresses and ports in network byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,7 +40,8 @@ pub struct CtValue {
     pub port: u16,
     /// `CT_FORWARD` or `CT_REVERSE`.
     pub kind: u8,
-    pub pad: u8,
+    /// TCP state: `CT_UNREPLIED`, `CT_CLOSING`.
+    pub flags: u8,
 }
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);

@@ -10,7 +10,9 @@ use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::programs::TcContext;
 use keel_ebpf_common::DropReason;
-use keel_ebpf_common::conntrack::{CT_FORWARD, CT_REVERSE, CtKey, CtValue};
+use keel_ebpf_common::conntrack::{
+    CT_CLOSING, CT_FORWARD, CT_REVERSE, CT_UNREPLIED, CtKey, CtValue,
+};
 use keel_ebpf_common::service::{PROTO_TCP, PROTO_UDP, ServiceKey};
 
 use crate::ct_map::CT4;
@@ -24,6 +26,11 @@ pub const IPV4_MIN_HLEN: usize = 20;
 const IPV4_CHECKSUM: usize = ETH_HLEN + 10;
 const IPV4_SADDR: usize = ETH_HLEN + 12;
 const IPV4_DADDR: usize = ETH_HLEN + 16;
+/// Offset of the flags byte in a TCP header.
+const TCP_FLAGS: usize = 13;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 
 /// The parts of an IPv4 TCP / UDP packet the load balancer reads.
 struct Flow {
@@ -31,6 +38,8 @@ struct Flow {
     l4: usize,
     protocol: u8,
     key: CtKey,
+    /// The TCP flags (0 for UDP).
+    tcp_flags: u8,
 }
 
 /// The reply of a translated flow leaving the node: its source becomes the frontend again.
@@ -39,7 +48,7 @@ pub fn egress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };
-    if let Some(entry) = tracked(&flow.key)
+    if let Some(entry) = tracked(&flow)
         && entry.kind == CT_REVERSE
     {
         rewrite(ctx, &flow, Side::Source, entry.address, entry.port)?;
@@ -54,7 +63,7 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };
-    if let Some(entry) = tracked(&flow.key) {
+    if let Some(entry) = tracked(&flow) {
         if entry.kind == CT_FORWARD {
             rewrite(ctx, &flow, Side::Destination, entry.address, entry.port)?;
         }
@@ -89,7 +98,7 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         address: backend.address,
         port: backend.port,
         kind: CT_FORWARD,
-        pad: 0,
+        flags: 0,
     };
     let reply = CtKey {
         saddr: backend.address,
@@ -104,7 +113,11 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         address: frontend.address,
         port: frontend.port,
         kind: CT_REVERSE,
-        pad: 0,
+        flags: if flow.protocol == PROTO_TCP {
+            CT_UNREPLIED
+        } else {
+            0
+        },
     };
     // Reverse first: a reply must never find a forward entry without its way back.
     CT4.insert(reply, reverse, 0)
@@ -115,15 +128,28 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     Ok(TC_ACT_OK)
 }
 
-/// The tracked entry of `key`, its `last_seen` refreshed in place: a per-packet write of one
-/// field, not a map update.
+/// The tracked entry of `flow`, refreshed in place (per-packet writes of its fields, not a map
+/// update): `last_seen`, and the TCP state the packet shows: a reply (a reverse entry's
+/// packet) answers the flow, a FIN or RST starts its closing, a SYN reopens the tuple.
 #[inline(always)]
-fn tracked(key: &CtKey) -> Option<CtValue> {
-    let entry = CT4.get_ptr_mut(key)?;
+fn tracked(flow: &Flow) -> Option<CtValue> {
+    let entry = CT4.get_ptr_mut(&flow.key)?;
     // SAFETY: bpf_ktime_get_ns has no preconditions; `entry` points at the map value found
     // just above, which stays valid for this program run (an LRU eviction only unlinks it).
     unsafe {
         (*entry).last_seen = bpf_ktime_get_ns();
+        let mut flags = (*entry).flags;
+        if (*entry).kind == CT_REVERSE {
+            flags &= !CT_UNREPLIED;
+        }
+        if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            flags |= CT_CLOSING;
+        } else if flow.tcp_flags & TCP_SYN != 0 {
+            flags &= !CT_CLOSING;
+        }
+        if flags != (*entry).flags {
+            (*entry).flags = flags;
+        }
         Some(*entry)
     }
 }
@@ -159,7 +185,17 @@ fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
         protocol,
         pad: [0; 3],
     };
-    Ok(Some(Flow { l4, protocol, key }))
+    let tcp_flags = if protocol == PROTO_TCP {
+        ctx.load(l4 + TCP_FLAGS).map_err(malformed)?
+    } else {
+        0
+    };
+    Ok(Some(Flow {
+        l4,
+        protocol,
+        key,
+        tcp_flags,
+    }))
 }
 
 #[derive(Clone, Copy)]
