@@ -141,6 +141,16 @@ fn tc_stats_pass_the_frame_unchanged_and_count_by_direction() {
     assert_eq!(lo.xdp, IfaceCounters::default());
 }
 
+/// The ends of a frame from `src_ip` to `dst_ip` between two fixed MACs.
+fn ends(src_ip: Ipv4Addr, dst_ip: Ipv4Addr) -> Endpoints {
+    Endpoints {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src_ip,
+        dst_ip,
+    }
+}
+
 /// The Service programs loaded, with `vip:80` over TCP and UDP going to `backend`.
 fn service_on_port_80(vip: Ipv4Addr, backend: SocketAddrV4) -> Dataplane {
     let mut dataplane = Dataplane::load().expect("load the Service programs");
@@ -169,12 +179,6 @@ fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
     let vip = Ipv4Addr::new(10, 96, 0, 10);
     let backend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 2), 8080);
     let mut dataplane = service_on_port_80(vip, backend);
-    let ends = |src_ip, dst_ip| Endpoints {
-        src_mac: [2, 0, 0, 0, 0, 1],
-        dst_mac: [2, 0, 0, 0, 0, 2],
-        src_ip,
-        dst_ip,
-    };
     // Requests go through the ingress program, replies through the egress one.
     let through = |program: &'static str, dataplane: &mut Dataplane, packet: &[u8]| {
         let run = run_tc(dataplane.object(), program, packet, 1).unwrap();
@@ -438,12 +442,6 @@ fn tcp_flows_age_by_the_state_their_packets_showed() {
     let vip = Ipv4Addr::new(10, 96, 0, 13);
     let backend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 2), 8080);
     let mut dataplane = service_on_port_80(vip, backend);
-    let ends = |src_ip, dst_ip| Endpoints {
-        src_mac: [2, 0, 0, 0, 0, 1],
-        dst_mac: [2, 0, 0, 0, 0, 2],
-        src_ip,
-        dst_ip,
-    };
     let request = |dataplane: &mut Dataplane, port: u16, flags: u8| {
         let packet = packet::tcp(&ends(client, vip), port, 80, 1, flags, b"");
         let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, &packet, 1).unwrap();
