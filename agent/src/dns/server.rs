@@ -237,7 +237,9 @@ pub fn upstreams_from_resolv_conf(text: &str, own: IpAddr) -> Vec<SocketAddr> {
 
 /// Puts `address` on the loopback interface under the agent's label (`lo:keel-dns`), so the
 /// node, and pods through it, reach it locally. (Not a dummy interface: not every kernel has
-/// the module.) Idempotent.
+/// the module.) Scope host: the address still answers packets from pods, but the kernel never
+/// picks it as the source of the node's own connections (with global scope, the node's
+/// connections to its pods came from it). Idempotent.
 pub fn ensure_interface(address: Ipv4Addr) -> std::io::Result<()> {
     ip(&[
         "addr",
@@ -245,6 +247,8 @@ pub fn ensure_interface(address: Ipv4Addr) -> std::io::Result<()> {
         &format!("{address}/32"),
         "dev",
         "lo",
+        "scope",
+        "host",
         "label",
         super::INTERFACE,
     ])
