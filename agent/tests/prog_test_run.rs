@@ -15,7 +15,7 @@ use keel_agent::dataplane::{
 };
 use keel_ebpf_common::conntrack::CtKey;
 use keel_ebpf_common::maglev::flow_hash;
-use keel_ebpf_common::{IfaceCounters, map, program};
+use keel_ebpf_common::{DropReason, IfaceCounters, map, program};
 use support::packet::{self, Endpoints};
 
 const XDP_PASS: u32 = 2;
@@ -23,6 +23,7 @@ const TC_ACT_OK: u32 = 0;
 /// `TC_ACT_UNSPEC` (-1) as `BPF_PROG_TEST_RUN` reports it: "no verdict, next program".
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 const TC_ACT_REDIRECT: u32 = 7;
+const TC_ACT_SHOT: u32 = 2;
 const ICMP_PORT_UNREACHABLE: u8 = 3;
 /// `BPF_PROG_TEST_RUN` without a context runs the program as if on the loopback device.
 const LOOPBACK_IFINDEX: u32 = 1;
@@ -432,6 +433,41 @@ fn idle_flows_are_collected_by_protocol_timeout() {
     );
 }
 
+/// A frontend whose `Local` traffic policy leaves no endpoint on this node drops new flows,
+/// counted as `no_local_backend`, instead of refusing them as a Service without endpoints.
+#[test]
+fn tc_lb_drops_a_flow_to_a_local_policy_frontend_without_local_endpoints() {
+    keel_testhost::require_root();
+    let node_ip = Ipv4Addr::new(198, 18, 0, 2);
+    let mut dataplane = Dataplane::load().expect("load the Service programs");
+    let frontend = Frontend {
+        address: node_ip,
+        port: 30080,
+        protocol: Protocol::Tcp,
+    };
+    let desired = Backends {
+        addresses: Vec::new(),
+        affinity: None,
+        external: true,
+        drop_when_empty: true,
+    };
+    dataplane.upsert_backends(frontend, &desired).unwrap();
+    let syn = packet::tcp(
+        &ends(Ipv4Addr::new(198, 18, 0, 1), node_ip),
+        40000,
+        30080,
+        7,
+        packet::TCP_SYN,
+        b"",
+    );
+    let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, &syn, 1).unwrap();
+    assert_eq!(run.verdict, TC_ACT_SHOT);
+    let drops: std::collections::BTreeMap<DropReason, u64> =
+        dataplane.drop_stats().unwrap().into_iter().collect();
+    assert_eq!(drops[&DropReason::NoLocalBackend], 1, "{drops:?}");
+    assert_eq!(drops[&DropReason::NoBackend], 0, "{drops:?}");
+}
+
 /// TCP state in the TC path's conntrack: a flow whose SYN is unanswered, an established one,
 /// one closed by the client's FIN, one reset by the backend, and one closed and then reopened
 /// by a new SYN on the same tuple each age under their own timeout.
@@ -555,6 +591,7 @@ fn tc_lb_sends_a_new_flow_to_its_maglev_entry() {
         addresses: backends.clone(),
         affinity: None,
         external: true,
+        drop_when_empty: false,
     };
     dataplane.upsert_backends(frontend, &external).unwrap();
 
@@ -638,6 +675,7 @@ fn only_external_frontends_get_a_maglev_table() {
         addresses: addresses.to_vec(),
         affinity: None,
         external,
+        drop_when_empty: false,
     };
     dataplane
         .upsert_backends(frontend(1), &desired(true, &backends))

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use keel_ebpf_common::map;
 use keel_ebpf_common::service::{
-    AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP, ServiceKey,
-    ServiceValue,
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP,
+    SERVICE_DROP_WHEN_EMPTY, ServiceKey, ServiceValue,
 };
 
 use super::object::DataplaneError;
@@ -101,6 +101,7 @@ impl Dataplane {
                             // Only frontends reached from outside get a table; with `random`
                             // one without a table is rewritten once by the first apply.
                             external: value.maglev_size > 0,
+                            drop_when_empty: value.flags & SERVICE_DROP_WHEN_EMPTY != 0,
                             maglev_size: value.maglev_size,
                             slots: slot_ids,
                         },

@@ -16,8 +16,8 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::links::FdLink;
 use keel_ebpf_common::map;
 use keel_ebpf_common::service::{
-    AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP, ServiceKey,
-    ServiceValue,
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP,
+    SERVICE_DROP_WHEN_EMPTY, ServiceKey, ServiceValue,
 };
 
 use super::maglev::LoadBalancing;
@@ -63,6 +63,9 @@ pub struct Backends {
     /// Reached from outside the cluster (NodePort, externalIP, LoadBalancer IP): new flows on
     /// the TC path pick their backend from a Maglev table under `LbAlgorithm::Maglev`.
     pub external: bool,
+    /// Without backends, the TC path drops new flows (`no_local_backend`) instead of refusing
+    /// them: a `Local` traffic policy with endpoints only on other nodes.
+    pub drop_when_empty: bool,
 }
 
 /// What the agent wrote for one frontend.
@@ -72,6 +75,7 @@ pub(super) struct Programmed {
     pub(super) backends: Vec<SocketAddrV4>,
     pub(super) affinity: Option<Duration>,
     pub(super) external: bool,
+    pub(super) drop_when_empty: bool,
     /// Entries of the Maglev table, 0 without one.
     pub(super) maglev_size: u32,
     /// Backend ids, slot `n` at index `n - 1`.
@@ -122,6 +126,7 @@ impl Dataplane {
             addresses: backends.to_vec(),
             affinity,
             external: false,
+            drop_when_empty: false,
         };
         self.upsert_backends(frontend, &desired)
     }
@@ -174,6 +179,12 @@ impl Dataplane {
             count: slots.len() as u32,
             affinity_timeout,
             maglev_size,
+            flags: if desired.drop_when_empty {
+                SERVICE_DROP_WHEN_EMPTY
+            } else {
+                0
+            },
+            pad: 0,
         };
         self.map::<ServiceKey, ServiceValue>(map::SERVICES)?
             .insert(frontend.key(), value, 0)
@@ -186,6 +197,7 @@ impl Dataplane {
             backends: backends.to_vec(),
             affinity,
             external: desired.external,
+            drop_when_empty: desired.drop_when_empty,
             maglev_size,
             slots,
         };
@@ -232,6 +244,7 @@ impl Dataplane {
                 programmed.backends != backends.addresses
                     || programmed.affinity != backends.affinity
                     || programmed.external != backends.external
+                    || programmed.drop_when_empty != backends.drop_when_empty
             }) {
                 self.upsert_backends(*frontend, backends)?;
                 changed += 1;
@@ -275,6 +288,7 @@ impl Dataplane {
                     addresses: programmed.backends.clone(),
                     affinity: programmed.affinity,
                     external: programmed.external,
+                    drop_when_empty: programmed.drop_when_empty,
                 };
                 (*frontend, backends)
             })

@@ -96,37 +96,50 @@ pub fn desired_state(services: &[Service], slices: &[EndpointSlice], node: &Node
             } else {
                 all.clone()
             };
+            let all_empty = all.is_empty();
             let external = if external_local { on_this_node() } else { all };
             // `outside`: reached from outside the cluster (externalIP, LoadBalancer IP,
             // NodePort), where Maglev applies.
-            let mut add =
-                |address: Ipv4Addr, port: u16, addresses: &Vec<SocketAddrV4>, outside: bool| {
-                    let backends = Backends {
-                        addresses: addresses.clone(),
-                        affinity,
-                        external: outside,
-                    };
-                    state.insert(
-                        Frontend {
-                            address,
-                            port,
-                            protocol,
-                        },
-                        backends,
-                    );
+            // A `Local` policy with endpoints only elsewhere drops, as kube-proxy does; with no
+            // endpoints at all the Service refuses.
+            let none_here =
+                |local: bool, chosen: &Vec<SocketAddrV4>| local && chosen.is_empty() && !all_empty;
+            let (internal_drops, external_drops) = (
+                none_here(local_only, &internal),
+                none_here(external_local, &external),
+            );
+            let mut add = |address: Ipv4Addr,
+                           port: u16,
+                           addresses: &Vec<SocketAddrV4>,
+                           outside: bool,
+                           drop_when_empty: bool| {
+                let backends = Backends {
+                    addresses: addresses.clone(),
+                    affinity,
+                    external: outside,
+                    drop_when_empty,
                 };
+                state.insert(
+                    Frontend {
+                        address,
+                        port,
+                        protocol,
+                    },
+                    backends,
+                );
+            };
             for address in &cluster_ips {
-                add(*address, number, &internal, false);
+                add(*address, number, &internal, false, internal_drops);
             }
             for address in &external_ips {
-                add(*address, number, &external, true);
+                add(*address, number, &external, true, external_drops);
             }
             let node_port = port
                 .node_port
                 .and_then(|node_port| u16::try_from(node_port).ok());
             if let (true, Some(node_port)) = (node_ports, node_port) {
                 for address in &node.addresses {
-                    add(*address, node_port, &external, true);
+                    add(*address, node_port, &external, true, external_drops);
                 }
             }
         }
@@ -473,6 +486,35 @@ endpoints:
         // A ClusterIP Service has no NodePorts even if a nodePort is written.
         let plain = yaml.replace("  type: NodePort\n", "");
         assert!(!self::state(&plain, None).keys().any(|f| f.port == 30080));
+        assert!(!state.values().any(|backends| backends.drop_when_empty));
+    }
+
+    #[test]
+    fn a_local_policy_with_endpoints_only_elsewhere_drops_and_with_none_at_all_refuses() {
+        let yaml = WEB.replace(
+            "  clusterIP: 10.96.0.10\n",
+            "  clusterIP: 10.96.0.10\n  externalTrafficPolicy: Local\n  internalTrafficPolicy: Local\n",
+        );
+        // node-c runs none of web's endpoints: its external and cluster frontends drop.
+        let elsewhere = state(&yaml, Some("node-c"));
+        for address in [[198, 18, 100, 1], [198, 18, 100, 2], [10, 96, 0, 10]] {
+            let backends = &elsewhere[&frontend(address, 80, Protocol::Tcp)];
+            assert!(
+                backends.addresses.is_empty() && backends.drop_when_empty,
+                "{address:?}"
+            );
+        }
+        // node-b has one: it is served.
+        let here = state(&yaml, Some("node-b"));
+        assert!(!here[&frontend([198, 18, 100, 1], 80, Protocol::Tcp)].drop_when_empty);
+        // Without any ready endpoint the Service refuses (kube-proxy's REJECT), Local or not.
+        let none = format!(
+            "{}endpoints: []\n",
+            &yaml[..yaml.find("endpoints:").unwrap()]
+        );
+        let nowhere = state(&none, Some("node-c"));
+        let backends = &nowhere[&frontend([198, 18, 100, 1], 80, Protocol::Tcp)];
+        assert!(backends.addresses.is_empty() && !backends.drop_when_empty);
     }
 
     #[test]

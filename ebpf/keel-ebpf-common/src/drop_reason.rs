@@ -18,16 +18,19 @@ pub enum DropReason {
     ConntrackFull = 3,
     /// The kernel has no route or neighbour to forward the packet to.
     NoRoute = 4,
+    /// The frontend's traffic policy is `Local` and its endpoints are all on other nodes.
+    NoLocalBackend = 5,
 }
 
 impl DropReason {
     /// Every reason, in numeric order; `ALL[r as usize] == r`.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::Malformed,
         DropReason::NoBackend,
         DropReason::PolicyDenied,
         DropReason::ConntrackFull,
         DropReason::NoRoute,
+        DropReason::NoLocalBackend,
     ];
 
     /// Number of reasons: the size of `DROP_STATS`.
@@ -50,6 +53,7 @@ impl DropReason {
             DropReason::PolicyDenied => "policy_denied",
             DropReason::ConntrackFull => "conntrack_full",
             DropReason::NoRoute => "no_route",
+            DropReason::NoLocalBackend => "no_local_backend",
         }
     }
 }

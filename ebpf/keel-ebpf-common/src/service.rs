@@ -45,7 +45,15 @@ pub struct ServiceValue {
     /// Entries of the service's Maglev table in `MAGLEV` (the TC path picks a new flow's
     /// backend there); 0: no table, a slot at random.
     pub maglev_size: u32,
+    /// `SERVICE_*` flags.
+    pub flags: u32,
+    pub pad: u32,
 }
+
+/// `ServiceValue::flags`: with no backend, drop (`no_local_backend`) instead of refusing:
+/// a `Local` traffic policy whose endpoints are all on other nodes, as kube-proxy drops it
+/// (a client or load balancer retries elsewhere; a refusal would say the Service is gone).
+pub const SERVICE_DROP_WHEN_EMPTY: u32 = 1;
 
 /// Most clients `AFFINITY` remembers (LRU).
 pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
@@ -112,7 +120,7 @@ pub struct SockRevNatValue {
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 24);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<BackendSlotKey>() == 8);

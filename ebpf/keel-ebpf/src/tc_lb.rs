@@ -13,7 +13,7 @@ use keel_ebpf_common::DropReason;
 use keel_ebpf_common::conntrack::{
     CT_CLOSING, CT_FORWARD, CT_REVERSE, CT_UNREPLIED, CtKey, CtValue,
 };
-use keel_ebpf_common::service::{PROTO_TCP, PROTO_UDP, ServiceKey};
+use keel_ebpf_common::service::{PROTO_TCP, PROTO_UDP, SERVICE_DROP_WHEN_EMPTY, ServiceKey};
 
 use crate::ct_map::CT4;
 use crate::maglev::maglev_backend;
@@ -87,6 +87,9 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         _ => maglev_backend(&service, &flow.key).or_else(|| random_backend(&service)),
     };
     let Some((_, backend)) = chosen else {
+        if service.flags & SERVICE_DROP_WHEN_EMPTY != 0 {
+            return Err(DropReason::NoLocalBackend);
+        }
         // Refused, not delivered: counted as a drop, answered as kube-proxy's REJECT does.
         drop_stats::record(DropReason::NoBackend);
         return reject::port_unreachable(ctx, flow.l4);
