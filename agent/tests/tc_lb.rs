@@ -172,3 +172,49 @@ fn a_node_port_reaches_the_backends_behind_the_node() {
         ["backend1", "backend2"]
     );
 }
+
+/// Traffic to a NodePort keeps the client's own address on the way to the backend (no SNAT:
+/// what `externalTrafficPolicy: Local` promises), and the reply comes back from the NodePort.
+#[test]
+fn a_node_port_backend_sees_the_clients_own_address() {
+    require_root();
+    let mut routed = Routed::new("nodeportip", 1);
+    let backend = SocketAddrV4::new(*routed.backends[0].ip(), 5300);
+    let _server = UdpNameServer::peer_echo(&routed.backend_hosts[0], backend);
+    let node_port = Frontend {
+        address: routed.node_ip,
+        port: 30053,
+        protocol: Protocol::Udp,
+    };
+    routed
+        .dataplane
+        .upsert_backends(
+            node_port,
+            &keel_agent::dataplane::Backends {
+                addresses: vec![backend],
+                affinity: None,
+                external: true,
+                drop_when_empty: true,
+            },
+        )
+        .unwrap();
+    let client_ip = routed
+        .client
+        .enter(|| {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            socket.connect((routed.node_ip, 30053)).unwrap();
+            let own = socket.local_addr().unwrap().ip();
+            socket.send(b"who am I?").unwrap();
+            let mut buffer = [0u8; 64];
+            // `recv` on a connected socket: the answer came from the NodePort itself.
+            let n = socket
+                .recv(&mut buffer)
+                .expect("an answer from the NodePort");
+            (own, String::from_utf8_lossy(&buffer[..n]).into_owned())
+        })
+        .unwrap();
+    assert_eq!(client_ip.1, client_ip.0.to_string());
+}

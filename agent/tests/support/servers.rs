@@ -63,6 +63,19 @@ pub struct UdpNameServer {
 
 impl UdpNameServer {
     pub fn start(host: &Host, address: SocketAddrV4, name: &'static str) -> UdpNameServer {
+        UdpNameServer::answering(host, address, move |_| name.to_owned())
+    }
+
+    /// A server answering every datagram with the address it came from, as it saw it.
+    pub fn peer_echo(host: &Host, address: SocketAddrV4) -> UdpNameServer {
+        UdpNameServer::answering(host, address, |from| from.ip().to_string())
+    }
+
+    fn answering(
+        host: &Host,
+        address: SocketAddrV4,
+        answer: impl Fn(std::net::SocketAddr) -> String + Send + 'static,
+    ) -> UdpNameServer {
         let socket = host.enter(|| UdpSocket::bind(address).unwrap()).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))
@@ -73,7 +86,7 @@ impl UdpNameServer {
             let mut buffer = [0u8; 64];
             while !halt.load(Ordering::Relaxed) {
                 if let Ok((_, from)) = socket.recv_from(&mut buffer) {
-                    let _ = socket.send_to(name.as_bytes(), from);
+                    let _ = socket.send_to(answer(from).as_bytes(), from);
                 }
             }
         });
