@@ -35,6 +35,7 @@ fn backends(hosts: &[u8], affinity: Option<Duration>) -> Backends {
             .collect(),
         affinity,
         external: false,
+        local_only: false,
     }
 }
 
@@ -109,7 +110,7 @@ fn a_second_dataplane_on_the_same_root_is_refused() {
 fn a_pinned_map_whose_definition_changed_is_replaced() {
     let (_bpffs, root) = bpffs();
     std::fs::create_dir_all(root.join("maps")).unwrap();
-    // BACKENDS (u32 -> 8 bytes) pinned where SERVICES (8 -> 16 bytes) belongs: an older
+    // BACKENDS (u32 -> 8 bytes) pinned where SERVICES (8 -> 20 bytes) belongs: an older
     // contract, say.
     let stale = load_object().unwrap();
     let stale_path = root.join("maps").join(map::SERVICES);
@@ -119,7 +120,7 @@ fn a_pinned_map_whose_definition_changed_is_replaced() {
     let mut dataplane = Dataplane::open(&root).unwrap();
     let info = MapInfo::from_pin(&stale_path).unwrap();
     assert_ne!(info.id(), stale_id);
-    assert_eq!((info.key_size(), info.value_size()), (8, 16));
+    assert_eq!((info.key_size(), info.value_size()), (8, 20));
     let desired = BTreeMap::from([(frontend(1), backends(&[1], None))]);
     assert_eq!(dataplane.apply(&desired).unwrap(), 1);
     assert_eq!(

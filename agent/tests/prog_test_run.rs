@@ -11,10 +11,11 @@ use keel_agent::dataplane::maglev::{TableBackend, lookup_table};
 use keel_agent::dataplane::test_run::{run_tc, run_xdp};
 use keel_agent::dataplane::{
     Backends, CtCollection, CtTimeouts, Dataplane, Frontend, LbAlgorithm, LoadBalancing, Protocol,
-    TableSize, load_object,
+    SnatConfig, TableSize, load_object,
 };
 use keel_ebpf_common::conntrack::CtKey;
 use keel_ebpf_common::maglev::flow_hash;
+use keel_ebpf_common::nat::{NAT_PORT_MAX, NAT_PORT_MIN};
 use keel_ebpf_common::{IfaceCounters, map, program};
 use support::packet::{self, Endpoints};
 
@@ -270,6 +271,176 @@ fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
     assert_eq!(run(&mut dataplane, &other), other);
 }
 
+/// SNAT of an external flow to a backend on another node, on hand-built packets: the
+/// client's packets leave with the backend as destination and the node's address and a port
+/// in 61000-65535 as source; the backend's reply to that port leaves with the NodePort as
+/// source and the client as destination; both redirected, checksums byte for byte.
+#[test]
+fn tc_lb_snats_a_flow_to_another_nodes_backend_and_reverses_its_replies_byte_for_byte() {
+    keel_testhost::require_root();
+    let client = Ipv4Addr::new(198, 18, 0, 1);
+    let node = Ipv4Addr::new(198, 18, 0, 2);
+    let backend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 7, 2), 8080);
+    let mut dataplane = Dataplane::load().expect("load the Service programs");
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let frontend = Frontend {
+            address: node,
+            port: 30080,
+            protocol,
+        };
+        let desired = Backends {
+            addresses: vec![backend],
+            affinity: None,
+            external: true,
+            local_only: false,
+        };
+        dataplane.upsert_backends(frontend, &desired).unwrap();
+    }
+    dataplane
+        .set_snat(Some(SnatConfig {
+            address: node,
+            local: Some((Ipv4Addr::new(198, 19, 1, 0), 24)),
+        }))
+        .unwrap();
+    let ends = |src_ip, dst_ip| Endpoints {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src_ip,
+        dst_ip,
+    };
+    let redirected = |dataplane: &mut Dataplane, packet: &[u8]| {
+        let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, packet, 1).unwrap();
+        assert_eq!(run.verdict, TC_ACT_REDIRECT);
+        run.packet
+    };
+    let snat_ports = NAT_PORT_MIN..=NAT_PORT_MAX;
+
+    // TCP: the SYN leaves SNATed; the allocated port is read off the packet.
+    let syn = packet::tcp(
+        &ends(client, node),
+        40000,
+        30080,
+        1000,
+        packet::TCP_SYN,
+        b"",
+    );
+    let out = redirected(&mut dataplane, &syn);
+    let port = source(&out).port();
+    assert!(snat_ports.contains(&port), "port {port}");
+    assert_eq!(
+        out,
+        packet::tcp(
+            &ends(node, *backend.ip()),
+            port,
+            8080,
+            1000,
+            packet::TCP_SYN,
+            b""
+        )
+    );
+    // The flow's next segment takes the same translation.
+    let data = packet::tcp(
+        &ends(client, node),
+        40000,
+        30080,
+        1001,
+        packet::TCP_ACK,
+        b"hi",
+    );
+    assert_eq!(
+        redirected(&mut dataplane, &data),
+        packet::tcp(
+            &ends(node, *backend.ip()),
+            port,
+            8080,
+            1001,
+            packet::TCP_ACK,
+            b"hi"
+        )
+    );
+    // The reply to the node's port goes back to the client from the NodePort.
+    let syn_ack = packet::tcp(
+        &ends(*backend.ip(), node),
+        8080,
+        port,
+        5000,
+        packet::TCP_SYN | packet::TCP_ACK,
+        b"",
+    );
+    assert_eq!(
+        redirected(&mut dataplane, &syn_ack),
+        packet::tcp(
+            &ends(node, client),
+            30080,
+            40000,
+            5000,
+            packet::TCP_SYN | packet::TCP_ACK,
+            b""
+        )
+    );
+
+    // UDP, and a second client flow gets a port of its own.
+    let query = packet::udp(&ends(client, node), 5353, 30080, b"query");
+    let out = redirected(&mut dataplane, &query);
+    let udp_port = source(&out).port();
+    assert!(snat_ports.contains(&udp_port), "port {udp_port}");
+    assert_eq!(
+        out,
+        packet::udp(&ends(node, *backend.ip()), udp_port, 8080, b"query")
+    );
+    let answer = packet::udp(&ends(*backend.ip(), node), 8080, udp_port, b"answer");
+    assert_eq!(
+        redirected(&mut dataplane, &answer),
+        packet::udp(&ends(node, client), 30080, 5353, b"answer")
+    );
+    let other = packet::udp(&ends(client, node), 5354, 30080, b"query");
+    let other_port = source(&redirected(&mut dataplane, &other)).port();
+    assert_ne!(
+        other_port, udp_port,
+        "two flows to one backend share no port"
+    );
+
+    // A client on this node's pod network is not SNATed.
+    let pod = Ipv4Addr::new(198, 19, 1, 5);
+    let from_pod = packet::tcp(&ends(pod, node), 40000, 30080, 1, packet::TCP_SYN, b"");
+    let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, &from_pod, 1).unwrap();
+    assert_eq!(run.verdict, TC_ACT_OK);
+    assert_eq!(
+        run.packet,
+        packet::tcp(
+            &ends(pod, *backend.ip()),
+            40000,
+            8080,
+            1,
+            packet::TCP_SYN,
+            b""
+        )
+    );
+
+    // Collection: idle SNATed flows go, both directions.
+    let before = dataplane.collect_conntrack(CtTimeouts::default()).unwrap();
+    let gone = dataplane
+        .collect_conntrack(CtTimeouts {
+            tcp: Duration::ZERO,
+            udp: Duration::ZERO,
+        })
+        .unwrap();
+    assert_eq!(before.removed, 0);
+    assert_eq!(gone.removed, gone.entries, "{gone:?}");
+    assert_eq!(gone.entries, before.entries);
+    assert!(
+        gone.entries >= 6,
+        "three SNATed flows, two entries each: {gone:?}"
+    );
+}
+
+/// The source address and port of an IPv4 TCP / UDP frame.
+fn source(frame: &[u8]) -> SocketAddrV4 {
+    let ip: [u8; 4] = frame[26..30].try_into().unwrap();
+    let port = u16::from_be_bytes([frame[34], frame[35]]);
+    SocketAddrV4::new(Ipv4Addr::from(ip), port)
+}
+
 #[test]
 fn tc_lb_answers_a_flow_to_a_service_without_backends_with_port_unreachable() {
     keel_testhost::require_root();
@@ -456,6 +627,7 @@ fn tc_lb_sends_a_new_flow_to_its_maglev_entry() {
         addresses: backends.clone(),
         affinity: None,
         external: true,
+        local_only: false,
     };
     dataplane.upsert_backends(frontend, &external).unwrap();
 
@@ -543,6 +715,7 @@ fn only_external_frontends_get_a_maglev_table() {
         addresses: addresses.to_vec(),
         affinity: None,
         external,
+        local_only: false,
     };
     dataplane
         .upsert_backends(frontend(1), &desired(true, &backends))

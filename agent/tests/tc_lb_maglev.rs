@@ -129,6 +129,7 @@ impl TwoNodes {
             addresses: backends.to_vec(),
             affinity: None,
             external: true,
+            local_only: false,
         };
         for node in &mut self.nodes {
             node.dataplane

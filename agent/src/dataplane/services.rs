@@ -16,8 +16,8 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::links::FdLink;
 use keel_ebpf_common::map;
 use keel_ebpf_common::service::{
-    AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP, ServiceKey,
-    ServiceValue,
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP, SERVICE_F_EXTERNAL,
+    SERVICE_F_LOCAL_ONLY, ServiceKey, ServiceValue,
 };
 
 use super::maglev::LoadBalancing;
@@ -63,6 +63,10 @@ pub struct Backends {
     /// Reached from outside the cluster (NodePort, externalIP, LoadBalancer IP): new flows on
     /// the TC path pick their backend from a Maglev table under `LbAlgorithm::Maglev`.
     pub external: bool,
+    /// `externalTrafficPolicy: Local` on an external frontend: the addresses are this node's
+    /// backends only; flows keep their client address (no SNAT) and without a backend here
+    /// are dropped.
+    pub local_only: bool,
 }
 
 /// What the agent wrote for one frontend.
@@ -72,6 +76,7 @@ pub(super) struct Programmed {
     pub(super) backends: Vec<SocketAddrV4>,
     pub(super) affinity: Option<Duration>,
     pub(super) external: bool,
+    pub(super) local_only: bool,
     /// Entries of the Maglev table, 0 without one.
     pub(super) maglev_size: u32,
     /// Backend ids, slot `n` at index `n - 1`.
@@ -98,6 +103,18 @@ pub struct Dataplane {
     pub(super) next_backend_id: u32,
 }
 
+/// `ServiceValue::flags` for `desired`.
+fn service_flags(desired: &Backends) -> u32 {
+    let mut flags = 0;
+    if desired.external {
+        flags |= SERVICE_F_EXTERNAL;
+    }
+    if desired.external && desired.local_only {
+        flags |= SERVICE_F_LOCAL_ONLY;
+    }
+    flags
+}
+
 impl Dataplane {
     /// Sets the backends of `frontend`, creating it if needed. No backends: connections to
     /// it are refused at once.
@@ -122,6 +139,7 @@ impl Dataplane {
             addresses: backends.to_vec(),
             affinity,
             external: false,
+            local_only: false,
         };
         self.upsert_backends(frontend, &desired)
     }
@@ -174,6 +192,7 @@ impl Dataplane {
             count: slots.len() as u32,
             affinity_timeout,
             maglev_size,
+            flags: service_flags(desired),
         };
         self.map::<ServiceKey, ServiceValue>(map::SERVICES)?
             .insert(frontend.key(), value, 0)
@@ -186,6 +205,7 @@ impl Dataplane {
             backends: backends.to_vec(),
             affinity,
             external: desired.external,
+            local_only: desired.local_only,
             maglev_size,
             slots,
         };
@@ -232,6 +252,7 @@ impl Dataplane {
                 programmed.backends != backends.addresses
                     || programmed.affinity != backends.affinity
                     || programmed.external != backends.external
+                    || programmed.local_only != backends.local_only
             }) {
                 self.upsert_backends(*frontend, backends)?;
                 changed += 1;
@@ -275,6 +296,7 @@ impl Dataplane {
                     addresses: programmed.backends.clone(),
                     affinity: programmed.affinity,
                     external: programmed.external,
+                    local_only: programmed.local_only,
                 };
                 (*frontend, backends)
             })

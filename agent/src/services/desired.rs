@@ -104,6 +104,7 @@ pub fn desired_state(services: &[Service], slices: &[EndpointSlice], node: &Node
                         addresses: addresses.clone(),
                         affinity,
                         external: outside,
+                        local_only: outside && external_local,
                     };
                     state.insert(
                         Frontend {
@@ -422,6 +423,7 @@ endpoints:
             [backend(5, 8080), backend(6, 8080)]
         );
         assert!(state[&frontend([198, 18, 0, 2], 30080, Protocol::Tcp)].external);
+        assert!(!state[&frontend([198, 18, 0, 2], 30080, Protocol::Tcp)].local_only);
         // The UDP port has no nodePort: no NodePort frontend for it.
         assert!(
             !state
@@ -437,6 +439,10 @@ endpoints:
             state[&frontend([198, 18, 0, 2], 30080, Protocol::Tcp)].addresses,
             [backend(6, 8080)]
         );
+        // Marked so the dataplane keeps the client's address and drops without a backend.
+        assert!(state[&frontend([198, 18, 0, 2], 30080, Protocol::Tcp)].local_only);
+        assert!(state[&frontend([198, 18, 100, 1], 80, Protocol::Tcp)].local_only);
+        assert!(!state[&frontend([10, 96, 0, 10], 80, Protocol::Tcp)].local_only);
         assert_eq!(
             state[&frontend([198, 18, 100, 1], 80, Protocol::Tcp)].addresses,
             [backend(6, 8080)]

@@ -45,7 +45,17 @@ pub struct ServiceValue {
     /// Entries of the service's Maglev table in `MAGLEV` (the TC path picks a new flow's
     /// backend there); 0: no table, a slot at random.
     pub maglev_size: u32,
+    /// `SERVICE_F_*` bits.
+    pub flags: u32,
 }
+
+/// `ServiceValue::flags`: an external frontend under `externalTrafficPolicy: Local`; its
+/// backends are this node's only, without SNAT, and without any the flow is dropped
+/// (`DropReason::NoLocalBackend`) instead of refused.
+pub const SERVICE_F_LOCAL_ONLY: u32 = 1;
+/// `ServiceValue::flags`: a frontend reached from outside the cluster (NodePort, LoadBalancer
+/// IP, externalIP): new flows to a backend on another node are SNATed (`nat`).
+pub const SERVICE_F_EXTERNAL: u32 = 2;
 
 /// Most clients `AFFINITY` remembers (LRU).
 pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
@@ -112,7 +122,7 @@ pub struct SockRevNatValue {
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 20);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<BackendSlotKey>() == 8);
