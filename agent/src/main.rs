@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Parser, ValueEnum};
 use keel_agent::dataplane::{
-    CtTimeouts, DEFAULT_BPF_ROOT, Dataplane, LbAlgorithm, LoadBalancing, MapSizes, TableSize,
-    XdpAttachMode, remove_pins,
+    CtTimeouts, DEFAULT_BPF_ROOT, Dataplane, LbAlgorithm, LoadBalancing, MapSizes, SnatConfig,
+    TableSize, XdpAttachMode, remove_pins,
 };
 use keel_agent::dns::{DnsServer, Zone};
 use keel_agent::metrics::{self, Metrics};
@@ -441,6 +441,21 @@ fn start_dataplane(args: &Args, devices: &[(String, u32)]) -> anyhow::Result<Dat
             })?;
             log::info!("load-balancing Service traffic routed through {name}");
         }
+        // SNAT of external flows to other nodes' backends needs to know which backends are
+        // local: this node's pod CIDR, given with --pod-cidr.
+        let snat = match (args.node_ip.first(), &args.pod_cidr, devices.is_empty()) {
+            (Some(address), Some(cidr), false) => {
+                let cidr = keel_agent::sandbox::Ipv4Cidr::parse(cidr)
+                    .map_err(|error| anyhow::anyhow!("--pod-cidr: {error}"))?;
+                log::info!("external flows to other nodes' backends leave SNATed to {address}");
+                Some(SnatConfig {
+                    address: *address,
+                    local: Some((cidr.base, cidr.prefix)),
+                })
+            }
+            _ => None,
+        };
+        dataplane.set_snat(snat).context("cannot configure SNAT")?;
     }
     dataplane
         .prune_stale_links()

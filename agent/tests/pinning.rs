@@ -36,6 +36,7 @@ fn backends(hosts: &[u8], affinity: Option<Duration>) -> Backends {
         affinity,
         external: false,
         drop_when_empty: false,
+        local_only: false,
     }
 }
 

@@ -11,10 +11,11 @@ use keel_agent::dataplane::maglev::{TableBackend, lookup_table};
 use keel_agent::dataplane::test_run::{run_tc, run_xdp};
 use keel_agent::dataplane::{
     Backends, CtCollection, CtTimeouts, Dataplane, Frontend, LbAlgorithm, LoadBalancing, Protocol,
-    TableSize, load_object,
+    SnatConfig, TableSize, load_object,
 };
 use keel_ebpf_common::conntrack::CtKey;
 use keel_ebpf_common::maglev::flow_hash;
+use keel_ebpf_common::nat::{NAT_PORT_MAX, NAT_PORT_MIN};
 use keel_ebpf_common::{DropReason, IfaceCounters, map, program};
 use support::packet::{self, Endpoints};
 
@@ -275,6 +276,209 @@ fn tc_lb_translates_a_flow_and_its_replies_byte_for_byte() {
     assert_eq!(run(&mut dataplane, &other), other);
 }
 
+/// SNAT of an external flow to a backend on another node, on hand-built packets: the
+/// client's packets leave with the backend as destination and the node's address and a port
+/// in 61000-65535 as source; the backend's reply to that port leaves with the NodePort as
+/// source and the client as destination; both redirected, checksums byte for byte.
+#[test]
+fn tc_lb_snats_a_flow_to_another_nodes_backend_and_reverses_its_replies_byte_for_byte() {
+    keel_testhost::require_root();
+    // SNAT applies only to a backend routed out of the interface the flow came in on; a test
+    // run's packets come in on the loopback interface of the caller's network namespace, so
+    // the run happens in a test host whose route to the backends goes out of its loopback.
+    let mut net = keel_testhost::TestNet::new("snatrun").unwrap();
+    let host = net.add_host("node").unwrap();
+    host.run(&["ip", "link", "set", "lo", "up"]).unwrap();
+    // A node forwards (the agent turns it on); the route lookup requires it.
+    host.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    host.run(&["ip", "route", "add", "198.19.7.0/24", "dev", "lo"])
+        .unwrap();
+    host.enter(snat_test_run).unwrap();
+}
+
+fn snat_test_run() {
+    let client = Ipv4Addr::new(198, 18, 0, 1);
+    let node = Ipv4Addr::new(198, 18, 0, 2);
+    let backend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 7, 2), 8080);
+    let mut dataplane = Dataplane::load().expect("load the Service programs");
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let frontend = Frontend {
+            address: node,
+            port: 30080,
+            protocol,
+        };
+        let desired = Backends {
+            addresses: vec![backend],
+            affinity: None,
+            external: true,
+            local_only: false,
+            drop_when_empty: false,
+        };
+        dataplane.upsert_backends(frontend, &desired).unwrap();
+    }
+    dataplane
+        .set_snat(Some(SnatConfig {
+            address: node,
+            local: Some((Ipv4Addr::new(198, 19, 1, 0), 24)),
+        }))
+        .unwrap();
+    let ends = |src_ip, dst_ip| Endpoints {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src_ip,
+        dst_ip,
+    };
+    let redirected = |dataplane: &mut Dataplane, packet: &[u8]| {
+        let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, packet, 1).unwrap();
+        assert_eq!(run.verdict, TC_ACT_REDIRECT);
+        run.packet
+    };
+    let snat_ports = NAT_PORT_MIN..=NAT_PORT_MAX;
+
+    // TCP: the SYN leaves SNATed; the allocated port is read off the packet.
+    let syn = packet::tcp(
+        &ends(client, node),
+        40000,
+        30080,
+        1000,
+        packet::TCP_SYN,
+        b"",
+    );
+    let out = redirected(&mut dataplane, &syn);
+    let port = source(&out).port();
+    assert!(snat_ports.contains(&port), "port {port}");
+    assert_eq!(
+        out,
+        packet::tcp(
+            &ends(node, *backend.ip()),
+            port,
+            8080,
+            1000,
+            packet::TCP_SYN,
+            b""
+        )
+    );
+    // The flow's next segment takes the same translation.
+    let data = packet::tcp(
+        &ends(client, node),
+        40000,
+        30080,
+        1001,
+        packet::TCP_ACK,
+        b"hi",
+    );
+    assert_eq!(
+        redirected(&mut dataplane, &data),
+        packet::tcp(
+            &ends(node, *backend.ip()),
+            port,
+            8080,
+            1001,
+            packet::TCP_ACK,
+            b"hi"
+        )
+    );
+    // The reply to the node's port goes back to the client from the NodePort.
+    let syn_ack = packet::tcp(
+        &ends(*backend.ip(), node),
+        8080,
+        port,
+        5000,
+        packet::TCP_SYN | packet::TCP_ACK,
+        b"",
+    );
+    assert_eq!(
+        redirected(&mut dataplane, &syn_ack),
+        packet::tcp(
+            &ends(node, client),
+            30080,
+            40000,
+            5000,
+            packet::TCP_SYN | packet::TCP_ACK,
+            b""
+        )
+    );
+
+    // UDP, and a second client flow gets a port of its own.
+    let query = packet::udp(&ends(client, node), 5353, 30080, b"query");
+    let out = redirected(&mut dataplane, &query);
+    let udp_port = source(&out).port();
+    assert!(snat_ports.contains(&udp_port), "port {udp_port}");
+    assert_eq!(
+        out,
+        packet::udp(&ends(node, *backend.ip()), udp_port, 8080, b"query")
+    );
+    let answer = packet::udp(&ends(*backend.ip(), node), 8080, udp_port, b"answer");
+    assert_eq!(
+        redirected(&mut dataplane, &answer),
+        packet::udp(&ends(node, client), 30080, 5353, b"answer")
+    );
+    let other = packet::udp(&ends(client, node), 5354, 30080, b"query");
+    let other_port = source(&redirected(&mut dataplane, &other)).port();
+    assert_ne!(
+        other_port, udp_port,
+        "two flows to one backend share no port"
+    );
+
+    // A client on this node's pod network is not SNATed.
+    let pod = Ipv4Addr::new(198, 19, 1, 5);
+    let from_pod = packet::tcp(&ends(pod, node), 40000, 30080, 1, packet::TCP_SYN, b"");
+    let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, &from_pod, 1).unwrap();
+    assert_eq!(run.verdict, TC_ACT_OK);
+    assert_eq!(
+        run.packet,
+        packet::tcp(
+            &ends(pod, *backend.ip()),
+            40000,
+            8080,
+            1,
+            packet::TCP_SYN,
+            b""
+        )
+    );
+
+    // The UDP backend goes: its two SNATed flows go with it, both directions.
+    let tracked = |dataplane: &mut Dataplane| {
+        dataplane
+            .collect_conntrack(CtTimeouts::default())
+            .unwrap()
+            .entries
+    };
+    let with_udp = tracked(&mut dataplane);
+    let udp = Frontend {
+        address: node,
+        port: 30080,
+        protocol: Protocol::Udp,
+    };
+    let replacement = Backends {
+        addresses: vec![SocketAddrV4::new(Ipv4Addr::new(198, 19, 7, 3), 8080)],
+        affinity: None,
+        external: true,
+        local_only: false,
+        drop_when_empty: false,
+    };
+    dataplane.upsert_backends(udp, &replacement).unwrap();
+    assert_eq!(with_udp - tracked(&mut dataplane), 4);
+
+    // Collection: idle SNATed flows go, both directions.
+    let before = dataplane.collect_conntrack(CtTimeouts::default()).unwrap();
+    let gone = dataplane
+        .collect_conntrack(CtTimeouts::all(Duration::ZERO))
+        .unwrap();
+    assert_eq!(before.removed, 0);
+    assert_eq!(gone.removed, gone.entries, "{gone:?}");
+    assert_eq!(gone.entries, before.entries);
+    // The TCP flows, the SNATed one and the pod's: two entries each.
+    assert_eq!(gone.entries, 4, "{gone:?}");
+}
+
+/// The source address and port of an IPv4 TCP / UDP frame.
+fn source(frame: &[u8]) -> SocketAddrV4 {
+    let ip: [u8; 4] = frame[26..30].try_into().unwrap();
+    let port = u16::from_be_bytes([frame[34], frame[35]]);
+    SocketAddrV4::new(Ipv4Addr::from(ip), port)
+}
+
 #[test]
 fn tc_lb_answers_a_flow_to_a_service_without_backends_with_port_unreachable() {
     keel_testhost::require_root();
@@ -449,6 +653,7 @@ fn tc_lb_drops_a_flow_to_a_local_policy_frontend_without_local_endpoints() {
         addresses: Vec::new(),
         affinity: None,
         external: true,
+        local_only: true,
         drop_when_empty: true,
     };
     dataplane.upsert_backends(frontend, &desired).unwrap();
@@ -592,6 +797,7 @@ fn tc_lb_sends_a_new_flow_to_its_maglev_entry() {
         affinity: None,
         external: true,
         drop_when_empty: false,
+        local_only: false,
     };
     dataplane.upsert_backends(frontend, &external).unwrap();
 
@@ -676,6 +882,7 @@ fn only_external_frontends_get_a_maglev_table() {
         affinity: None,
         external,
         drop_when_empty: false,
+        local_only: false,
     };
     dataplane
         .upsert_backends(frontend(1), &desired(true, &backends))

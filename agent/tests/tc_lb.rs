@@ -194,6 +194,7 @@ fn a_node_port_backend_sees_the_clients_own_address() {
                 addresses: vec![backend],
                 affinity: None,
                 external: true,
+                local_only: true,
                 drop_when_empty: true,
             },
         )

@@ -130,6 +130,7 @@ impl TwoNodes {
             affinity: None,
             external: true,
             drop_when_empty: false,
+            local_only: false,
         };
         for node in &mut self.nodes {
             node.dataplane

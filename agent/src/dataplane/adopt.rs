@@ -14,7 +14,7 @@ use std::time::Duration;
 use keel_ebpf_common::map;
 use keel_ebpf_common::service::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP,
-    SERVICE_DROP_WHEN_EMPTY, ServiceKey, ServiceValue,
+    SERVICE_F_DROP_WHEN_EMPTY, SERVICE_F_EXTERNAL, SERVICE_F_LOCAL_ONLY, ServiceKey, ServiceValue,
 };
 
 use super::object::DataplaneError;
@@ -98,10 +98,13 @@ impl Dataplane {
                             id: value.id,
                             backends,
                             affinity,
-                            // Only frontends reached from outside get a table; with `random`
+                            // The flags say; a map written before they existed: only
+                            // frontends reached from outside get a table, and with `random`
                             // one without a table is rewritten once by the first apply.
-                            external: value.maglev_size > 0,
-                            drop_when_empty: value.flags & SERVICE_DROP_WHEN_EMPTY != 0,
+                            external: value.maglev_size > 0
+                                || value.flags & SERVICE_F_EXTERNAL != 0,
+                            local_only: value.flags & SERVICE_F_LOCAL_ONLY != 0,
+                            drop_when_empty: value.flags & SERVICE_F_DROP_WHEN_EMPTY != 0,
                             maglev_size: value.maglev_size,
                             slots: slot_ids,
                         },

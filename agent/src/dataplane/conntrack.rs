@@ -5,11 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use keel_ebpf_common::conntrack::{
-    CT_CLOSING, CT_FORWARD, CT_REVERSE, CT_UNREPLIED, CtKey, CtValue,
-};
+use keel_ebpf_common::conntrack::{CT_CLOSING, CT_FORWARD, CT_UNREPLIED, CtKey, CtValue};
 use keel_ebpf_common::map;
-use keel_ebpf_common::service::PROTO_TCP;
+use keel_ebpf_common::nat::{NAT_FORWARD, NatValue};
+use keel_ebpf_common::service::{PROTO_TCP, ServiceKey};
 
 use super::object::DataplaneError;
 use super::services::{Dataplane, Frontend, Protocol, map_error};
@@ -76,43 +75,59 @@ pub struct CtCollection {
 }
 
 impl Dataplane {
-    /// Removes tracked flows idle for longer than their protocol's timeout.
+    /// Removes tracked flows idle for longer than their protocol's timeout, from `CT4` and
+    /// from the SNAT map `NAT4`.
     pub fn collect_conntrack(
         &mut self,
         timeouts: CtTimeouts,
     ) -> Result<CtCollection, DataplaneError> {
         let now = monotonic_now();
-        let mut ct = self.map::<CtKey, CtValue>(map::CT4)?;
-        let entries: HashMap<CtKey, CtValue> = ct.iter().filter_map(Result::ok).collect();
-        let idle = |value: &CtValue, timeout: Duration| {
-            now.saturating_sub(Duration::from_nanos(value.last_seen)) > timeout
+        let ct = self.collect_pairs::<CtValue>(map::CT4, timeouts, now)?;
+        let nat = self.collect_pairs::<NatValue>(map::NAT4, timeouts, now)?;
+        Ok(CtCollection {
+            entries: ct.entries + nat.entries,
+            removed: ct.removed + nat.removed,
+        })
+    }
+
+    /// One collection of a map of flow directions keyed by `CtKey`.
+    fn collect_pairs<V: aya::Pod + Tracked>(
+        &mut self,
+        name: &'static str,
+        timeouts: CtTimeouts,
+        now: Duration,
+    ) -> Result<CtCollection, DataplaneError> {
+        let mut ct = self.map::<CtKey, V>(name)?;
+        let entries: HashMap<CtKey, V> = ct.iter().filter_map(Result::ok).collect();
+        let idle = |value: &V, timeout: Duration| {
+            now.saturating_sub(Duration::from_nanos(value.last_seen())) > timeout
         };
         // A flow ages as a pair, under the state both directions show: the client may talk
         // for a long time before the backend answers, so the reverse entry goes only when both
         // directions are idle.
         let mut collect = Vec::new();
+        let mut owned = HashSet::new();
         for (key, value) in &entries {
-            if value.kind != CT_FORWARD {
+            let Some(reverse) = value.reverse_of(key) else {
                 continue;
-            }
-            let reverse_key = reverse_key(key, value);
-            let reverse = entries.get(&reverse_key);
-            let timeout = timeouts.of(key.protocol, value.flags, reverse.map_or(0, |r| r.flags));
-            if idle(value, timeout) && reverse.is_none_or(|r| idle(r, timeout)) {
+            };
+            owned.insert(reverse);
+            let reverse_value = entries.get(&reverse);
+            let timeout = timeouts.of(
+                key.protocol,
+                value.tcp_flags(),
+                reverse_value.map_or(0, Tracked::tcp_flags),
+            );
+            if idle(value, timeout) && reverse_value.is_none_or(|r| idle(r, timeout)) {
                 collect.push(*key);
-                collect.push(reverse_key);
+                collect.push(reverse);
             }
         }
         // Reverse entries whose forward entry is gone (LRU eviction) follow their own clock.
-        let owned: HashSet<CtKey> = entries
-            .iter()
-            .filter(|(_, value)| value.kind == CT_FORWARD)
-            .map(|(key, value)| reverse_key(key, value))
-            .collect();
         for (key, value) in &entries {
-            if value.kind == CT_REVERSE
+            if value.reverse_of(key).is_none()
                 && !owned.contains(key)
-                && idle(value, timeouts.of(key.protocol, 0, value.flags))
+                && idle(value, timeouts.of(key.protocol, 0, value.tcp_flags()))
             {
                 collect.push(*key);
             }
@@ -125,7 +140,7 @@ impl Dataplane {
             match ct.remove(&key) {
                 Ok(()) => collection.removed += 1,
                 Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(map_error(map::CT4, source)),
+                Err(source) => return Err(map_error(name, source)),
             }
         }
         Ok(collection)
@@ -148,25 +163,38 @@ impl Dataplane {
             .iter()
             .map(|b| (u32::from_ne_bytes(b.ip().octets()), b.port().to_be()))
             .collect();
-        let mut ct = self.map::<CtKey, CtValue>(map::CT4)?;
+        self.forget_flows_to::<CtValue>(map::CT4, front, &gone)?;
+        self.forget_flows_to::<NatValue>(map::NAT4, front, &gone)?;
+        Ok(())
+    }
+
+    /// Deletes the flows of map `name` to `front` whose backend is one of `gone` (addresses
+    /// and ports in network order), both directions.
+    fn forget_flows_to<V: aya::Pod + Tracked>(
+        &mut self,
+        name: &'static str,
+        front: ServiceKey,
+        gone: &[(u32, u16)],
+    ) -> Result<(), DataplaneError> {
+        let mut flows = self.map::<CtKey, V>(name)?;
         let mut stale = Vec::new();
-        for entry in ct.iter() {
+        for entry in flows.iter() {
             let Ok((key, value)) = entry else { continue };
             let to_frontend = key.daddr == front.address
                 && key.dport == front.port
                 && key.protocol == front.protocol;
-            if value.kind == CT_FORWARD
+            if let Some(reverse) = value.reverse_of(&key)
                 && to_frontend
-                && gone.contains(&(value.address, value.port))
+                && gone.contains(&value.backend())
             {
                 stale.push(key);
-                stale.push(reverse_key(&key, &value));
+                stale.push(reverse);
             }
         }
         for key in stale {
-            match ct.remove(&key) {
+            match flows.remove(&key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(map_error(map::CT4, source)),
+                Err(source) => return Err(map_error(name, source)),
             }
         }
         Ok(())
@@ -183,6 +211,68 @@ fn reverse_key(key: &CtKey, value: &CtValue) -> CtKey {
         dport: key.sport,
         protocol: key.protocol,
         pad: [0; 3],
+    }
+}
+
+/// The key of the reverse entry of the SNAT forward entry `(key, value)`: the backend's reply
+/// to the node's allocated port.
+fn nat_reverse_key(key: &CtKey, value: &NatValue) -> CtKey {
+    CtKey {
+        saddr: value.address,
+        daddr: value.nat_address,
+        sport: value.port,
+        dport: value.nat_port,
+        protocol: key.protocol,
+        pad: [0; 3],
+    }
+}
+
+/// One direction of a tracked flow (`CT4`, `NAT4`).
+trait Tracked {
+    /// When the direction last saw a packet (`bpf_ktime_get_ns`).
+    fn last_seen(&self) -> u64;
+    /// The TCP state the programs recorded (`CT_UNREPLIED`, `CT_CLOSING`); SNAT entries keep
+    /// none, so their TCP flows age as established.
+    fn tcp_flags(&self) -> u8;
+    /// For a forward entry keyed `key`: the key of its reverse entry; `None` for a reverse one.
+    fn reverse_of(&self, key: &CtKey) -> Option<CtKey>;
+    /// The backend of a forward entry (address, port; network order).
+    fn backend(&self) -> (u32, u16);
+}
+
+impl Tracked for CtValue {
+    fn last_seen(&self) -> u64 {
+        self.last_seen
+    }
+
+    fn tcp_flags(&self) -> u8 {
+        self.flags
+    }
+
+    fn reverse_of(&self, key: &CtKey) -> Option<CtKey> {
+        (self.kind == CT_FORWARD).then(|| reverse_key(key, self))
+    }
+
+    fn backend(&self) -> (u32, u16) {
+        (self.address, self.port)
+    }
+}
+
+impl Tracked for NatValue {
+    fn last_seen(&self) -> u64 {
+        self.last_seen
+    }
+
+    fn tcp_flags(&self) -> u8 {
+        0
+    }
+
+    fn reverse_of(&self, key: &CtKey) -> Option<CtKey> {
+        (self.kind == NAT_FORWARD).then(|| nat_reverse_key(key, self))
+    }
+
+    fn backend(&self) -> (u32, u16) {
+        (self.address, self.port)
     }
 }
 

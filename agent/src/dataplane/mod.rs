@@ -7,6 +7,7 @@
 //! - [`attach`]: attaching counters and load-balancing to interfaces and cgroups.
 //! - [`adopt`]: taking over the Service maps a previous agent left pinned.
 //! - [`conntrack`]: collecting idle tracked flows; forgetting flows of removed backends.
+//! - [`nat`]: SNAT of external flows to backends on other nodes.
 //! - [`maglev`]: Maglev lookup tables for frontends reached from outside the cluster.
 //! - [`services`]: Service frontends and backends, and socket-level load-balancing.
 //! - [`stats`]: per-interface packet/byte counters and per-reason drop counters.
@@ -17,6 +18,7 @@ pub mod attach;
 pub mod conntrack;
 pub mod instance;
 pub mod maglev;
+pub mod nat;
 pub mod object;
 pub mod pins;
 pub mod services;
@@ -26,6 +28,7 @@ pub mod test_run;
 pub use adopt::Adopted;
 pub use conntrack::{CtCollection, CtTimeouts};
 pub use maglev::{LbAlgorithm, LoadBalancing, TableSize};
+pub use nat::SnatConfig;
 pub use object::{DataplaneError, load_object};
 pub use pins::{DEFAULT_BPF_ROOT, MapSizes, remove_pins};
 pub use services::{Backends, Dataplane, Frontend, Protocol};

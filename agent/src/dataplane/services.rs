@@ -17,7 +17,7 @@ use aya::programs::links::FdLink;
 use keel_ebpf_common::map;
 use keel_ebpf_common::service::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, PROTO_TCP, PROTO_UDP,
-    SERVICE_DROP_WHEN_EMPTY, ServiceKey, ServiceValue,
+    SERVICE_F_DROP_WHEN_EMPTY, SERVICE_F_EXTERNAL, SERVICE_F_LOCAL_ONLY, ServiceKey, ServiceValue,
 };
 
 use super::maglev::LoadBalancing;
@@ -66,6 +66,10 @@ pub struct Backends {
     /// Without backends, the TC path drops new flows (`no_local_backend`) instead of refusing
     /// them: a `Local` traffic policy with endpoints only on other nodes.
     pub drop_when_empty: bool,
+    /// `externalTrafficPolicy: Local` on an external frontend: the addresses are this node's
+    /// backends only; flows keep their client address (no SNAT) and without a backend here
+    /// are dropped.
+    pub local_only: bool,
 }
 
 /// What the agent wrote for one frontend.
@@ -76,6 +80,7 @@ pub(super) struct Programmed {
     pub(super) affinity: Option<Duration>,
     pub(super) external: bool,
     pub(super) drop_when_empty: bool,
+    pub(super) local_only: bool,
     /// Entries of the Maglev table, 0 without one.
     pub(super) maglev_size: u32,
     /// Backend ids, slot `n` at index `n - 1`.
@@ -100,6 +105,21 @@ pub struct Dataplane {
     pub(super) maglev: MaglevTables,
     pub(super) next_service_id: u32,
     pub(super) next_backend_id: u32,
+}
+
+/// `ServiceValue::flags` for `desired`.
+fn service_flags(desired: &Backends) -> u32 {
+    let mut flags = 0;
+    if desired.external {
+        flags |= SERVICE_F_EXTERNAL;
+    }
+    if desired.external && desired.local_only {
+        flags |= SERVICE_F_LOCAL_ONLY;
+    }
+    if desired.drop_when_empty {
+        flags |= SERVICE_F_DROP_WHEN_EMPTY;
+    }
+    flags
 }
 
 impl Dataplane {
@@ -127,6 +147,7 @@ impl Dataplane {
             affinity,
             external: false,
             drop_when_empty: false,
+            local_only: false,
         };
         self.upsert_backends(frontend, &desired)
     }
@@ -179,11 +200,7 @@ impl Dataplane {
             count: slots.len() as u32,
             affinity_timeout,
             maglev_size,
-            flags: if desired.drop_when_empty {
-                SERVICE_DROP_WHEN_EMPTY
-            } else {
-                0
-            },
+            flags: service_flags(desired),
             pad: 0,
         };
         self.map::<ServiceKey, ServiceValue>(map::SERVICES)?
@@ -198,6 +215,7 @@ impl Dataplane {
             affinity,
             external: desired.external,
             drop_when_empty: desired.drop_when_empty,
+            local_only: desired.local_only,
             maglev_size,
             slots,
         };
@@ -245,6 +263,7 @@ impl Dataplane {
                     || programmed.affinity != backends.affinity
                     || programmed.external != backends.external
                     || programmed.drop_when_empty != backends.drop_when_empty
+                    || programmed.local_only != backends.local_only
             }) {
                 self.upsert_backends(*frontend, backends)?;
                 changed += 1;
@@ -289,6 +308,7 @@ impl Dataplane {
                     affinity: programmed.affinity,
                     external: programmed.external,
                     drop_when_empty: programmed.drop_when_empty,
+                    local_only: programmed.local_only,
                 };
                 (*frontend, backends)
             })

@@ -117,6 +117,7 @@ pub fn desired_state(services: &[Service], slices: &[EndpointSlice], node: &Node
                     addresses: addresses.clone(),
                     affinity,
                     external: outside,
+                    local_only: outside && external_local,
                     drop_when_empty,
                 };
                 state.insert(
@@ -457,6 +458,7 @@ endpoints:
             [backend(5, 8080), backend(6, 8080)]
         );
         assert!(state[&frontend([198, 18, 0, 2], 30080, Protocol::Tcp)].external);
+        assert!(!state[&frontend([198, 18, 0, 2], 30080, Protocol::Tcp)].local_only);
         // The UDP port has no nodePort: no NodePort frontend for it.
         assert!(
             !state
@@ -472,6 +474,10 @@ endpoints:
             state[&frontend([198, 18, 0, 2], 30080, Protocol::Tcp)].addresses,
             [backend(6, 8080)]
         );
+        // Marked so the dataplane keeps the client's address and drops without a backend.
+        assert!(state[&frontend([198, 18, 0, 2], 30080, Protocol::Tcp)].local_only);
+        assert!(state[&frontend([198, 18, 100, 1], 80, Protocol::Tcp)].local_only);
+        assert!(!state[&frontend([10, 96, 0, 10], 80, Protocol::Tcp)].local_only);
         assert_eq!(
             state[&frontend([198, 18, 100, 1], 80, Protocol::Tcp)].addresses,
             [backend(6, 8080)]

@@ -18,19 +18,22 @@ pub enum DropReason {
     ConntrackFull = 3,
     /// The kernel has no route or neighbour to forward the packet to.
     NoRoute = 4,
-    /// The frontend's traffic policy is `Local` and its endpoints are all on other nodes.
+    /// `externalTrafficPolicy: Local` and this node has no ready backend of the Service.
     NoLocalBackend = 5,
+    /// A flow to be SNATed found no free source port in `NAT_PORT_MIN..=NAT_PORT_MAX`.
+    NatPortsExhausted = 6,
 }
 
 impl DropReason {
     /// Every reason, in numeric order; `ALL[r as usize] == r`.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Malformed,
         DropReason::NoBackend,
         DropReason::PolicyDenied,
         DropReason::ConntrackFull,
         DropReason::NoRoute,
         DropReason::NoLocalBackend,
+        DropReason::NatPortsExhausted,
     ];
 
     /// Number of reasons: the size of `DROP_STATS`.
@@ -54,6 +57,7 @@ impl DropReason {
             DropReason::ConntrackFull => "conntrack_full",
             DropReason::NoRoute => "no_route",
             DropReason::NoLocalBackend => "no_local_backend",
+            DropReason::NatPortsExhausted => "nat_ports_exhausted",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod checksum;
 pub mod conntrack;
 pub mod drop_reason;
 pub mod maglev;
+pub mod nat;
 pub mod service;
 pub mod stats;
 
@@ -83,9 +84,16 @@ pub mod map {
     /// `HashOfMaps<u32, Array<u32>>`: a service id's Maglev lookup table of backend ids.
     pub const MAGLEV: &str = "MAGLEV";
 
+    /// `LruHashMap<CtKey, NatValue>`: SNATed flows (remote backends of external frontends).
+    pub const NAT4: &str = "NAT4";
+    /// `Array<NodeNat>` of one entry: the node's SNAT address and pod network (agent-written).
+    pub const NODE_NAT: &str = "NODE_NAT";
+
     /// Every map in the object.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 11] = [
         CT4,
+        NAT4,
+        NODE_NAT,
         IFACE_STATS,
         DROP_STATS,
         SERVICES,

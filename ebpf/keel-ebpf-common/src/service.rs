@@ -45,7 +45,7 @@ pub struct ServiceValue {
     /// Entries of the service's Maglev table in `MAGLEV` (the TC path picks a new flow's
     /// backend there); 0: no table, a slot at random.
     pub maglev_size: u32,
-    /// `SERVICE_*` flags.
+    /// `SERVICE_F_*` bits.
     pub flags: u32,
     pub pad: u32,
 }
@@ -53,7 +53,13 @@ pub struct ServiceValue {
 /// `ServiceValue::flags`: with no backend, drop (`no_local_backend`) instead of refusing:
 /// a `Local` traffic policy whose endpoints are all on other nodes, as kube-proxy drops it
 /// (a client or load balancer retries elsewhere; a refusal would say the Service is gone).
-pub const SERVICE_DROP_WHEN_EMPTY: u32 = 1;
+pub const SERVICE_F_DROP_WHEN_EMPTY: u32 = 1;
+/// `ServiceValue::flags`: an external frontend under `externalTrafficPolicy: Local`: its
+/// backends are this node's only, reached without SNAT, so they see the client's address.
+pub const SERVICE_F_LOCAL_ONLY: u32 = 2;
+/// `ServiceValue::flags`: a frontend reached from outside the cluster (NodePort, LoadBalancer
+/// IP, externalIP): new flows to a backend on another node are SNATed (`nat`).
+pub const SERVICE_F_EXTERNAL: u32 = 4;
 
 /// Most clients `AFFINITY` remembers (LRU).
 pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;

@@ -13,6 +13,7 @@ mod ct_map;
 mod drop_stats;
 mod iface_stats;
 mod maglev;
+mod nat_map;
 mod reject;
 mod service_maps;
 mod sock_connect4;

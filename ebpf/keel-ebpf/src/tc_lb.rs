@@ -5,22 +5,43 @@
 //! Reverse NAT happens at egress, after routing, because a reply may take the node's own
 //! address as its source (NodePort): rewritten before routing, the kernel would drop it as a
 //! martian (a forwarded packet from a local address).
+//!
+//! SNAT (kube-proxy replacement's SNAT mode): a new flow from outside the node to an external
+//! frontend (NodePort, LoadBalancer IP, externalIP) whose chosen backend is not on this node
+//! also takes the node's address and a port from `NAT_PORT_MIN..=NAT_PORT_MAX` as its source
+//! and is redirected out of the interface it came in on, towards the backend's node; that
+//! node's replies, addressed to the node's port, get both translations reversed and are
+//! redirected back out towards the client. Both directions live in `NAT4`. Both redirects go
+//! through `bpf_redirect_neigh`, which resolves the next hop the kernel's routes give.
 
-use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK};
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::bindings::{
+    BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+    BPF_NOEXIST, TC_ACT_OK, bpf_fib_lookup,
+};
+use aya_ebpf::helpers::{
+    bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh,
+};
 use aya_ebpf::programs::TcContext;
 use keel_ebpf_common::DropReason;
 use keel_ebpf_common::conntrack::{
     CT_CLOSING, CT_FORWARD, CT_REVERSE, CT_UNREPLIED, CtKey, CtValue,
 };
-use keel_ebpf_common::service::{PROTO_TCP, PROTO_UDP, SERVICE_DROP_WHEN_EMPTY, ServiceKey};
+use keel_ebpf_common::nat::{
+    NAT_FORWARD, NAT_PORT_ATTEMPTS, NAT_PORT_MAX, NAT_PORT_MIN, NAT_REVERSE, NatValue,
+};
+use keel_ebpf_common::service::{
+    Backend, PROTO_TCP, PROTO_UDP, SERVICE_F_DROP_WHEN_EMPTY, SERVICE_F_EXTERNAL,
+    SERVICE_F_LOCAL_ONLY, ServiceKey,
+};
 
 use crate::ct_map::CT4;
 use crate::maglev::maglev_backend;
+use crate::nat_map::{NAT4, NODE_NAT};
 use crate::service_maps::{SERVICES, random_backend};
 use crate::{drop_stats, reject};
 
 pub const ETH_HLEN: usize = 14;
+const AF_INET: u8 = 2;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const IPV4_MIN_HLEN: usize = 20;
 const IPV4_CHECKSUM: usize = ETH_HLEN + 10;
@@ -63,6 +84,9 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };
+    if let Some(entry) = nat_tracked(&flow.key) {
+        return translate_nat(ctx, &flow, &entry);
+    }
     if let Some(entry) = tracked(&flow) {
         if entry.kind == CT_FORWARD {
             rewrite(ctx, &flow, Side::Destination, entry.address, entry.port)?;
@@ -87,7 +111,8 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         _ => maglev_backend(&service, &flow.key).or_else(|| random_backend(&service)),
     };
     let Some((_, backend)) = chosen else {
-        if service.flags & SERVICE_DROP_WHEN_EMPTY != 0 {
+        // A `Local` policy whose endpoints are all on other nodes: dropped, as kube-proxy does.
+        if service.flags & SERVICE_F_DROP_WHEN_EMPTY != 0 {
             return Err(DropReason::NoLocalBackend);
         }
         // Refused, not delivered: counted as a drop, answered as kube-proxy's REJECT does.
@@ -96,6 +121,11 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    if service.flags & (SERVICE_F_EXTERNAL | SERVICE_F_LOCAL_ONLY) == SERVICE_F_EXTERNAL
+        && let Some(node) = snat_source(ctx, &flow, &backend)
+    {
+        return snat_new_flow(ctx, &flow, &backend, node, now);
+    }
     let forward = CtValue {
         last_seen: now,
         address: backend.address,
@@ -129,6 +159,136 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         .map_err(|_| DropReason::ConntrackFull)?;
     rewrite(ctx, &flow, Side::Destination, backend.address, backend.port)?;
     Ok(TC_ACT_OK)
+}
+
+/// The node address a new external flow to `backend` must take as its source: `None` when
+/// SNAT is off, the client is on this node, or the backend is, or the backend is reached
+/// through another interface than the flow came in on (then its replies come back through
+/// this node anyway; only a backend out of the same interface, another node beside the
+/// client, would answer the client directly).
+#[inline(always)]
+fn snat_source(ctx: &TcContext, flow: &Flow, backend: &Backend) -> Option<u32> {
+    let node = *NODE_NAT.get(0)?;
+    if node.address == 0 || backend.address == node.address {
+        return None;
+    }
+    // A mask of 0: no pod network known, only the node's own address is local.
+    let local = |address: u32| node.local_mask != 0 && address & node.local_mask == node.local_net;
+    if local(flow.key.saddr) || local(backend.address) {
+        return None;
+    }
+    // SAFETY: `ctx.skb.skb` is the program's own context pointer, valid for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: an all-zero `bpf_fib_lookup` is a valid (empty) request.
+    let mut route: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    route.family = AF_INET;
+    route.l4_protocol = flow.protocol;
+    route.ifindex = ifindex;
+    route.__bindgen_anon_3.ipv4_src = node.address;
+    route.__bindgen_anon_4.ipv4_dst = backend.address;
+    // SAFETY: the context pointer is the program's; `route` is ours, of the size given.
+    let found = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut route,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    // Found, or found without a neighbour entry yet (`bpf_redirect_neigh` resolves it).
+    let routed = found == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
+        || found == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
+    (routed && route.ifindex == ifindex).then_some(node.address)
+}
+
+/// A new flow to a backend on another node: DNAT and SNAT to `node` with a free port,
+/// both directions recorded in `NAT4`, and the packet sent back out towards that node.
+#[inline(always)]
+fn snat_new_flow(
+    ctx: &TcContext,
+    flow: &Flow,
+    backend: &Backend,
+    node: u32,
+    now: u64,
+) -> Result<i32, DropReason> {
+    // SAFETY: `ctx.skb.skb` is the program's own context pointer, valid for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let reverse = NatValue {
+        last_seen: now,
+        address: flow.key.saddr,
+        nat_address: flow.key.daddr,
+        port: flow.key.sport,
+        nat_port: flow.key.dport,
+        ifindex,
+        kind: NAT_REVERSE,
+        pad: [0; 7],
+    };
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    let start = unsafe { bpf_get_prandom_u32() };
+    let range = u32::from(NAT_PORT_MAX - NAT_PORT_MIN) + 1;
+    let mut chosen = None;
+    for attempt in 0..NAT_PORT_ATTEMPTS {
+        let port = (NAT_PORT_MIN + (start.wrapping_add(attempt) % range) as u16).to_be();
+        let reply = CtKey {
+            saddr: backend.address,
+            daddr: node,
+            sport: backend.port,
+            dport: port,
+            protocol: flow.protocol,
+            pad: [0; 3],
+        };
+        // Reverse first, and only where no flow holds the port: a reply must never find a
+        // forward entry without its way back, nor another flow's way back.
+        if NAT4.insert(reply, reverse, u64::from(BPF_NOEXIST)).is_ok() {
+            chosen = Some(port);
+            break;
+        }
+    }
+    let port = chosen.ok_or(DropReason::NatPortsExhausted)?;
+    let forward = NatValue {
+        last_seen: now,
+        address: backend.address,
+        nat_address: node,
+        port: backend.port,
+        nat_port: port,
+        ifindex,
+        kind: NAT_FORWARD,
+        pad: [0; 7],
+    };
+    NAT4.insert(flow.key, forward, 0)
+        .map_err(|_| DropReason::ConntrackFull)?;
+    translate_nat(ctx, flow, &forward)
+}
+
+/// Applies a `NAT4` entry to a packet of its flow and redirects it: forward, towards the
+/// backend's node out of the interface it came in on; reverse, towards the client out of the
+/// interface the flow came in on.
+#[inline(always)]
+fn translate_nat(ctx: &TcContext, flow: &Flow, entry: &NatValue) -> Result<i32, DropReason> {
+    let ifindex = if entry.kind == NAT_FORWARD {
+        rewrite(ctx, flow, Side::Destination, entry.address, entry.port)?;
+        rewrite(ctx, flow, Side::Source, entry.nat_address, entry.nat_port)?;
+        // SAFETY: as in `snat_new_flow`.
+        unsafe { (*ctx.skb.skb).ifindex }
+    } else {
+        rewrite(ctx, flow, Side::Source, entry.nat_address, entry.nat_port)?;
+        rewrite(ctx, flow, Side::Destination, entry.address, entry.port)?;
+        entry.ifindex
+    };
+    // SAFETY: no parameters: the helper looks the next hop up in the kernel's routes.
+    let action = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+    Ok(action as i32)
+}
+
+/// The `NAT4` entry of `key`, its `last_seen` refreshed in place.
+#[inline(always)]
+fn nat_tracked(key: &CtKey) -> Option<NatValue> {
+    let entry = NAT4.get_ptr_mut(key)?;
+    // SAFETY: as in `tracked`.
+    unsafe {
+        (*entry).last_seen = bpf_ktime_get_ns();
+        Some(*entry)
+    }
 }
 
 /// The tracked entry of `flow`, refreshed in place (per-packet writes of its fields, not a map
