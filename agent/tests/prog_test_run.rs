@@ -290,7 +290,8 @@ fn tc_lb_snats_a_flow_to_another_nodes_backend_and_reverses_its_replies_byte_for
     let host = net.add_host("node").unwrap();
     host.run(&["ip", "link", "set", "lo", "up"]).unwrap();
     // A node forwards (the agent turns it on); the route lookup requires it.
-    host.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    host.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
     host.run(&["ip", "route", "add", "198.19.7.0/24", "dev", "lo"])
         .unwrap();
     host.enter(snat_test_run).unwrap();
