@@ -296,7 +296,7 @@ fn nat_tracked(key: &CtKey) -> Option<NatValue> {
 /// packet) answers the flow, a FIN or RST starts its closing, a SYN reopens the tuple.
 #[inline(always)]
 fn tracked(flow: &Flow) -> Option<CtValue> {
-    let entry = CT4.get_ptr_mut(&flow.key)?;
+    let entry = CT4.get_ptr_mut(flow.key)?;
     // SAFETY: bpf_ktime_get_ns has no preconditions; `entry` points at the map value found
     // just above, which stays valid for this program run (an LRU eviction only unlinks it).
     unsafe {
