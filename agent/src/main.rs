@@ -30,6 +30,7 @@ use keel_agent::dataplane::{
 };
 use keel_agent::dns::{DnsServer, Zone};
 use keel_agent::metrics::{self, Metrics};
+use keel_agent::sandbox::Ipv4Cidr;
 use keel_agent::services::{Node, ServicesFile, desired_state};
 use keel_ebpf_common::conntrack::CT4_MAX_ENTRIES;
 
@@ -285,12 +286,13 @@ fn main() -> anyhow::Result<()> {
         None
     };
     let api_services = pods.as_mut().and_then(|pods| pods.services.take());
+    let pod_cidr = pods.as_ref().map(|pods| pods.pod_cidr);
 
     let devices = resolve_devices(&args.devices)?;
     let mut dataplane = if devices.is_empty() && !serves_services(&args) {
         None
     } else {
-        Some(start_dataplane(&args, &devices)?)
+        Some(start_dataplane(&args, &devices, pod_cidr)?)
     };
     let metrics_address = metrics::parse_bind_address(&args.metrics_bind_address)
         .map_err(|problem| anyhow::anyhow!("--metrics-bind-address: {problem}"))?;
@@ -388,7 +390,13 @@ fn main() -> anyhow::Result<()> {
 /// Opens the pinned dataplane and makes the attachments the flags ask for: counters on the
 /// `--devices`, and with Services socket load-balancing on `--socket-lb-cgroup` and TC
 /// load-balancing on the devices. Pinned attachments no longer asked for are detached.
-fn start_dataplane(args: &Args, devices: &[(String, u32)]) -> anyhow::Result<Dataplane> {
+/// `pod_cidr` is this node's pod CIDR as the pod side took it (`--pod-cidr` or the Node's
+/// spec.podCIDR), when it runs pods.
+fn start_dataplane(
+    args: &Args,
+    devices: &[(String, u32)],
+    pod_cidr: Option<Ipv4Cidr>,
+) -> anyhow::Result<Dataplane> {
     let sizes = MapSizes {
         conntrack: args.conntrack_max,
     };
@@ -442,18 +450,36 @@ fn start_dataplane(args: &Args, devices: &[(String, u32)]) -> anyhow::Result<Dat
             log::info!("load-balancing Service traffic routed through {name}");
         }
         // SNAT of external flows to other nodes' backends needs to know which backends are
-        // local: this node's pod CIDR, given with --pod-cidr.
-        let snat = match (args.node_ip.first(), &args.pod_cidr, devices.is_empty()) {
+        // local: this node's pod CIDR (the pod side's, else --pod-cidr).
+        let pod_cidr = match (pod_cidr, &args.pod_cidr) {
+            (Some(cidr), _) => Some(cidr),
+            (None, Some(text)) => Some(
+                Ipv4Cidr::parse(text).map_err(|error| anyhow::anyhow!("--pod-cidr: {error}"))?,
+            ),
+            (None, None) => None,
+        };
+        let snat = match (args.node_ip.first(), pod_cidr, devices.is_empty()) {
             (Some(address), Some(cidr), false) => {
-                let cidr = keel_agent::sandbox::Ipv4Cidr::parse(cidr)
-                    .map_err(|error| anyhow::anyhow!("--pod-cidr: {error}"))?;
-                log::info!("external flows to other nodes' backends leave SNATed to {address}");
+                log::info!(
+                    "external flows to other nodes' backends leave SNATed to {address} \
+                     (local pods: {}/{})",
+                    cidr.base,
+                    cidr.prefix
+                );
                 Some(SnatConfig {
                     address: *address,
                     local: Some((cidr.base, cidr.prefix)),
                 })
             }
-            _ => None,
+            (None, _, false) => {
+                log::info!("no SNAT of external flows: no --node-ip");
+                None
+            }
+            (Some(_), None, false) => {
+                log::info!("no SNAT of external flows: no pod CIDR (--pod-cidr)");
+                None
+            }
+            (_, _, true) => None,
         };
         dataplane.set_snat(snat).context("cannot configure SNAT")?;
     }

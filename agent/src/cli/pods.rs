@@ -40,6 +40,8 @@ pub struct Pods {
     done: std::sync::mpsc::Receiver<()>,
     /// With an API server: the Services' desired state, each time it changes.
     pub services: Option<std::sync::mpsc::Receiver<keel_agent::services::DesiredState>>,
+    /// This node's pod CIDR (`--pod-cidr`, or the Node's spec.podCIDR).
+    pub pod_cidr: Ipv4Cidr,
 }
 
 /// Starts the pod side; `None` when SIGINT or SIGTERM (`stop`) came while it was still
@@ -372,6 +374,7 @@ pub fn start(
         stop,
         done,
         services,
+        pod_cidr: cidr,
     }))
 }
 

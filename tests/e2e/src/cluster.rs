@@ -49,6 +49,11 @@ pub mod placement {
         format!("{HOST_IP}:{REGISTRY_PORT}")
     }
 
+    /// The address of node `k` of `--nodes`.
+    pub fn node_ip(k: u8) -> String {
+        format!("{SUBNET_PREFIX}{}", 10 + u16::from(k))
+    }
+
     /// The name of node `k` of `--nodes`.
     pub fn node(k: u8) -> String {
         format!("{NODE_PREFIX}node{k}")

@@ -10,7 +10,8 @@
 //!   the Job completes; the DaemonSet's pod reports its node; `cargo xtask down` leaves nothing.
 //! - **nodes**: `cargo xtask up --nodes 3`: web's pods spread over the 3 nodes; a pod on node 1
 //!   reaches a pod on node 3 by its IP and the Service by name (`wget
-//!   web.default.svc.cluster.local`), answered by backends on all nodes; node 3's agent is
+//!   web.default.svc.cluster.local`), answered by backends on all nodes; 30 `curl`s from the
+//!   host to node 1's NodePort are answered by all 3 (SNAT to nodes 2 and 3); node 3's agent is
 //!   killed: the node goes NotReady, its pod is replaced on the others after the toleration,
 //!   and the Service answers a client throughout; `down` leaves nothing.
 //!
@@ -439,6 +440,25 @@ fn nodes(workspace: &Workspace) -> anyhow::Result<()> {
         names(&pods)
     );
     log("the Service by name from a pod, answered on all nodes: ok");
+
+    // From the host, outside every node: node 1's NodePort reaches the backends on nodes 2
+    // and 3 only SNATed (their replies must come back through node 1), which the agent
+    // switches on from the pod CIDR the control plane assigned to node 1.
+    let node_port = cluster.kubectl(&[
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ])?;
+    let url = format!("http://{}:{}/", placement::node_ip(1), node_port.trim());
+    let answers = curl_30(&url, None)?;
+    log(&format!("30 x curl {url}: {answers:?}"));
+    ensure!(
+        answers.keys().cloned().collect::<BTreeSet<_>>() == names(&pods),
+        "30 requests to node 1's NodePort {url} were answered by {answers:?}, not by each of {:?}",
+        names(&pods)
+    );
 
     lose_a_node(workspace, &cluster, first, third)?;
     cluster.down()?;
