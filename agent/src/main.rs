@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Parser, ValueEnum};
 use keel_agent::dataplane::{
-    CtTimeouts, DEFAULT_BPF_ROOT, Dataplane, LbAlgorithm, LoadBalancing, MapSizes, SnatConfig,
-    TableSize, XdpAttachMode, remove_pins,
+    CtTimeouts, DEFAULT_BPF_ROOT, Dataplane, Direction, LbAlgorithm, LoadBalancing, MapSizes,
+    SnatConfig, TableSize, XdpAttachMode, remove_pins,
 };
 use keel_agent::dns::{DnsServer, Zone};
 use keel_agent::metrics::{self, Metrics};
@@ -164,6 +164,13 @@ struct Args {
     /// 8191, 16381, 32749, 65521, 131071); 4 bytes each, one table per external frontend.
     #[arg(long, default_value = "16381")]
     maglev_table_size: TableSize,
+    /// Service load-balancing at XDP on the --devices (Cilium's flag): `native` attaches
+    /// `xdp_lb`, which sends flows from outside SNATed to a backend on another node beside
+    /// the client straight back out of the interface (`XDP_TX`), before the kernel stack;
+    /// everything else still goes to TC. `disabled`: TC serves every flow. XDP_TX out of a
+    /// veth needs its peer to take XDP frames (an XDP program or GRO on the peer).
+    #[arg(long, value_enum, default_value_t = LbAccelerationArg::Disabled)]
+    bpf_lb_acceleration: LbAccelerationArg,
     /// Where the Prometheus metrics are served (`/metrics`): conntrack fill and collection,
     /// drops by reason, interface counters, Service syncs. kube-proxy's flag and default;
     /// empty: no metrics.
@@ -187,6 +194,12 @@ struct Args {
 enum LbAlgorithmArg {
     Random,
     Maglev,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LbAccelerationArg {
+    Disabled,
+    Native,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -417,11 +430,27 @@ fn start_dataplane(
         XdpModeArg::Native => XdpAttachMode::Native,
         XdpModeArg::Generic => XdpAttachMode::Generic,
     };
+    let accelerated =
+        args.bpf_lb_acceleration == LbAccelerationArg::Native && serves_services(args);
     for (name, _) in devices {
-        dataplane
-            .attach_counters(name, xdp_mode)
-            .with_context(|| format!("cannot attach the counters to --devices entry `{name}`"))?;
-        log::info!("counting packets on {name}");
+        let attached = if accelerated {
+            dataplane.attach_xdp_lb(name, xdp_mode)
+        } else {
+            dataplane.attach_counters_xdp(name, xdp_mode)
+        };
+        attached.with_context(|| format!("cannot attach XDP to --devices entry `{name}`"))?;
+        for direction in [Direction::Ingress, Direction::Egress] {
+            dataplane
+                .attach_counters_tc(name, direction)
+                .with_context(|| {
+                    format!("cannot attach the TC counters to --devices entry `{name}`")
+                })?;
+        }
+        if accelerated {
+            log::info!("counting packets on {name}; external flows load-balanced at XDP");
+        } else {
+            log::info!("counting packets on {name}");
+        }
     }
     if serves_services(args) {
         let cgroup = match &args.socket_lb_cgroup {

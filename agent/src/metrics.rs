@@ -176,6 +176,7 @@ impl State {
                         ("xdp", stats.xdp),
                         ("tc_ingress", stats.tc_ingress),
                         ("tc_egress", stats.tc_egress),
+                        ("xdp_tx", stats.xdp_tx),
                     ] {
                         let value = if unit == "packets" {
                             counters.packets
@@ -371,6 +372,10 @@ mod tests {
                 xdp: counters,
                 tc_ingress: IfaceCounters::default(),
                 tc_egress: IfaceCounters::default(),
+                xdp_tx: IfaceCounters {
+                    packets: 3,
+                    bytes: 180,
+                },
             },
         )]));
         metrics.record_sync(Some(12), Duration::from_millis(4));
@@ -390,6 +395,7 @@ mod tests {
             "keel_interface_packets_total{device=\"eth\\\"0\",hook=\"xdp\"} 5",
             "keel_interface_bytes_total{device=\"eth\\\"0\",hook=\"xdp\"} 300",
             "keel_interface_packets_total{device=\"eth\\\"0\",hook=\"tc_egress\"} 0",
+            "keel_interface_packets_total{device=\"eth\\\"0\",hook=\"xdp_tx\"} 3",
             "keel_service_frontends 12",
             "keel_service_syncs_total 2",
             "keel_service_sync_errors_total 1",

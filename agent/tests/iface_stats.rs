@@ -87,6 +87,7 @@ fn counted_exactly(mode: XdpAttachMode, echo_requests: u64, datagrams: u64) {
         xdp: counters(echo_requests, PING_FRAME),
         tc_ingress: counters(echo_requests, PING_FRAME),
         tc_egress: counters(echo_requests, PING_FRAME).add(counters(datagrams, UDP_FRAME)),
+        xdp_tx: IfaceCounters::default(),
     };
     assert_eq!(
         seen, want,

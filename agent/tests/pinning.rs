@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
 use keel_agent::dataplane::{
-    Backends, Dataplane, DataplaneError, Frontend, MapSizes, Protocol, load_object,
+    Backends, Dataplane, DataplaneError, Frontend, MapSizes, Protocol, XdpAttachMode, load_object,
 };
 use keel_ebpf_common::map;
 use keel_ebpf_common::service::{BackendSlotKey, ServiceKey, ServiceValue};
@@ -300,4 +300,47 @@ fn the_conntrack_map_takes_its_size_from_the_flag_and_a_new_size_replaces_it() {
         sized(MapSizes::default().conntrack),
         keel_ebpf_common::conntrack::CT4_MAX_ENTRIES
     );
+}
+
+/// An interface runs one XDP program: the agent switching `--bpf-lb-acceleration` on puts
+/// `xdp_lb` in the place of `xdp_stats` (and back), detaching the other's pinned link.
+#[test]
+fn xdp_lb_and_xdp_stats_take_each_others_place_on_an_interface() {
+    let (_bpffs, root) = bpffs();
+    let mut net = keel_testhost::TestNet::new("xdpswap").unwrap();
+    let (a, b) = (net.add_host("a").unwrap(), net.add_host("b").unwrap());
+    let link = net
+        .connect(&a, &b, keel_testhost::LinkOptions::default())
+        .unwrap();
+    let interface = link.a.interface.clone();
+    let attached = |program: &str| {
+        let links: Vec<String> = pinned::links(&root)
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .collect();
+        assert_eq!(links, [format!("{program}@if{}", link.a.ifindex)]);
+        let shown = a.run(&["ip", "-d", "link", "show", &interface]).unwrap();
+        let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+        assert!(
+            shown.contains(&format!("name {program} ")),
+            "{interface} runs `{program}`: {shown}"
+        );
+    };
+    for (program, accelerated) in [("xdp_stats", false), ("xdp_lb", true), ("xdp_stats", false)] {
+        a.enter(|| {
+            let mut dataplane = Dataplane::open(&root).unwrap();
+            if accelerated {
+                dataplane
+                    .attach_xdp_lb(&interface, XdpAttachMode::Native)
+                    .unwrap();
+            } else {
+                dataplane
+                    .attach_counters_xdp(&interface, XdpAttachMode::Native)
+                    .unwrap();
+            }
+            dataplane.prune_stale_links().unwrap();
+        })
+        .unwrap();
+        attached(program);
+    }
 }

@@ -301,28 +301,11 @@ fn snat_test_run() {
     let client = Ipv4Addr::new(198, 18, 0, 1);
     let node = Ipv4Addr::new(198, 18, 0, 2);
     let backend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 7, 2), 8080);
-    let mut dataplane = Dataplane::load().expect("load the Service programs");
-    for protocol in [Protocol::Tcp, Protocol::Udp] {
-        let frontend = Frontend {
-            address: node,
-            port: 30080,
-            protocol,
-        };
-        let desired = Backends {
-            addresses: vec![backend],
-            affinity: None,
-            external: true,
-            local_only: false,
-            drop_when_empty: false,
-        };
-        dataplane.upsert_backends(frontend, &desired).unwrap();
-    }
-    dataplane
-        .set_snat(Some(SnatConfig {
-            address: node,
-            local: Some((Ipv4Addr::new(198, 19, 1, 0), 24)),
-        }))
-        .unwrap();
+    let mut dataplane = snat_dataplane(
+        node,
+        backend,
+        &[(30080, Protocol::Tcp, true), (30080, Protocol::Udp, true)],
+    );
     let ends = |src_ip, dst_ip| Endpoints {
         src_mac: [2, 0, 0, 0, 0, 1],
         dst_mac: [2, 0, 0, 0, 0, 2],
@@ -471,6 +454,233 @@ fn snat_test_run() {
     assert_eq!(gone.entries, before.entries);
     // The TCP flows, the SNATed one and the pod's: two entries each.
     assert_eq!(gone.entries, 4, "{gone:?}");
+}
+
+/// `xdp_lb` serves at XDP what `tc_lb` SNATs when the backend's neighbour is known: the
+/// client's packets leave with `XDP_TX`, SNATed, TTL one less, MACs from the route, checksums
+/// byte for byte; the reply goes back the same way. Flows it cannot finish on its own (no
+/// neighbour yet, a ClusterIP, a client of this node, an expiring TTL) pass to the stack
+/// unchanged, and TC's `NAT4` entries serve XDP afterwards. (On a loopback device every
+/// address shares one neighbour entry: the run starts without it, then adds it.)
+#[test]
+fn xdp_lb_snats_a_flow_beside_the_client_and_passes_what_tc_must_serve() {
+    keel_testhost::require_root();
+    let mut net = keel_testhost::TestNet::new("xdprun").unwrap();
+    let host = net.add_host("node").unwrap();
+    host.run(&["ip", "link", "set", "lo", "up"]).unwrap();
+    host.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    host.run(&["ip", "route", "add", "198.19.7.0/24", "dev", "lo"])
+        .unwrap();
+    // The client, beside the backends.
+    host.run(&["ip", "route", "add", "198.18.0.1/32", "dev", "lo"])
+        .unwrap();
+    host.enter(xdp_test_run).unwrap();
+}
+
+fn xdp_test_run() {
+    const XDP_TX: u32 = 3;
+    const NEIGHBOUR: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
+    let client = Ipv4Addr::new(198, 18, 0, 1);
+    let node = Ipv4Addr::new(198, 18, 0, 2);
+    let backend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 7, 2), 8080);
+    let mut dataplane = snat_dataplane(
+        node,
+        backend,
+        &[
+            (30080, Protocol::Tcp, true),
+            (30080, Protocol::Udp, true),
+            (80, Protocol::Tcp, false),
+        ],
+    );
+    let ends = |src_ip, dst_ip| Endpoints {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src_ip,
+        dst_ip,
+    };
+    // What the route gives: the loopback's (all-zero) address as source MAC, the
+    // neighbour's as destination.
+    let sent = |src_ip, dst_ip| Endpoints {
+        src_mac: [0; 6],
+        dst_mac: NEIGHBOUR,
+        src_ip,
+        dst_ip,
+    };
+    let xdp = |dataplane: &mut Dataplane, packet: &[u8]| {
+        run_xdp(dataplane.object(), program::XDP_LB, packet, 1).unwrap()
+    };
+    let snat_ports = NAT_PORT_MIN..=NAT_PORT_MAX;
+
+    // No neighbour yet: XDP passes the flow; TC SNATs it (`bpf_redirect_neigh` resolves).
+    let early = packet::tcp(&ends(client, node), 40001, 30080, 1, packet::TCP_SYN, b"");
+    let run = xdp(&mut dataplane, &early);
+    assert_eq!(run.verdict, XDP_PASS, "{run:?}");
+    assert_eq!(run.packet, early, "a passed frame is unchanged");
+    let run = run_tc(dataplane.object(), program::TC_LB_INGRESS, &early, 1).unwrap();
+    assert_eq!(run.verdict, TC_ACT_REDIRECT);
+    let tc_port = source(&run.packet).port();
+
+    let status = std::process::Command::new("ip")
+        .args([
+            "neigh",
+            "replace",
+            "198.19.7.2",
+            "lladdr",
+            "02:00:00:00:00:aa",
+            "dev",
+            "lo",
+            "nud",
+            "permanent",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Now XDP serves that flow, from TC's `NAT4` entry.
+    let next = packet::tcp(&ends(client, node), 40001, 30080, 2, packet::TCP_ACK, b"hi");
+    let run = xdp(&mut dataplane, &next);
+    assert_eq!(run.verdict, XDP_TX, "{run:?}");
+    assert_eq!(
+        run.packet,
+        packet::forwarded(packet::tcp(
+            &sent(node, *backend.ip()),
+            tc_port,
+            8080,
+            2,
+            packet::TCP_ACK,
+            b"hi"
+        ))
+    );
+
+    // A new flow, both ways.
+    let syn = packet::tcp(
+        &ends(client, node),
+        40000,
+        30080,
+        1000,
+        packet::TCP_SYN,
+        b"",
+    );
+    let run = xdp(&mut dataplane, &syn);
+    assert_eq!(run.verdict, XDP_TX, "{run:?}");
+    let port = source(&run.packet).port();
+    assert!(snat_ports.contains(&port), "port {port}");
+    assert_ne!(port, tc_port);
+    assert_eq!(
+        run.packet,
+        packet::forwarded(packet::tcp(
+            &sent(node, *backend.ip()),
+            port,
+            8080,
+            1000,
+            packet::TCP_SYN,
+            b""
+        ))
+    );
+    let syn_ack = packet::tcp(
+        &ends(*backend.ip(), node),
+        8080,
+        port,
+        5000,
+        packet::TCP_SYN | packet::TCP_ACK,
+        b"",
+    );
+    let run = xdp(&mut dataplane, &syn_ack);
+    assert_eq!(run.verdict, XDP_TX, "{run:?}");
+    assert_eq!(
+        run.packet,
+        packet::forwarded(packet::tcp(
+            &sent(node, client),
+            30080,
+            40000,
+            5000,
+            packet::TCP_SYN | packet::TCP_ACK,
+            b""
+        ))
+    );
+
+    // UDP, with a checksum and without one (0 stays 0).
+    let query = packet::udp(&ends(client, node), 5353, 30080, b"query");
+    let run = xdp(&mut dataplane, &query);
+    assert_eq!(run.verdict, XDP_TX, "{run:?}");
+    let udp_port = source(&run.packet).port();
+    assert_eq!(
+        run.packet,
+        packet::forwarded(packet::udp(
+            &sent(node, *backend.ip()),
+            udp_port,
+            8080,
+            b"query"
+        ))
+    );
+    let bare = packet::udp_without_checksum(&ends(client, node), 5353, 30080, b"query");
+    let run = xdp(&mut dataplane, &bare);
+    assert_eq!(run.verdict, XDP_TX, "{run:?}");
+    assert_eq!(
+        run.packet,
+        packet::forwarded(packet::udp_without_checksum(
+            &sent(node, *backend.ip()),
+            udp_port,
+            8080,
+            b"query"
+        ))
+    );
+
+    // Passed unchanged: a ClusterIP-like (not external) frontend, a client in this node's
+    // pod network, a TTL about to expire.
+    let internal = packet::tcp(&ends(client, node), 40002, 80, 1, packet::TCP_SYN, b"");
+    let from_pod = packet::tcp(
+        &ends(Ipv4Addr::new(198, 19, 1, 5), node),
+        40003,
+        30080,
+        1,
+        packet::TCP_SYN,
+        b"",
+    );
+    let mut expiring = packet::tcp(&ends(client, node), 40004, 30080, 1, packet::TCP_SYN, b"");
+    expiring[14 + 8] = 1;
+    for frame in [&internal, &from_pod, &expiring] {
+        let run = xdp(&mut dataplane, frame);
+        assert_eq!(run.verdict, XDP_PASS, "{run:?}");
+        assert_eq!(&run.packet, frame, "a passed frame is unchanged");
+    }
+
+    let lo = dataplane.iface_stats().unwrap()[&LOOPBACK_IFINDEX];
+    assert_eq!(lo.xdp.packets, 9, "every frame counted: {lo:?}");
+    assert_eq!(lo.xdp_tx.packets, 5, "the frames sent back out: {lo:?}");
+    assert!(dataplane.drop_stats().unwrap().iter().all(|(_, n)| *n == 0));
+}
+
+/// A dataplane SNATing to `node` (pod network 198.19.1.0/24) with `frontends` (port,
+/// protocol, external) on `node`, each with the one `backend`.
+fn snat_dataplane(
+    node: Ipv4Addr,
+    backend: SocketAddrV4,
+    frontends: &[(u16, Protocol, bool)],
+) -> Dataplane {
+    let mut dataplane = Dataplane::load().expect("load the Service programs");
+    for &(port, protocol, external) in frontends {
+        let frontend = Frontend {
+            address: node,
+            port,
+            protocol,
+        };
+        let desired = Backends {
+            addresses: vec![backend],
+            affinity: None,
+            external,
+            local_only: false,
+            drop_when_empty: false,
+        };
+        dataplane.upsert_backends(frontend, &desired).unwrap();
+    }
+    dataplane
+        .set_snat(Some(SnatConfig {
+            address: node,
+            local: Some((Ipv4Addr::new(198, 19, 1, 0), 24)),
+        }))
+        .unwrap();
+    dataplane
 }
 
 /// The source address and port of an IPv4 TCP / UDP frame.

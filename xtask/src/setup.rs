@@ -15,6 +15,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "docker-registry",
     "etcd-client",
     "etcd-server",
+    // Turns checksum offload off on test hosts whose frames an XDP program translates.
+    "ethtool",
     "iperf3",
     "iproute2",
     "iputils-ping",

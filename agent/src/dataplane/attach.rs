@@ -23,6 +23,9 @@ use super::stats::{Direction, XdpAttachMode};
 /// The Service TC programs: ingress, then egress.
 pub(super) const LB_TC_PROGRAMS: [&str; 2] = [program::TC_LB_INGRESS, program::TC_LB_EGRESS];
 
+/// The XDP programs, of which an interface runs one.
+pub(super) const XDP_PROGRAMS: [&str; 2] = [program::XDP_STATS, program::XDP_LB];
+
 /// The socket-level programs, in attach order.
 pub(super) const SOCKET_PROGRAMS: [&str; 4] = [
     program::SOCK_CONNECT4,
@@ -50,22 +53,47 @@ impl Dataplane {
         interface: &str,
         mode: XdpAttachMode,
     ) -> Result<(), DataplaneError> {
+        self.attach_xdp(program::XDP_STATS, interface, mode)
+    }
+
+    /// Attaches XDP load-balancing (`xdp_lb`: the counters of `xdp_stats`, and external flows
+    /// SNATed to a backend beside the client sent straight back out) to `interface`, in place
+    /// of `xdp_stats`. Needs `attach_tc` on the same interface for what it passes on.
+    pub fn attach_xdp_lb(
+        &mut self,
+        interface: &str,
+        mode: XdpAttachMode,
+    ) -> Result<(), DataplaneError> {
+        self.attach_xdp(program::XDP_LB, interface, mode)
+    }
+
+    /// Attaches the XDP program `name` to `interface`. An interface runs one XDP program:
+    /// the other one's pinned link there, if any, is detached first (for that moment the
+    /// frames go to the stack, where TC serves them all).
+    fn attach_xdp(
+        &mut self,
+        name: &'static str,
+        interface: &str,
+        mode: XdpAttachMode,
+    ) -> Result<(), DataplaneError> {
         let target = LinkTarget::Interface(ifindex(interface)?);
-        self.attach_link(program::XDP_STATS, target, |ebpf| {
-            let xdp: &mut Xdp = program_mut(ebpf, program::XDP_STATS)?;
+        if let Some(pins) = &mut self.pins {
+            for other in XDP_PROGRAMS.into_iter().filter(|other| *other != name) {
+                if pins.release_link(other, target)? {
+                    log::info!("detached `{other}` from {interface}: `{name}` takes its place");
+                }
+            }
+        }
+        self.attach_link(name, target, |ebpf| {
+            let xdp: &mut Xdp = program_mut(ebpf, name)?;
             let id =
                 xdp.attach(interface, mode.aya())
                     .map_err(|source| DataplaneError::Attach {
-                        program: program::XDP_STATS,
+                        program: name,
                         interface: interface.to_owned(),
                         source,
                     })?;
-            let link = xdp
-                .take_link(id)
-                .map_err(|source| DataplaneError::TakeLink {
-                    program: program::XDP_STATS,
-                    source,
-                })?;
+            let link = xdp.take_link(id).map_err(take_error(name))?;
             Ok(Some(FdLink::try_from(link)))
         })
     }

@@ -8,7 +8,7 @@ use aya::Ebpf;
 use aya::programs::{CgroupSockAddr, SchedClassifier, Xdp};
 use keel_ebpf_common::program;
 
-use super::attach::{LB_TC_PROGRAMS, SOCKET_PROGRAMS};
+use super::attach::{LB_TC_PROGRAMS, SOCKET_PROGRAMS, XDP_PROGRAMS};
 use super::object::{DataplaneError, load_object, load_object_pinned, program_mut};
 use super::pins::{MapSizes, PinRoot, object_maps};
 use super::services::Dataplane;
@@ -65,9 +65,11 @@ impl Dataplane {
 
     fn with_object(mut ebpf: Ebpf, pins: Option<PinRoot>) -> Result<Dataplane, DataplaneError> {
         let load_error = |program, source| DataplaneError::ProgramLoad { program, source };
-        program_mut::<Xdp>(&mut ebpf, program::XDP_STATS)?
-            .load()
-            .map_err(|source| load_error(program::XDP_STATS, source))?;
+        for name in XDP_PROGRAMS {
+            program_mut::<Xdp>(&mut ebpf, name)?
+                .load()
+                .map_err(|source| load_error(name, source))?;
+        }
         for name in [program::TC_STATS_INGRESS, program::TC_STATS_EGRESS]
             .into_iter()
             .chain(LB_TC_PROGRAMS)

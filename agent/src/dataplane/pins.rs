@@ -208,13 +208,31 @@ impl PinRoot {
 
     /// The pin path of `program`'s attachment to `target`, claimed as in use.
     pub fn link_path(&mut self, program: &str, target: LinkTarget) -> PathBuf {
+        let path = self.unclaimed_link_path(program, target);
+        self.claimed.insert(path.clone());
+        path
+    }
+
+    fn unclaimed_link_path(&self, program: &str, target: LinkTarget) -> PathBuf {
         let name = match target {
             LinkTarget::Interface(ifindex) => format!("{program}@if{ifindex}"),
             LinkTarget::Cgroup(inode) => format!("{program}@cg{inode}"),
         };
-        let path = self.links_dir().join(name);
-        self.claimed.insert(path.clone());
-        path
+        self.links_dir().join(name)
+    }
+
+    /// Detaches `program` from `target` if a pinned link holds it there: for a hook that
+    /// takes one program, before another takes its place. `true` if there was one.
+    pub fn release_link(
+        &mut self,
+        program: &str,
+        target: LinkTarget,
+    ) -> Result<bool, DataplaneError> {
+        let path = self.unclaimed_link_path(program, target);
+        self.claimed.remove(&path);
+        let pinned = std::fs::symlink_metadata(&path).is_ok();
+        remove_pin(&path)?;
+        Ok(pinned)
     }
 
     /// Detaches (unpins) every pinned link this agent did not attach or take over since it

@@ -45,6 +45,8 @@ pub struct IfaceStats {
     pub xdp: IfaceCounters,
     pub tc_ingress: IfaceCounters,
     pub tc_egress: IfaceCounters,
+    /// Frames the XDP load balancer sent back out (`XDP_TX`).
+    pub xdp_tx: IfaceCounters,
 }
 
 impl IfaceStats {
@@ -53,6 +55,7 @@ impl IfaceStats {
             Hook::Xdp => &mut self.xdp,
             Hook::TcIngress => &mut self.tc_ingress,
             Hook::TcEgress => &mut self.tc_egress,
+            Hook::XdpTx => &mut self.xdp_tx,
         }
     }
 }

@@ -103,6 +103,15 @@ pub fn icmp_dest_unreachable(ends: &Endpoints, code: u8, quote: &[u8]) -> Vec<u8
     frame
 }
 
+/// `frame` as a router forwards it: TTL one less, IPv4 checksum updated.
+pub fn forwarded(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[ETH_HLEN + 8] -= 1;
+    frame[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&[0, 0]);
+    let checksum = internet_checksum(&[&frame[ETH_HLEN..ETH_HLEN + IPV4_HLEN]]);
+    frame[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&checksum.to_be_bytes());
+    frame
+}
+
 fn frame(ends: &Endpoints, protocol: u8, l4: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(ETH_HLEN + IPV4_HLEN + l4.len());
     frame.extend_from_slice(&ends.dst_mac);

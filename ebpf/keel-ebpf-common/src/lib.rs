@@ -25,6 +25,10 @@ pub use stats::{Hook, IfaceCounters, IfaceKey};
 pub mod program {
     /// XDP on a node interface: per-interface receive counters.
     pub const XDP_STATS: &str = "xdp_stats";
+    /// XDP on a node interface, instead of `xdp_stats` (`--bpf-lb-acceleration native`): the
+    /// same counters, and external flows SNATed to a backend beside the client sent straight
+    /// back out (`XDP_TX`); everything else passes to the stack and `tc_lb_ingress`.
+    pub const XDP_LB: &str = "xdp_lb";
     /// TC ingress (clsact / tcx) on an interface: per-interface receive counters.
     pub const TC_STATS_INGRESS: &str = "tc_stats_ingress";
     /// TC egress (clsact / tcx) on an interface: per-interface transmit counters.
@@ -46,8 +50,9 @@ pub mod program {
     pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
 
     /// Every program in the object, for loaders and the object check in the agent's tests.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         XDP_STATS,
+        XDP_LB,
         TC_STATS_INGRESS,
         TC_STATS_EGRESS,
         TC_LB_INGRESS,

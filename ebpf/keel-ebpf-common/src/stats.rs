@@ -1,7 +1,7 @@
 //! Per-interface packet and byte counters: the observability base of the dataplane.
 
-/// Most `(interface, hook)` pairs `IFACE_STATS` holds: three hooks on up to 4096 interfaces.
-pub const IFACE_STATS_MAX_ENTRIES: u32 = 3 * 4096;
+/// Most `(interface, hook)` pairs `IFACE_STATS` holds: every hook on up to 4096 interfaces.
+pub const IFACE_STATS_MAX_ENTRIES: u32 = Hook::ALL.len() as u32 * 4096;
 
 /// The hook a counter was taken at.
 #[repr(u32)]
@@ -13,11 +13,14 @@ pub enum Hook {
     TcIngress = 1,
     /// TC egress: packets the interface transmits.
     TcEgress = 2,
+    /// XDP load-balancing (`xdp_lb`): frames translated and sent straight back out of the
+    /// interface they came in on (`XDP_TX`), which the stack and TC never see.
+    XdpTx = 3,
 }
 
 impl Hook {
     /// Every hook, in numeric order.
-    pub const ALL: [Hook; 3] = [Hook::Xdp, Hook::TcIngress, Hook::TcEgress];
+    pub const ALL: [Hook; 4] = [Hook::Xdp, Hook::TcIngress, Hook::TcEgress, Hook::XdpTx];
 
     /// The hook with this number, as stored in `IfaceKey::hook`.
     pub const fn from_u32(value: u32) -> Option<Hook> {
@@ -25,6 +28,7 @@ impl Hook {
             0 => Some(Hook::Xdp),
             1 => Some(Hook::TcIngress),
             2 => Some(Hook::TcEgress),
+            3 => Some(Hook::XdpTx),
             _ => None,
         }
     }
@@ -35,6 +39,7 @@ impl Hook {
             Hook::Xdp => "xdp",
             Hook::TcIngress => "tc_ingress",
             Hook::TcEgress => "tc_egress",
+            Hook::XdpTx => "xdp_tx",
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Per-interface packet and byte counters, shared by the XDP and TC entry points.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::PerCpuHashMap, programs::TcContext};
+use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::PerCpuHashMap;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use keel_ebpf_common::{Hook, IfaceCounters, IfaceKey, stats::IFACE_STATS_MAX_ENTRIES};
 
 /// Contract: `keel_ebpf_common::map::IFACE_STATS`.
@@ -56,4 +59,14 @@ pub fn count_skb(ctx: &TcContext, hook: Hook) {
     // A GSO packet leaves as `gso_segs` packets on the wire; a plain one has `gso_segs == 0`.
     let packets = u64::from(gso_segs.max(1));
     count(ifindex, hook, packets, u64::from(ctx.len()));
+}
+
+/// Counts the frame an XDP program sees under `hook`; returns the interface it arrived on.
+#[inline(always)]
+pub fn count_xdp(ctx: &XdpContext, hook: Hook) -> u32 {
+    // SAFETY: `ctx.ctx` is the `xdp_md` the kernel passed to this program.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let bytes = ctx.data_end().saturating_sub(ctx.data()) as u64;
+    count(ifindex, hook, 1, bytes);
+    ifindex
 }

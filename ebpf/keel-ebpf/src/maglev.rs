@@ -10,7 +10,7 @@ use keel_ebpf_common::maglev::{
 };
 use keel_ebpf_common::service::{Backend, ServiceValue};
 
-use crate::service_maps::BACKENDS;
+use crate::service_maps::{BACKENDS, random_backend};
 
 /// Contract: `map::MAGLEV`. `BPF_F_NO_PREALLOC` as `SERVICES`: tables exist for few services.
 #[btf_map]
@@ -34,4 +34,16 @@ pub fn maglev_backend(service: &ServiceValue, key: &CtKey) -> Option<(u32, Backe
     // SAFETY: a map lookup returning a reference into the map value, copied at once.
     let backend = *unsafe { BACKENDS.get(backend_id) }?;
     Some((backend_id, backend))
+}
+
+/// The backend a new flow `key` to `service` goes to: its Maglev table's entry, the same on
+/// every node; without a table (or while it is being replaced by one without that entry) a
+/// slot at random. `None`: the service has no backend.
+#[inline(always)]
+pub fn backend_for_flow(service: &ServiceValue, key: &CtKey) -> Option<(u32, Backend)> {
+    match service.maglev_size {
+        0 => random_backend(service),
+        _ if service.count == 0 => None,
+        _ => maglev_backend(service, key).or_else(|| random_backend(service)),
+    }
 }

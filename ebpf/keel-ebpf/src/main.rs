@@ -1,6 +1,6 @@
 //! Keel's eBPF programs: one object, one entry function per attach point.
 //!
-//! Entry functions (`xdp_stats`, `tc_stats_ingress`, `tc_stats_egress`, `tc_lb_ingress`, `tc_lb_egress`, `sock_connect4`,
+//! Entry functions (`xdp_stats`, `xdp_lb`, `tc_stats_ingress`, `tc_stats_egress`, `tc_lb_ingress`, `tc_lb_egress`, `sock_connect4`,
 //! `sock_sendmsg4`, `sock_recvmsg4`, `sock_getpeername4`; each named the same in file and
 //! function) only dispatch; the logic and maps live in the modules below. Shared
 //! types come from `keel-ebpf-common`, which the agent uses too.
@@ -15,6 +15,7 @@ mod iface_stats;
 mod maglev;
 mod nat_map;
 mod reject;
+mod route;
 mod service_maps;
 mod sock_connect4;
 mod sock_getpeername4;
@@ -26,6 +27,8 @@ mod tc_lb_egress;
 mod tc_lb_ingress;
 mod tc_stats_egress;
 mod tc_stats_ingress;
+mod xdp_lb;
+mod xdp_nat;
 mod xdp_stats;
 
 /// eBPF has no unwinding: a panic path must never be reachable. The verifier rejects the

@@ -2,10 +2,17 @@
 //! programs write `NAT4`; only the agent writes `NODE_NAT` (and deletes `NAT4` entries of
 //! idle flows and removed backends).
 
+use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, LruHashMap};
+use keel_ebpf_common::DropReason;
 use keel_ebpf_common::conntrack::CtKey;
-use keel_ebpf_common::nat::{NAT4_MAX_ENTRIES, NatValue, NodeNat};
+use keel_ebpf_common::nat::{
+    NAT_FORWARD, NAT_PORT_ATTEMPTS, NAT_PORT_MAX, NAT_PORT_MIN, NAT_REVERSE, NAT4_MAX_ENTRIES,
+    NatValue, NodeNat,
+};
+use keel_ebpf_common::service::Backend;
 
 /// Contract: `map::NAT4`.
 #[map]
@@ -14,3 +21,91 @@ pub static NAT4: LruHashMap<CtKey, NatValue> = LruHashMap::with_max_entries(NAT4
 /// Contract: `map::NODE_NAT`.
 #[map]
 pub static NODE_NAT: Array<NodeNat> = Array::with_max_entries(1, 0);
+
+/// The node address a new flow from `client` to `backend` would take as its source: `None`
+/// when SNAT is off, or the client or the backend is on this node (its pod network or its
+/// address). Whether the backend's route makes SNAT needed is the caller's to tell.
+#[inline(always)]
+pub fn snat_address(client: u32, backend: &Backend) -> Option<u32> {
+    let node = *NODE_NAT.get(0)?;
+    if node.address == 0 || backend.address == node.address {
+        return None;
+    }
+    // A mask of 0: no pod network known, only the node's own address is local.
+    let local = |address: u32| node.local_mask != 0 && address & node.local_mask == node.local_net;
+    if local(client) || local(backend.address) {
+        return None;
+    }
+    Some(node.address)
+}
+
+/// The `NAT4` entry of `key`, its `last_seen` refreshed in place.
+#[inline(always)]
+pub fn tracked(key: &CtKey) -> Option<NatValue> {
+    let entry = NAT4.get_ptr_mut(key)?;
+    // SAFETY: bpf_ktime_get_ns has no preconditions; `entry` points at the map value found
+    // just above, which stays valid for this program run (an LRU eviction only unlinks it).
+    unsafe {
+        (*entry).last_seen = bpf_ktime_get_ns();
+        Some(*entry)
+    }
+}
+
+/// Records a new SNATed flow `key` (client to frontend) to `backend`, leaving as `node` with
+/// a free port, its client's packets having arrived on `ifindex`: both directions in `NAT4`.
+/// Returns the forward entry, to apply to the flow's first packet.
+#[inline(always)]
+pub fn new_flow(
+    key: &CtKey,
+    backend: &Backend,
+    node: u32,
+    ifindex: u32,
+) -> Result<NatValue, DropReason> {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let reverse = NatValue {
+        last_seen: now,
+        address: key.saddr,
+        nat_address: key.daddr,
+        port: key.sport,
+        nat_port: key.dport,
+        ifindex,
+        kind: NAT_REVERSE,
+        pad: [0; 7],
+    };
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    let start = unsafe { bpf_get_prandom_u32() };
+    let range = u32::from(NAT_PORT_MAX - NAT_PORT_MIN) + 1;
+    let mut chosen = None;
+    for attempt in 0..NAT_PORT_ATTEMPTS {
+        let port = (NAT_PORT_MIN + (start.wrapping_add(attempt) % range) as u16).to_be();
+        let reply = CtKey {
+            saddr: backend.address,
+            daddr: node,
+            sport: backend.port,
+            dport: port,
+            protocol: key.protocol,
+            pad: [0; 3],
+        };
+        // Reverse first, and only where no flow holds the port: a reply must never find a
+        // forward entry without its way back, nor another flow's way back.
+        if NAT4.insert(reply, reverse, u64::from(BPF_NOEXIST)).is_ok() {
+            chosen = Some(port);
+            break;
+        }
+    }
+    let port = chosen.ok_or(DropReason::NatPortsExhausted)?;
+    let forward = NatValue {
+        last_seen: now,
+        address: backend.address,
+        nat_address: node,
+        port: backend.port,
+        nat_port: port,
+        ifindex,
+        kind: NAT_FORWARD,
+        pad: [0; 7],
+    };
+    NAT4.insert(key, forward, 0)
+        .map_err(|_| DropReason::ConntrackFull)?;
+    Ok(forward)
+}

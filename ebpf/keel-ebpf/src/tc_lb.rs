@@ -16,32 +16,26 @@
 
 use aya_ebpf::bindings::{
     BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-    BPF_NOEXIST, TC_ACT_OK, bpf_fib_lookup,
+    TC_ACT_OK,
 };
-use aya_ebpf::helpers::{
-    bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh,
-};
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_redirect_neigh};
 use aya_ebpf::programs::TcContext;
 use keel_ebpf_common::DropReason;
 use keel_ebpf_common::conntrack::{
     CT_CLOSING, CT_FORWARD, CT_REVERSE, CT_UNREPLIED, CtKey, CtValue,
 };
-use keel_ebpf_common::nat::{
-    NAT_FORWARD, NAT_PORT_ATTEMPTS, NAT_PORT_MAX, NAT_PORT_MIN, NAT_REVERSE, NatValue,
-};
+use keel_ebpf_common::nat::{NAT_FORWARD, NatValue};
 use keel_ebpf_common::service::{
     Backend, PROTO_TCP, PROTO_UDP, SERVICE_F_DROP_WHEN_EMPTY, SERVICE_F_EXTERNAL,
     SERVICE_F_LOCAL_ONLY, ServiceKey,
 };
 
 use crate::ct_map::CT4;
-use crate::maglev::maglev_backend;
-use crate::nat_map::{NAT4, NODE_NAT};
-use crate::service_maps::{SERVICES, random_backend};
-use crate::{drop_stats, reject};
+use crate::maglev::backend_for_flow;
+use crate::service_maps::SERVICES;
+use crate::{drop_stats, nat_map, reject, route};
 
 pub const ETH_HLEN: usize = 14;
-const AF_INET: u8 = 2;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const IPV4_MIN_HLEN: usize = 20;
 const IPV4_CHECKSUM: usize = ETH_HLEN + 10;
@@ -84,7 +78,7 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };
-    if let Some(entry) = nat_tracked(&flow.key) {
+    if let Some(entry) = nat_map::tracked(&flow.key) {
         return translate_nat(ctx, &flow, &entry);
     }
     if let Some(entry) = tracked(&flow) {
@@ -103,13 +97,7 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(service) = (unsafe { SERVICES.get(frontend) }).copied() else {
         return Ok(TC_ACT_OK);
     };
-    // A service with a Maglev table: the flow's entry, the same on every node; otherwise (or
-    // while the table is being replaced by one without that entry) a slot at random.
-    let chosen = match service.maglev_size {
-        0 => random_backend(&service),
-        _ if service.count == 0 => None,
-        _ => maglev_backend(&service, &flow.key).or_else(|| random_backend(&service)),
-    };
+    let chosen = backend_for_flow(&service, &flow.key);
     let Some((_, backend)) = chosen else {
         // A `Local` policy whose endpoints are all on other nodes: dropped, as kube-proxy does.
         if service.flags & SERVICE_F_DROP_WHEN_EMPTY != 0 {
@@ -124,7 +112,10 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     if service.flags & (SERVICE_F_EXTERNAL | SERVICE_F_LOCAL_ONLY) == SERVICE_F_EXTERNAL
         && let Some(node) = snat_source(ctx, &flow, &backend)
     {
-        return snat_new_flow(ctx, &flow, &backend, node, now);
+        // SAFETY: `ctx.skb.skb` is the program's own context pointer, valid for this run.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let forward = nat_map::new_flow(&flow.key, &backend, node, ifindex)?;
+        return translate_nat(ctx, &flow, &forward);
     }
     let forward = CtValue {
         last_seen: now,
@@ -168,96 +159,23 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
 /// client, would answer the client directly).
 #[inline(always)]
 fn snat_source(ctx: &TcContext, flow: &Flow, backend: &Backend) -> Option<u32> {
-    let node = *NODE_NAT.get(0)?;
-    if node.address == 0 || backend.address == node.address {
-        return None;
-    }
-    // A mask of 0: no pod network known, only the node's own address is local.
-    let local = |address: u32| node.local_mask != 0 && address & node.local_mask == node.local_net;
-    if local(flow.key.saddr) || local(backend.address) {
-        return None;
-    }
+    let node = nat_map::snat_address(flow.key.saddr, backend)?;
     // SAFETY: `ctx.skb.skb` is the program's own context pointer, valid for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: an all-zero `bpf_fib_lookup` is a valid (empty) request.
-    let mut route: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    route.family = AF_INET;
-    route.l4_protocol = flow.protocol;
-    route.ifindex = ifindex;
-    route.__bindgen_anon_3.ipv4_src = node.address;
-    route.__bindgen_anon_4.ipv4_dst = backend.address;
-    // SAFETY: the context pointer is the program's; `route` is ours, of the size given.
-    let found = unsafe {
-        bpf_fib_lookup(
+    // SAFETY: the program's own context pointer.
+    let (found, route) = unsafe {
+        route::lookup(
             ctx.skb.skb.cast(),
-            &mut route,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
+            ifindex,
+            flow.protocol,
+            node,
+            backend.address,
         )
     };
     // Found, or found without a neighbour entry yet (`bpf_redirect_neigh` resolves it).
     let routed = found == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
         || found == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
-    (routed && route.ifindex == ifindex).then_some(node.address)
-}
-
-/// A new flow to a backend on another node: DNAT and SNAT to `node` with a free port,
-/// both directions recorded in `NAT4`, and the packet sent back out towards that node.
-#[inline(always)]
-fn snat_new_flow(
-    ctx: &TcContext,
-    flow: &Flow,
-    backend: &Backend,
-    node: u32,
-    now: u64,
-) -> Result<i32, DropReason> {
-    // SAFETY: `ctx.skb.skb` is the program's own context pointer, valid for this run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let reverse = NatValue {
-        last_seen: now,
-        address: flow.key.saddr,
-        nat_address: flow.key.daddr,
-        port: flow.key.sport,
-        nat_port: flow.key.dport,
-        ifindex,
-        kind: NAT_REVERSE,
-        pad: [0; 7],
-    };
-    // SAFETY: bpf_get_prandom_u32 has no preconditions.
-    let start = unsafe { bpf_get_prandom_u32() };
-    let range = u32::from(NAT_PORT_MAX - NAT_PORT_MIN) + 1;
-    let mut chosen = None;
-    for attempt in 0..NAT_PORT_ATTEMPTS {
-        let port = (NAT_PORT_MIN + (start.wrapping_add(attempt) % range) as u16).to_be();
-        let reply = CtKey {
-            saddr: backend.address,
-            daddr: node,
-            sport: backend.port,
-            dport: port,
-            protocol: flow.protocol,
-            pad: [0; 3],
-        };
-        // Reverse first, and only where no flow holds the port: a reply must never find a
-        // forward entry without its way back, nor another flow's way back.
-        if NAT4.insert(reply, reverse, u64::from(BPF_NOEXIST)).is_ok() {
-            chosen = Some(port);
-            break;
-        }
-    }
-    let port = chosen.ok_or(DropReason::NatPortsExhausted)?;
-    let forward = NatValue {
-        last_seen: now,
-        address: backend.address,
-        nat_address: node,
-        port: backend.port,
-        nat_port: port,
-        ifindex,
-        kind: NAT_FORWARD,
-        pad: [0; 7],
-    };
-    NAT4.insert(flow.key, forward, 0)
-        .map_err(|_| DropReason::ConntrackFull)?;
-    translate_nat(ctx, flow, &forward)
+    (routed && route.ifindex == ifindex).then_some(node)
 }
 
 /// Applies a `NAT4` entry to a packet of its flow and redirects it: forward, towards the
@@ -268,7 +186,7 @@ fn translate_nat(ctx: &TcContext, flow: &Flow, entry: &NatValue) -> Result<i32, 
     let ifindex = if entry.kind == NAT_FORWARD {
         rewrite(ctx, flow, Side::Destination, entry.address, entry.port)?;
         rewrite(ctx, flow, Side::Source, entry.nat_address, entry.nat_port)?;
-        // SAFETY: as in `snat_new_flow`.
+        // SAFETY: `ctx.skb.skb` is the program's own context pointer, valid for this run.
         unsafe { (*ctx.skb.skb).ifindex }
     } else {
         rewrite(ctx, flow, Side::Source, entry.nat_address, entry.nat_port)?;
@@ -278,17 +196,6 @@ fn translate_nat(ctx: &TcContext, flow: &Flow, entry: &NatValue) -> Result<i32, 
     // SAFETY: no parameters: the helper looks the next hop up in the kernel's routes.
     let action = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
     Ok(action as i32)
-}
-
-/// The `NAT4` entry of `key`, its `last_seen` refreshed in place.
-#[inline(always)]
-fn nat_tracked(key: &CtKey) -> Option<NatValue> {
-    let entry = NAT4.get_ptr_mut(key)?;
-    // SAFETY: as in `tracked`.
-    unsafe {
-        (*entry).last_seen = bpf_ktime_get_ns();
-        Some(*entry)
-    }
 }
 
 /// The tracked entry of `flow`, refreshed in place (per-packet writes of its fields, not a map

@@ -259,6 +259,22 @@ impl Drop for TestNet {
     }
 }
 
+impl Switch {
+    /// The switch's own namespace, as a host: where its bridge and port interfaces live.
+    pub fn host(&self) -> Host {
+        Host {
+            name: self.name.clone(),
+            netns: self.netns.clone(),
+        }
+    }
+
+    /// The switch-side interface of `endpoint`'s port (`None`: not plugged into this switch).
+    pub fn port_interface(&self, endpoint: &Endpoint) -> Option<String> {
+        let ours = endpoint.mac[..4] == [0x02, 0x6b, 0x74, 0x01 + self.number % 0x7f];
+        ours.then(|| format!("p{}", endpoint.mac[5]))
+    }
+}
+
 impl Host {
     /// The host's name in the test.
     pub fn name(&self) -> &str {
