@@ -302,10 +302,17 @@ fn main() -> anyhow::Result<()> {
     let pod_cidr = pods.as_ref().map(|pods| pods.pod_cidr);
 
     let devices = resolve_devices(&args.devices)?;
+    let mut pod_interfaces =
+        (pod_cidr.is_some() && serves_services(&args)).then(pod_interfaces::PodInterfaces::default);
     let mut dataplane = if devices.is_empty() && !serves_services(&args) {
         None
     } else {
-        Some(start_dataplane(&args, &devices, pod_cidr)?)
+        Some(start_dataplane(
+            &args,
+            &devices,
+            pod_cidr,
+            pod_interfaces.as_mut(),
+        )?)
     };
     let metrics_address = metrics::parse_bind_address(&args.metrics_bind_address)
         .map_err(|problem| anyhow::anyhow!("--metrics-bind-address: {problem}"))?;
@@ -347,6 +354,9 @@ fn main() -> anyhow::Result<()> {
                     Err(error) => log::error!("cannot program the Services of the API: {error:#}"),
                 }
             }
+        }
+        if let (Some(pod_interfaces), Some(dataplane)) = (&mut pod_interfaces, &mut dataplane) {
+            pod_interfaces.sync(dataplane);
         }
         if let (Some(services), Some(dataplane)) = (&mut services, &mut dataplane)
             && Instant::now() >= next_file_check
@@ -409,6 +419,7 @@ fn start_dataplane(
     args: &Args,
     devices: &[(String, u32)],
     pod_cidr: Option<Ipv4Cidr>,
+    pod_interfaces: Option<&mut pod_interfaces::PodInterfaces>,
 ) -> anyhow::Result<Dataplane> {
     let sizes = MapSizes {
         conntrack: args.conntrack_max,
@@ -511,6 +522,12 @@ fn start_dataplane(
             (_, _, true) => None,
         };
         dataplane.set_snat(snat).context("cannot configure SNAT")?;
+    }
+    // The pods' interfaces that exist now keep their pinned links (swapped to this agent's
+    // programs); the pins of pods gone meanwhile are pruned below.
+    if let Some(pod_interfaces) = pod_interfaces {
+        pod_interfaces.sync(&mut dataplane);
+        log::info!("load-balancing Service traffic from the pods' interfaces");
     }
     dataplane
         .prune_stale_links()
@@ -688,6 +705,9 @@ fn resolve_devices(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
     }
     Ok(devices)
 }
+
+#[path = "cli/pod_interfaces.rs"]
+mod pod_interfaces;
 
 #[path = "cli/pods.rs"]
 mod pods;

@@ -4,7 +4,9 @@
 //! busybox image.
 //!
 //! - `web.yaml`: three Ready pods; 30 requests from a client host through the NodePort and
-//!   through the ClusterIP (routed via the node, the TC path) are answered by all three.
+//!   through the ClusterIP (routed via the node, the TC path) are answered by all three; so
+//!   are 30 from a web pod to the ClusterIP (the pods are outside the agent's socket-LB
+//!   cgroup: TC on the pods' interfaces, the pod's own flows to itself hairpinned).
 //! - `job.yaml`: five completions, the pods' output in `kubectl logs`.
 //! - `daemonset.yaml`: a pod on the node, reporting the node's name.
 //!
@@ -118,6 +120,17 @@ fn the_examples_run_web_answers_from_every_replica_the_job_completes_the_daemons
     }
     let log = kubectl(&["logs", "deployment/web"], None);
     assert!(log.contains("serving web-"), "{log}");
+
+    // From a pod, outside the agent's socket-LB cgroup: TC on the pods' interfaces serves
+    // its flows to the ClusterIP; every replica answers, the asking pod itself too (hairpin).
+    let asker = names.iter().next().expect("a web pod").clone();
+    let script = format!(
+        "for i in $(seq 30); do timeout 10 wget -qO- http://{}/ || echo FAILED; done",
+        cluster_ip.trim()
+    );
+    let asked = kubectl(&["exec", &asker, "--", "sh", "-c", &script], None);
+    let answered: BTreeSet<String> = asked.lines().map(str::to_owned).collect();
+    assert_eq!(answered, names, "30 requests from {asker} to the ClusterIP");
 
     // Cluster DNS from inside a pod: its resolv.conf points at the node's DNS with the
     // namespace's search path, and the Service's name resolves to its ClusterIP.

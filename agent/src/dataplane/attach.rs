@@ -150,6 +150,17 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Forgets the TC load-balancing pins of an interface that is gone (a pod's, deleted
+    /// with it: the kernel detached its programs already).
+    pub fn release_tc(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        if let Some(pins) = &mut self.pins {
+            for name in LB_TC_PROGRAMS {
+                pins.release_link(name, LinkTarget::Interface(ifindex))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Detaches every pinned attachment this agent did not make or take over since it was
     /// opened (interfaces or cgroups it no longer serves). Call once every attachment is made.
     pub fn prune_stale_links(&mut self) -> Result<(), DataplaneError> {

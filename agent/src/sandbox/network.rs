@@ -49,6 +49,32 @@ pub fn host_interface(pod_uid: &str) -> String {
     format!("kp{:011x}", hash & 0xfff_ffff_ffff)
 }
 
+/// The node-side interfaces of pods ([`host_interface`]'s `kp` names) in the calling
+/// thread's network namespace: (name, ifindex), from `if_nameindex` (netlink, so right in
+/// any namespace, whatever `/sys` shows).
+pub fn host_interfaces() -> io::Result<Vec<(String, u32)>> {
+    // SAFETY: no arguments; the result is freed below and not used after.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = Vec::new();
+    let mut entry = list;
+    // SAFETY: `if_nameindex` returns an array ended by an entry with index 0 and a null
+    // name; every name before it is a NUL-terminated string the array owns.
+    unsafe {
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*entry).if_name).to_string_lossy();
+            if name.starts_with("kp") {
+                found.push((name.into_owned(), (*entry).if_index));
+            }
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    Ok(found)
+}
+
 /// Wires the pod at `netns_path` to the node with `addr` on its `eth0`. Idempotent: run again
 /// on a pod that is already wired (an agent restart), it changes nothing.
 pub fn attach(netns_path: &Path, pod_uid: &str, addr: Ipv4Addr) -> Result<(), NetworkError> {

@@ -10,6 +10,11 @@ pub const NAT_PORT_MAX: u16 = 65_535;
 /// Ports tried for a new flow before it is dropped (`DropReason::NatPortsExhausted`).
 pub const NAT_PORT_ATTEMPTS: u32 = 16;
 
+/// The source a hairpin flow takes: a pod's flow to a Service whose chosen backend is that
+/// pod itself (its own packet would come back from its own address, a martian its kernel
+/// drops). Cilium's choice of address (link-local, never on a host).
+pub const HAIRPIN_ADDRESS: [u8; 4] = [169, 254, 42, 1];
+
 /// Most SNATed flow directions `NAT4` holds (LRU).
 pub const NAT4_MAX_ENTRIES: u32 = 262_144;
 

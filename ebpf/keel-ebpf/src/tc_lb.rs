@@ -13,6 +13,9 @@
 //! node's replies, addressed to the node's port, get both translations reversed and are
 //! redirected back out towards the client. Both directions live in `NAT4`. Both redirects go
 //! through `bpf_redirect_neigh`, which resolves the next hop the kernel's routes give.
+//!
+//! Hairpin: on a pod's interface, a pod's flow whose chosen backend is the pod itself is
+//! SNATed the same way to `HAIRPIN_ADDRESS` and sent back to the pod.
 
 use aya_ebpf::bindings::{
     BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
@@ -24,7 +27,7 @@ use keel_ebpf_common::DropReason;
 use keel_ebpf_common::conntrack::{
     CT_CLOSING, CT_FORWARD, CT_REVERSE, CT_UNREPLIED, CtKey, CtValue,
 };
-use keel_ebpf_common::nat::{NAT_FORWARD, NatValue};
+use keel_ebpf_common::nat::{HAIRPIN_ADDRESS, NAT_FORWARD, NatValue};
 use keel_ebpf_common::service::{
     Backend, PROTO_TCP, PROTO_UDP, SERVICE_F_DROP_WHEN_EMPTY, SERVICE_F_EXTERNAL,
     SERVICE_F_LOCAL_ONLY, ServiceKey,
@@ -107,6 +110,16 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         drop_stats::record(DropReason::NoBackend);
         return reject::port_unreachable(ctx, flow.l4);
     };
+    // A pod's flow whose chosen backend is the pod itself (hairpin, seen on its own
+    // interface): it takes `HAIRPIN_ADDRESS` as its source, so the pod does not get its own
+    // packet back from its own address; sent back out of the interface, both ways in `NAT4`.
+    if backend.address == flow.key.saddr {
+        // SAFETY: `ctx.skb.skb` is the program's own context pointer, valid for this run.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let hairpin = u32::from_ne_bytes(HAIRPIN_ADDRESS);
+        let forward = nat_map::new_flow(&flow.key, &backend, hairpin, ifindex)?;
+        return translate_nat(ctx, &flow, &forward);
+    }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if service.flags & (SERVICE_F_EXTERNAL | SERVICE_F_LOCAL_ONLY) == SERVICE_F_EXTERNAL
