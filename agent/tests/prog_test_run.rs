@@ -333,14 +333,14 @@ fn snat_test_run() {
     assert!(snat_ports.contains(&port), "port {port}");
     assert_eq!(
         out,
-        packet::tcp(
+        packet::forwarded(packet::tcp(
             &ends(node, *backend.ip()),
             port,
             8080,
             1000,
             packet::TCP_SYN,
             b""
-        )
+        ))
     );
     // The flow's next segment takes the same translation.
     let data = packet::tcp(
@@ -353,14 +353,14 @@ fn snat_test_run() {
     );
     assert_eq!(
         redirected(&mut dataplane, &data),
-        packet::tcp(
+        packet::forwarded(packet::tcp(
             &ends(node, *backend.ip()),
             port,
             8080,
             1001,
             packet::TCP_ACK,
             b"hi"
-        )
+        ))
     );
     // The reply to the node's port goes back to the client from the NodePort.
     let syn_ack = packet::tcp(
@@ -373,14 +373,14 @@ fn snat_test_run() {
     );
     assert_eq!(
         redirected(&mut dataplane, &syn_ack),
-        packet::tcp(
+        packet::forwarded(packet::tcp(
             &ends(node, client),
             30080,
             40000,
             5000,
             packet::TCP_SYN | packet::TCP_ACK,
             b""
-        )
+        ))
     );
 
     // UDP, and a second client flow gets a port of its own.
@@ -390,12 +390,17 @@ fn snat_test_run() {
     assert!(snat_ports.contains(&udp_port), "port {udp_port}");
     assert_eq!(
         out,
-        packet::udp(&ends(node, *backend.ip()), udp_port, 8080, b"query")
+        packet::forwarded(packet::udp(
+            &ends(node, *backend.ip()),
+            udp_port,
+            8080,
+            b"query"
+        ))
     );
     let answer = packet::udp(&ends(*backend.ip(), node), 8080, udp_port, b"answer");
     assert_eq!(
         redirected(&mut dataplane, &answer),
-        packet::udp(&ends(node, client), 30080, 5353, b"answer")
+        packet::forwarded(packet::udp(&ends(node, client), 30080, 5353, b"answer"))
     );
     let other = packet::udp(&ends(client, node), 5354, 30080, b"query");
     let other_port = source(&redirected(&mut dataplane, &other)).port();

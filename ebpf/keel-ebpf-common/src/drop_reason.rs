@@ -22,11 +22,14 @@ pub enum DropReason {
     NoLocalBackend = 5,
     /// A flow to be SNATed found no free source port in `NAT_PORT_MIN..=NAT_PORT_MAX`.
     NatPortsExhausted = 6,
+    /// A packet the load balancer forwards itself (a redirect, `XDP_TX`) arrived with a TTL
+    /// of 1 or 0.
+    TtlExceeded = 7,
 }
 
 impl DropReason {
     /// Every reason, in numeric order; `ALL[r as usize] == r`.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::NoBackend,
         DropReason::PolicyDenied,
@@ -34,6 +37,7 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::NoLocalBackend,
         DropReason::NatPortsExhausted,
+        DropReason::TtlExceeded,
     ];
 
     /// Number of reasons: the size of `DROP_STATS`.
@@ -58,6 +62,7 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::NoLocalBackend => "no_local_backend",
             DropReason::NatPortsExhausted => "nat_ports_exhausted",
+            DropReason::TtlExceeded => "ttl_exceeded",
         }
     }
 }

@@ -41,6 +41,7 @@ use crate::{drop_stats, nat_map, reject, route};
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const IPV4_MIN_HLEN: usize = 20;
+const IPV4_TTL: usize = ETH_HLEN + 8;
 const IPV4_CHECKSUM: usize = ETH_HLEN + 10;
 const IPV4_SADDR: usize = ETH_HLEN + 12;
 const IPV4_DADDR: usize = ETH_HLEN + 16;
@@ -206,9 +207,31 @@ fn translate_nat(ctx: &TcContext, flow: &Flow, entry: &NatValue) -> Result<i32, 
         rewrite(ctx, flow, Side::Destination, entry.address, entry.port)?;
         entry.ifindex
     };
+    decrement_ttl(ctx)?;
     // SAFETY: no parameters: the helper looks the next hop up in the kernel's routes.
     let action = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
     Ok(action as i32)
+}
+
+/// A redirected packet skips the stack's forwarding, so its TTL is counted down here, as a
+/// router does (with the IPv4 checksum); one that reached 0 is not forwarded.
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext) -> Result<(), DropReason> {
+    let failed = |_| DropReason::Malformed;
+    // TTL and protocol: the 16-bit word the IPv4 checksum covers.
+    let word: [u8; 2] = ctx.load(IPV4_TTL).map_err(failed)?;
+    if word[0] <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    let new = [word[0] - 1, word[1]];
+    ctx.l3_csum_replace(
+        IPV4_CHECKSUM,
+        u64::from(u16::from_ne_bytes(word)),
+        u64::from(u16::from_ne_bytes(new)),
+        2,
+    )
+    .map_err(failed)?;
+    ctx.store(IPV4_TTL, &new, 0).map_err(failed)
 }
 
 /// The tracked entry of `flow`, refreshed in place (per-packet writes of its fields, not a map
