@@ -459,6 +459,45 @@ fn snat_test_run() {
     assert_eq!(gone.entries, before.entries);
     // The TCP flows, the SNATed one and the pod's: two entries each.
     assert_eq!(gone.entries, 4, "{gone:?}");
+
+    // SNATed TCP flows age by their state: an unanswered SYN as such, a FIN as closing.
+    let lone = packet::tcp(&ends(client, node), 40100, 30080, 1, packet::TCP_SYN, b"");
+    redirected(&mut dataplane, &lone);
+    let syn = packet::tcp(&ends(client, node), 40101, 30080, 1, packet::TCP_SYN, b"");
+    let port = source(&redirected(&mut dataplane, &syn)).port();
+    let syn_ack = packet::tcp(
+        &ends(*backend.ip(), node),
+        8080,
+        port,
+        1,
+        packet::TCP_SYN | packet::TCP_ACK,
+        b"",
+    );
+    redirected(&mut dataplane, &syn_ack);
+    let hour = Duration::from_secs(3600);
+    let by_state = |tcp_syn, tcp_close| CtTimeouts {
+        tcp: hour,
+        tcp_syn,
+        tcp_close,
+        udp: hour,
+    };
+    let gone = dataplane
+        .collect_conntrack(by_state(Duration::ZERO, hour))
+        .unwrap();
+    assert_eq!((gone.entries, gone.removed), (4, 2), "the lone SYN's pair");
+    let fin = packet::tcp(
+        &ends(client, node),
+        40101,
+        30080,
+        2,
+        packet::TCP_FIN | packet::TCP_ACK,
+        b"",
+    );
+    redirected(&mut dataplane, &fin);
+    let gone = dataplane
+        .collect_conntrack(by_state(hour, Duration::ZERO))
+        .unwrap();
+    assert_eq!((gone.entries, gone.removed), (2, 2), "the closing flow");
 }
 
 /// `xdp_lb` serves at XDP what `tc_lb` SNATs when the backend's neighbour is known: the

@@ -231,8 +231,7 @@ fn nat_reverse_key(key: &CtKey, value: &NatValue) -> CtKey {
 trait Tracked {
     /// When the direction last saw a packet (`bpf_ktime_get_ns`).
     fn last_seen(&self) -> u64;
-    /// The TCP state the programs recorded (`CT_UNREPLIED`, `CT_CLOSING`); SNAT entries keep
-    /// none, so their TCP flows age as established.
+    /// The TCP state the programs recorded (`CT_UNREPLIED`, `CT_CLOSING`).
     fn tcp_flags(&self) -> u8;
     /// For a forward entry keyed `key`: the key of its reverse entry; `None` for a reverse one.
     fn reverse_of(&self, key: &CtKey) -> Option<CtKey>;
@@ -264,7 +263,7 @@ impl Tracked for NatValue {
     }
 
     fn tcp_flags(&self) -> u8 {
-        0
+        self.flags
     }
 
     fn reverse_of(&self, key: &CtKey) -> Option<CtKey> {

@@ -17,6 +17,28 @@ pub const CT_UNREPLIED: u8 = 1;
 /// the tuple is reused for a new connection).
 pub const CT_CLOSING: u8 = 2;
 
+/// TCP header flags the trackers read (byte 13 of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+
+/// The state flags of a tracked direction after one of its packets passed: a reply (a
+/// packet of a reverse entry) answers the flow, a FIN or RST starts its closing, a SYN
+/// reopens the tuple. `tcp_flags` is 0 for UDP.
+#[inline(always)]
+pub fn next_flags(flags: u8, reply: bool, tcp_flags: u8) -> u8 {
+    let mut next = flags;
+    if reply {
+        next &= !CT_UNREPLIED;
+    }
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        next |= CT_CLOSING;
+    } else if tcp_flags & TCP_SYN != 0 {
+        next &= !CT_CLOSING;
+    }
+    next
+}
+
 /// Key of `CT4`: a packet's tuple as it arrives, addresses and ports in network byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,3 +76,27 @@ unsafe impl aya::Pod for CtKey {}
 #[cfg(feature = "user")]
 // SAFETY: as for `CtKey`.
 unsafe impl aya::Pod for CtValue {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_state_follows_the_packets() {
+        let reverse = CT_UNREPLIED;
+        assert_eq!(next_flags(reverse, false, TCP_SYN), CT_UNREPLIED);
+        assert_eq!(
+            next_flags(reverse, true, TCP_SYN | 0x10),
+            0,
+            "the SYN-ACK answers"
+        );
+        assert_eq!(next_flags(0, false, TCP_FIN | 0x10), CT_CLOSING);
+        assert_eq!(next_flags(0, true, TCP_RST), CT_CLOSING);
+        assert_eq!(next_flags(CT_CLOSING, false, TCP_SYN), 0, "a SYN reopens");
+        assert_eq!(
+            next_flags(CT_UNREPLIED, false, 0),
+            CT_UNREPLIED,
+            "UDP keeps its flags"
+        );
+    }
+}

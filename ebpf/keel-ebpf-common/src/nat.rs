@@ -41,7 +41,10 @@ pub struct NatValue {
     pub ifindex: u32,
     /// `NAT_FORWARD` or `NAT_REVERSE`.
     pub kind: u8,
-    pub pad: [u8; 7],
+    /// TCP state, as `CtValue::flags` (`CT_UNREPLIED`, `CT_CLOSING`). Entries of programs
+    /// before TCP state had none: they count as established.
+    pub flags: u8,
+    pub pad: [u8; 6],
 }
 
 /// The single entry of `NODE_NAT`, written by the agent: where SNAT applies.

@@ -7,12 +7,12 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, LruHashMap};
 use keel_ebpf_common::DropReason;
-use keel_ebpf_common::conntrack::CtKey;
+use keel_ebpf_common::conntrack::{CT_UNREPLIED, CtKey, next_flags};
 use keel_ebpf_common::nat::{
     NAT_FORWARD, NAT_PORT_ATTEMPTS, NAT_PORT_MAX, NAT_PORT_MIN, NAT_REVERSE, NAT4_MAX_ENTRIES,
     NatValue, NodeNat,
 };
-use keel_ebpf_common::service::Backend;
+use keel_ebpf_common::service::{Backend, PROTO_TCP};
 
 /// Contract: `map::NAT4`.
 #[map]
@@ -39,14 +39,19 @@ pub fn snat_address(client: u32, backend: &Backend) -> Option<u32> {
     Some(node.address)
 }
 
-/// The `NAT4` entry of `key`, its `last_seen` refreshed in place.
+/// The `NAT4` entry of `key`, refreshed in place: `last_seen`, and the TCP state a packet
+/// with `tcp_flags` shows (`conntrack::next_flags`).
 #[inline(always)]
-pub fn tracked(key: &CtKey) -> Option<NatValue> {
+pub fn tracked(key: &CtKey, tcp_flags: u8) -> Option<NatValue> {
     let entry = NAT4.get_ptr_mut(key)?;
     // SAFETY: bpf_ktime_get_ns has no preconditions; `entry` points at the map value found
     // just above, which stays valid for this program run (an LRU eviction only unlinks it).
     unsafe {
         (*entry).last_seen = bpf_ktime_get_ns();
+        let flags = next_flags((*entry).flags, (*entry).kind == NAT_REVERSE, tcp_flags);
+        if flags != (*entry).flags {
+            (*entry).flags = flags;
+        }
         Some(*entry)
     }
 }
@@ -71,7 +76,12 @@ pub fn new_flow(
         nat_port: key.dport,
         ifindex,
         kind: NAT_REVERSE,
-        pad: [0; 7],
+        flags: if key.protocol == PROTO_TCP {
+            CT_UNREPLIED
+        } else {
+            0
+        },
+        pad: [0; 6],
     };
     // SAFETY: bpf_get_prandom_u32 has no preconditions.
     let start = unsafe { bpf_get_prandom_u32() };
@@ -103,7 +113,8 @@ pub fn new_flow(
         nat_port: port,
         ifindex,
         kind: NAT_FORWARD,
-        pad: [0; 7],
+        flags: 0,
+        pad: [0; 6],
     };
     NAT4.insert(key, forward, 0)
         .map_err(|_| DropReason::ConntrackFull)?;

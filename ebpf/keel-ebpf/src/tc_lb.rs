@@ -25,7 +25,7 @@ use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_redirect_neigh};
 use aya_ebpf::programs::TcContext;
 use keel_ebpf_common::DropReason;
 use keel_ebpf_common::conntrack::{
-    CT_CLOSING, CT_FORWARD, CT_REVERSE, CT_UNREPLIED, CtKey, CtValue,
+    CT_FORWARD, CT_REVERSE, CT_UNREPLIED, CtKey, CtValue, next_flags,
 };
 use keel_ebpf_common::nat::{HAIRPIN_ADDRESS, NAT_FORWARD, NatValue};
 use keel_ebpf_common::service::{
@@ -46,10 +46,7 @@ const IPV4_CHECKSUM: usize = ETH_HLEN + 10;
 const IPV4_SADDR: usize = ETH_HLEN + 12;
 const IPV4_DADDR: usize = ETH_HLEN + 16;
 /// Offset of the flags byte in a TCP header.
-const TCP_FLAGS: usize = 13;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
+pub const TCP_FLAGS: usize = 13;
 
 /// The parts of an IPv4 TCP / UDP packet the load balancer reads.
 struct Flow {
@@ -82,7 +79,7 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };
-    if let Some(entry) = nat_map::tracked(&flow.key) {
+    if let Some(entry) = nat_map::tracked(&flow.key, flow.tcp_flags) {
         return translate_nat(ctx, &flow, &entry);
     }
     if let Some(entry) = tracked(&flow) {
@@ -244,15 +241,7 @@ fn tracked(flow: &Flow) -> Option<CtValue> {
     // just above, which stays valid for this program run (an LRU eviction only unlinks it).
     unsafe {
         (*entry).last_seen = bpf_ktime_get_ns();
-        let mut flags = (*entry).flags;
-        if (*entry).kind == CT_REVERSE {
-            flags &= !CT_UNREPLIED;
-        }
-        if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            flags |= CT_CLOSING;
-        } else if flow.tcp_flags & TCP_SYN != 0 {
-            flags &= !CT_CLOSING;
-        }
+        let flags = next_flags((*entry).flags, (*entry).kind == CT_REVERSE, flow.tcp_flags);
         if flags != (*entry).flags {
             (*entry).flags = flags;
         }

@@ -22,7 +22,7 @@ use keel_ebpf_common::service::{
 
 use crate::maglev::backend_for_flow;
 use crate::service_maps::SERVICES;
-use crate::tc_lb::{ETH_HLEN, ETH_P_IPV4, IPV4_MIN_HLEN};
+use crate::tc_lb::{ETH_HLEN, ETH_P_IPV4, IPV4_MIN_HLEN, TCP_FLAGS};
 use crate::{nat_map, route};
 
 /// MAC addresses a frame leaves with: (destination, source).
@@ -83,8 +83,16 @@ pub fn forward(ctx: &XdpContext, ifindex: u32) -> Result<u32, DropReason> {
         protocol,
         pad: [0; 3],
     };
+    let tcp_flags = match protocol {
+        PROTO_TCP => match bytes_at::<1>(ctx, L4 + TCP_FLAGS) {
+            // SAFETY: as above.
+            Some(flags) => unsafe { (*flags)[0] },
+            None => return PASS,
+        },
+        _ => 0,
+    };
     let ctx_ptr = ctx.ctx.cast();
-    let (entry, macs) = match nat_map::tracked(&key) {
+    let (entry, macs) = match nat_map::tracked(&key, tcp_flags) {
         Some(entry) => {
             // A reply leaves where its client's packets came in: here, or TC's redirect.
             if entry.kind == NAT_REVERSE && entry.ifindex != ifindex {
