@@ -63,55 +63,53 @@ async fn api_pods(
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
 
-    {
-        let pods: Api<Pod> = Api::namespaced(client, "default");
-        // The node registers first.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut running = Vec::with_capacity(count);
-        let mut ready = Vec::with_capacity(count);
-        for n in 0..count {
-            let name = format!("api{n}");
-            let pod: Pod = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": name},
-                "spec": {"nodeName": "node1", "terminationGracePeriodSeconds": 1,
-                    "containers": [{"name": "c", "image": image, "command": ["sleep", "3600"]}]}
-            }))?;
-            let params = WatchParams::default().fields(&format!("metadata.name={name}"));
-            let watch = pods.watch(&params, "0").await?;
-            futures::pin_mut!(watch);
-            let started = Instant::now();
-            pods.create(&PostParams::default(), &pod).await?;
-            let (mut seen_running, mut seen_ready) = (None, None);
-            while seen_ready.is_none() {
-                let event = tokio::time::timeout(Duration::from_secs(60), watch.next())
-                    .await?
-                    .context("watch ended")??;
-                let (WatchEvent::Added(pod) | WatchEvent::Modified(pod)) = event else {
-                    continue;
-                };
-                let status = pod.status.unwrap_or_default();
-                if seen_running.is_none() && status.phase.as_deref() == Some("Running") {
-                    seen_running = Some(started.elapsed());
-                }
-                let is_ready = status
-                    .conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                if is_ready {
-                    seen_ready = Some(started.elapsed());
-                }
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    // The node registers first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut running = Vec::with_capacity(count);
+    let mut ready = Vec::with_capacity(count);
+    for n in 0..count {
+        let name = format!("api{n}");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": "node1", "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "c", "image": image, "command": ["sleep", "3600"]}]}
+        }))?;
+        let params = WatchParams::default().fields(&format!("metadata.name={name}"));
+        let watch = pods.watch(&params, "0").await?;
+        futures::pin_mut!(watch);
+        let started = Instant::now();
+        pods.create(&PostParams::default(), &pod).await?;
+        let (mut seen_running, mut seen_ready) = (None, None);
+        while seen_ready.is_none() {
+            let event = tokio::time::timeout(Duration::from_secs(60), watch.next())
+                .await?
+                .context("watch ended")??;
+            let (WatchEvent::Added(pod) | WatchEvent::Modified(pod)) = event else {
+                continue;
+            };
+            let status = pod.status.unwrap_or_default();
+            if seen_running.is_none() && status.phase.as_deref() == Some("Running") {
+                seen_running = Some(started.elapsed());
             }
-            running.push(seen_running.unwrap_or_default());
-            ready.push(seen_ready.unwrap_or_default());
+            let is_ready = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if is_ready {
+                seen_ready = Some(started.elapsed());
+            }
         }
-        for n in 0..count {
-            let _ = pods
-                .delete(&format!("api{n}"), &DeleteParams::default())
-                .await;
-        }
-        Ok((running, ready))
+        running.push(seen_running.unwrap_or_default());
+        ready.push(seen_ready.unwrap_or_default());
     }
+    for n in 0..count {
+        let _ = pods
+            .delete(&format!("api{n}"), &DeleteParams::default())
+            .await;
+    }
+    Ok((running, ready))
 }
 
 fn main() -> anyhow::Result<()> {
