@@ -4,7 +4,8 @@
 //! busybox image.
 //!
 //! - `web.yaml`: three Ready pods; 30 requests from a client host through the NodePort and
-//!   through the ClusterIP (routed via the node, the TC path) are answered by all three; so
+//!   through the ClusterIP (routed via the node, the TC path, behind `xdp_lb` with
+//!   `--bpf-lb-acceleration native`) are answered by all three; so
 //!   are 30 from a web pod to the ClusterIP (the pods are outside the agent's socket-LB
 //!   cgroup: TC on the pods' interfaces, the pod's own flows to itself hairpinned).
 //! - `job.yaml`: five completions, the pods' output in `kubectl logs`.
@@ -74,6 +75,10 @@ fn the_examples_run_web_answers_from_every_replica_the_job_completes_the_daemons
         "169.254.20.10".into(),
         "--metrics-bind-address".into(),
         String::new(),
+        // XDP in front of TC on the device: the web pods are local backends, which it
+        // passes on to TC untouched.
+        "--bpf-lb-acceleration".into(),
+        "native".into(),
     ];
     node.start_agent();
     let image = node.image.clone();
@@ -120,6 +125,15 @@ fn the_examples_run_web_answers_from_every_replica_the_job_completes_the_daemons
     }
     let log = kubectl(&["logs", "deployment/web"], None);
     assert!(log.contains("serving web-"), "{log}");
+    let shown = node
+        .host
+        .run(&["ip", "-d", "link", "show", &link.a.interface])
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("name xdp_lb "),
+        "xdp_lb on the device: {shown}"
+    );
 
     // From a pod, outside the agent's socket-LB cgroup: TC on the pods' interfaces serves
     // its flows to the ClusterIP; every replica answers, the asking pod itself too (hairpin).
