@@ -491,6 +491,8 @@ fn start_dataplane(
         }
         // SNAT of external flows to other nodes' backends needs to know which backends are
         // local: this node's pod CIDR (the pod side's, else --pod-cidr).
+        // This agent's own pods sit behind veths: translated packets may go straight in.
+        let runs_pods = pod_interfaces.is_some();
         let pod_cidr = match (pod_cidr, &args.pod_cidr) {
             (Some(cidr), _) => Some(cidr),
             (None, Some(text)) => Some(
@@ -509,6 +511,7 @@ fn start_dataplane(
                 Some(SnatConfig {
                     address: *address,
                     local: Some((cidr.base, cidr.prefix)),
+                    pod_peers: runs_pods,
                 })
             }
             (None, _, false) => {

@@ -722,6 +722,7 @@ fn snat_dataplane(
         .set_snat(Some(SnatConfig {
             address: node,
             local: Some((Ipv4Addr::new(198, 19, 1, 0), 24)),
+            pod_peers: false,
         }))
         .unwrap();
     dataplane

@@ -93,6 +93,8 @@ struct TwoNodes {
     local: SocketAddrV4,
     remote: SocketAddrV4,
     dataplane: Dataplane,
+    /// Node A's interface to its pods' switch, in node A, and its peer, the switch's port.
+    pods_link: (Host, String, Host, String),
     _servers: Vec<PeerServer>,
     _net: TestNet,
 }
@@ -175,6 +177,7 @@ impl TwoNodes {
             .set_snat(Some(SnatConfig {
                 address: a_lan.ip,
                 local: Some(subnet(&a_pods)),
+                pod_peers: true,
             }))
             .unwrap();
         TwoNodes {
@@ -185,6 +188,12 @@ impl TwoNodes {
             local,
             remote,
             dataplane,
+            pods_link: (
+                node_a.clone(),
+                a_pods.interface.clone(),
+                pods_a.host(),
+                pods_a.port_interface(&a_pods).unwrap(),
+            ),
             _servers: servers,
             _net: net,
         }
@@ -270,6 +279,15 @@ fn parse(text: &str) -> (String, SocketAddrV4) {
     (name.to_owned(), peer.parse().unwrap())
 }
 
+/// An interface's packet counter (`rx` or `tx`), as the kernel keeps it.
+fn packets(host: &Host, interface: &str, direction: &str) -> u64 {
+    let output = host
+        .run(&["ip", "-s", "-j", "link", "show", interface])
+        .unwrap();
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    links[0]["stats64"][direction]["packets"].as_u64().unwrap()
+}
+
 fn drops(dataplane: &Dataplane, reason: DropReason) -> u64 {
     dataplane
         .drop_stats()
@@ -286,6 +304,15 @@ fn a_node_port_reaches_a_backend_on_another_node_snated_and_one_here_directly() 
     let stats = nodes.dataplane.iface_stats().unwrap();
     let a_lan = stats.get(&nodes.a_lan).copied().unwrap_or_default();
     assert_eq!(a_lan.xdp_tx.packets, 0, "no XDP here: {a_lan:?}");
+    // The local backend's packets went straight into the pods' side of the veth
+    // (`bpf_redirect_peer`): its peer received more than node A's side ever sent.
+    let (node_host, node_if, switch_host, port) = &nodes.pods_link;
+    let sent = packets(node_host, node_if, "tx");
+    let received = packets(switch_host, port, "rx");
+    assert!(
+        received > sent,
+        "the pods' side received {received} packets, node A's side sent {sent}"
+    );
 }
 
 /// The same through `xdp_lb` on node A's LAN interface: the remote backend's flows, both

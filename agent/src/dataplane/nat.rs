@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use aya::maps::Array;
 use keel_ebpf_common::map;
-use keel_ebpf_common::nat::NodeNat;
+use keel_ebpf_common::nat::{NODE_F_POD_PEERS, NodeNat};
 
 use super::object::DataplaneError;
 use super::services::{Dataplane, map_error};
@@ -19,6 +19,9 @@ pub struct SnatConfig {
     /// This node's pod network (base, prefix length): backends in it are local, clients in it
     /// are not from outside. `None`: only `address` itself is local.
     pub local: Option<(Ipv4Addr, u8)>,
+    /// Every route into `local` names the node side of a pod's veth (this agent runs the
+    /// pods): translated packets for local pods go straight into them (`bpf_redirect_peer`).
+    pub pod_peers: bool,
 }
 
 impl Dataplane {
@@ -33,7 +36,11 @@ impl Dataplane {
                 address: u32::from_ne_bytes(config.address.octets()),
                 local_net: local_net.to_be(),
                 local_mask: local_mask.to_be(),
-                pad: 0,
+                flags: if config.pod_peers {
+                    NODE_F_POD_PEERS
+                } else {
+                    0
+                },
             }
         });
         let raw = self

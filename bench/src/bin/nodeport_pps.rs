@@ -11,6 +11,10 @@
 //! - **iptables**: DNAT in PREROUTING and SNAT in POSTROUTING of the node's nat table, the
 //!   kernel forwarding (kube-proxy's NodePort path, conntrack included).
 //!
+//! And a backend that is a pod of the node (behind a veth, no SNAT), through TC: the translated
+//! packet routed by the node's stack, or put straight into the pod with `bpf_redirect_peer`
+//! (what the agent does for its own pods).
+//!
 //! Before each measurement a datagram goes through and back, and the backend must see the
 //! node's address: no figures for a broken path. The backend's socket then stops reading, so
 //! the datagrams end in its full receive buffer, the cheapest way to sink them.
@@ -53,6 +57,10 @@ enum Path {
     Xdp,
     Tc,
     Iptables,
+    /// TC to a backend that is a pod of the node (behind a veth), through the stack.
+    LocalStack,
+    /// The same, the packet put into the pod with `bpf_redirect_peer`.
+    LocalPeer,
 }
 
 impl Path {
@@ -62,6 +70,8 @@ impl Path {
             Path::Xdp => "XDP (xdp_lb, XDP_TX)",
             Path::Tc => "TC (tc_lb, bpf_redirect_neigh)",
             Path::Iptables => "iptables DNAT + SNAT (conntrack)",
+            Path::LocalStack => "TC, local pod, via the stack",
+            Path::LocalPeer => "TC, local pod, bpf_redirect_peer",
         }
     }
 }
@@ -107,7 +117,14 @@ fn main() -> anyhow::Result<()> {
         WARM_UP.as_secs()
     );
     let mut results = Vec::new();
-    for path in [Path::Direct, Path::Iptables, Path::Tc, Path::Xdp] {
+    for path in [
+        Path::Direct,
+        Path::Iptables,
+        Path::Tc,
+        Path::Xdp,
+        Path::LocalStack,
+        Path::LocalPeer,
+    ] {
         let figures = measure(path, window)?;
         println!(
             "  {:<34} sent {:>9.0}/s  forwarded {:>9.0}/s  busy {:.2} cores (softirq {:.2})",
@@ -163,6 +180,13 @@ fn main() -> anyhow::Result<()> {
             a.forwarded_pps / b.forwarded_pps.max(1.0)
         );
     }
+    let (stack, peer) = (of(Path::LocalStack), of(Path::LocalPeer));
+    println!(
+        "{:<16} node pps per core {:.2}x, delivered {:.2}x",
+        "local: peer / stack",
+        node_pps_per_core(peer) / node_pps_per_core(stack),
+        peer.forwarded_pps / stack.forwarded_pps.max(1.0)
+    );
     println!(
         "(CPU ns/packet: the machine's busy time (/proc/stat) over the packets delivered, the \
          client's sending and the backend's receiving included; node pps per core: one over \
@@ -180,7 +204,18 @@ fn measure(path: Path, window: Duration) -> anyhow::Result<Figures> {
     let backend = net.add_host("backend")?;
     let client_port = net.plug(&client, &mut switch, LinkOptions::default())?;
     let node_port = net.plug(&node, &mut switch, LinkOptions::default())?;
-    let backend_port = net.plug(&backend, &mut switch, LinkOptions::default())?;
+    let local = matches!(path, Path::LocalStack | Path::LocalPeer);
+    // The backend: beside the client on the switch, or a "pod" of the node behind a veth.
+    let (backend_port, pod_link) = if local {
+        let link = net.connect(&node, &backend, LinkOptions::default())?;
+        backend.add_route("default", link.a.ip)?;
+        (link.b.clone(), Some(link.a))
+    } else {
+        (
+            net.plug(&backend, &mut switch, LinkOptions::default())?,
+            None,
+        )
+    };
     for (host, port) in [(&client, &client_port), (&backend, &backend_port)] {
         host.run(&["ethtool", "-K", &port.interface, "tx", "off"])?;
     }
@@ -189,7 +224,11 @@ fn measure(path: Path, window: Duration) -> anyhow::Result<Figures> {
         node.sysctl(&format!("net/ipv4/conf/{key}/send_redirects"), "0")?;
     }
     let mut dataplane = Dataplane::load()?;
-    let ports: Vec<String> = [&client_port, &node_port, &backend_port]
+    let mut plugged = vec![&client_port, &node_port];
+    if !local {
+        plugged.push(&backend_port);
+    }
+    let ports: Vec<String> = plugged
         .into_iter()
         .map(|endpoint| switch_port(&switch, endpoint))
         .collect::<anyhow::Result<_>>()?;
@@ -215,7 +254,7 @@ fn measure(path: Path, window: Duration) -> anyhow::Result<Figures> {
             );
             keel_bench::kube_proxy::restore(&node, &rules)?;
         }
-        Path::Tc | Path::Xdp => {
+        Path::Tc | Path::Xdp | Path::LocalStack | Path::LocalPeer => {
             dataplane.upsert_backends(
                 Frontend {
                     address: node_port.ip,
@@ -230,13 +269,23 @@ fn measure(path: Path, window: Duration) -> anyhow::Result<Figures> {
                     drop_when_empty: false,
                 },
             )?;
+            // The node's pods: the local backend's link, or (none here) a network apart.
+            let pods = pod_link
+                .as_ref()
+                .map_or((Ipv4Addr::new(198, 18, 250, 0), 24), |link| {
+                    let mask = u32::MAX << (32 - u32::from(link.prefix_len));
+                    (Ipv4Addr::from(u32::from(link.ip) & mask), link.prefix_len)
+                });
             dataplane.set_snat(Some(SnatConfig {
                 address: node_port.ip,
-                // The node's pods: none here, a network apart from the switch's.
-                local: Some((Ipv4Addr::new(198, 18, 250, 0), 24)),
+                local: Some(pods),
+                pod_peers: path == Path::LocalPeer,
             }))?;
             node.enter(|| -> anyhow::Result<()> {
                 dataplane.attach_tc(&node_port.interface)?;
+                if let Some(link) = &pod_link {
+                    dataplane.attach_tc(&link.interface)?;
+                }
                 if path == Path::Xdp {
                     dataplane.attach_xdp_lb(&node_port.interface, XdpAttachMode::Native)?;
                 }
@@ -250,7 +299,12 @@ fn measure(path: Path, window: Duration) -> anyhow::Result<Figures> {
         Path::Direct => target,
         _ => SocketAddrV4::new(node_port.ip, NODE_PORT),
     };
-    check(&client, &sink, flooded)?;
+    // The backend sees the node's address (SNAT), or the client's (direct, a local pod).
+    let source = match path {
+        Path::Direct | Path::LocalStack | Path::LocalPeer => client_port.ip,
+        Path::Xdp | Path::Tc | Path::Iptables => node_port.ip,
+    };
+    check(&client, &sink, flooded, source)?;
 
     // The flood: this binary again, in the client host.
     let mut flood = client.command(&std::env::current_exe()?.to_string_lossy());
@@ -296,10 +350,14 @@ fn switch_port(switch: &Switch, endpoint: &Endpoint) -> anyhow::Result<String> {
         .with_context(|| format!("{} is not on the switch", endpoint.interface))
 }
 
-/// One datagram from the client to `node_port` reaches the backend from that address (SNAT
-/// to the node's address, or the client's own straight to the backend), and the backend's
-/// answer comes back to the client from `node_port`.
-fn check(client: &Host, backend: &UdpSocket, node_port: SocketAddrV4) -> anyhow::Result<()> {
+/// One datagram from the client to `node_port` reaches the backend from `source`, and the
+/// backend's answer comes back to the client from `node_port`.
+fn check(
+    client: &Host,
+    backend: &UdpSocket,
+    node_port: SocketAddrV4,
+    source: Ipv4Addr,
+) -> anyhow::Result<()> {
     let socket = client.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
     socket.set_read_timeout(Some(Duration::from_secs(2)))?;
     backend.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -309,10 +367,9 @@ fn check(client: &Host, backend: &UdpSocket, node_port: SocketAddrV4) -> anyhow:
         let Ok((_, from)) = backend.recv_from(&mut buffer) else {
             continue;
         };
-        let direct = node_port.port() == BACKEND_PORT;
         ensure!(
-            direct || from.ip() == std::net::IpAddr::V4(*node_port.ip()),
-            "the backend saw {from}, not the node's address: no SNAT"
+            from.ip() == std::net::IpAddr::V4(source),
+            "the backend saw {from}, not {source}"
         );
         backend.send_to(b"pong", from)?;
         let (length, answer_from) = socket

@@ -57,8 +57,14 @@ pub struct NodeNat {
     /// it, or at `address`, are local and need no SNAT; clients in it are not from outside.
     pub local_net: u32,
     pub local_mask: u32,
-    pub pad: u32,
+    /// `NODE_F_POD_PEERS`.
+    pub flags: u32,
 }
+
+/// `NodeNat::flags`: every route into the pod network names the node side of a pod's veth
+/// (the agent runs the pods itself), so a translated packet for a local pod may go straight
+/// into the pod with `bpf_redirect_peer` (a device without a peer would drop it).
+pub const NODE_F_POD_PEERS: u32 = 1;
 
 const _: () = assert!(core::mem::size_of::<NatValue>() == 32);
 const _: () = assert!(core::mem::size_of::<NodeNat>() == 16);

@@ -10,7 +10,7 @@ use keel_ebpf_common::DropReason;
 use keel_ebpf_common::conntrack::{CT_UNREPLIED, CtKey, next_flags};
 use keel_ebpf_common::nat::{
     NAT_FORWARD, NAT_PORT_ATTEMPTS, NAT_PORT_MAX, NAT_PORT_MIN, NAT_REVERSE, NAT4_MAX_ENTRIES,
-    NatValue, NodeNat,
+    NODE_F_POD_PEERS, NatValue, NodeNat,
 };
 use keel_ebpf_common::service::{Backend, PROTO_TCP};
 
@@ -37,6 +37,17 @@ pub fn snat_address(client: u32, backend: &Backend) -> Option<u32> {
         return None;
     }
     Some(node.address)
+}
+
+/// Whether `address` is a pod of this node reached through its veth (`NODE_NAT`: in the pod
+/// network, and `NODE_F_POD_PEERS`).
+#[inline(always)]
+pub fn local_pod_peer(address: u32) -> bool {
+    NODE_NAT.get(0).is_some_and(|node| {
+        node.flags & NODE_F_POD_PEERS != 0
+            && node.local_mask != 0
+            && address & node.local_mask == node.local_net
+    })
 }
 
 /// The `NAT4` entry of `key`, refreshed in place: `last_seen`, and the TCP state a packet

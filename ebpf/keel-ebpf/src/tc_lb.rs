@@ -21,7 +21,7 @@ use aya_ebpf::bindings::{
     BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     TC_ACT_OK,
 };
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_redirect_neigh};
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_redirect_neigh, bpf_redirect_peer};
 use aya_ebpf::programs::TcContext;
 use keel_ebpf_common::DropReason;
 use keel_ebpf_common::conntrack::{
@@ -85,6 +85,7 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     if let Some(entry) = tracked(&flow) {
         if entry.kind == CT_FORWARD {
             rewrite(ctx, &flow, Side::Destination, entry.address, entry.port)?;
+            return to_backend(ctx, &flow, entry.address);
         }
         return Ok(TC_ACT_OK);
     }
@@ -160,7 +161,45 @@ pub fn ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     CT4.insert(flow.key, forward, 0)
         .map_err(|_| DropReason::ConntrackFull)?;
     rewrite(ctx, &flow, Side::Destination, backend.address, backend.port)?;
-    Ok(TC_ACT_OK)
+    to_backend(ctx, &flow, backend.address)
+}
+
+/// Where a packet translated to `backend` goes: a backend in this node's pod network gets it
+/// straight into its network namespace (`bpf_redirect_peer` to the pod side of the veth the
+/// kernel's route to it names), without the node's routing, forwarding and backlog queue, the
+/// TTL counted down here and the MACs the route's neighbour entry gives written; anything else
+/// goes on through the stack.
+#[inline(always)]
+fn to_backend(ctx: &TcContext, flow: &Flow, backend: u32) -> Result<i32, DropReason> {
+    if !nat_map::local_pod_peer(backend) {
+        return Ok(TC_ACT_OK);
+    }
+    // SAFETY: `ctx.skb.skb` is the program's own context pointer, valid for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the program's own context pointer.
+    let (found, route) = unsafe {
+        route::lookup(
+            ctx.skb.skb.cast(),
+            ifindex,
+            flow.protocol,
+            flow.key.saddr,
+            backend,
+        )
+    };
+    // Without a neighbour entry yet (the stack resolves it), from the pod's own interface, or
+    // with a TTL to expire: left to the stack.
+    let ttl: u8 = ctx.load(IPV4_TTL).map_err(|_| DropReason::Malformed)?;
+    if found != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || route.ifindex == ifindex || ttl <= 1 {
+        return Ok(TC_ACT_OK);
+    }
+    decrement_ttl(ctx)?;
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&route.dmac);
+    macs[6..].copy_from_slice(&route.smac);
+    ctx.store(0, &macs, 0).map_err(|_| DropReason::Malformed)?;
+    // SAFETY: no pointers: the helper records the target device for the redirect.
+    let action = unsafe { bpf_redirect_peer(route.ifindex, 0) };
+    Ok(action as i32)
 }
 
 /// The node address a new external flow to `backend` must take as its source: `None` when
