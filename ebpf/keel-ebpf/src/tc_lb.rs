@@ -19,7 +19,7 @@
 
 use aya_ebpf::bindings::{
     BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-    TC_ACT_OK,
+    TC_ACT_OK, bpf_fib_lookup,
 };
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_redirect_neigh, bpf_redirect_peer};
 use aya_ebpf::programs::TcContext;
@@ -174,18 +174,7 @@ fn to_backend(ctx: &TcContext, flow: &Flow, backend: u32) -> Result<i32, DropRea
     if !nat_map::local_pod_peer(backend) {
         return Ok(TC_ACT_OK);
     }
-    // SAFETY: `ctx.skb.skb` is the program's own context pointer, valid for this run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: the program's own context pointer.
-    let (found, route) = unsafe {
-        route::lookup(
-            ctx.skb.skb.cast(),
-            ifindex,
-            flow.protocol,
-            flow.key.saddr,
-            backend,
-        )
-    };
+    let (ifindex, found, route) = route_from(ctx, flow, flow.key.saddr, backend);
     // Without a neighbour entry yet (the stack resolves it), from the pod's own interface, or
     // with a TTL to expire: left to the stack.
     let ttl: u8 = ctx.load(IPV4_TTL).map_err(|_| DropReason::Malformed)?;
@@ -202,14 +191,15 @@ fn to_backend(ctx: &TcContext, flow: &Flow, backend: u32) -> Result<i32, DropRea
     Ok(action as i32)
 }
 
-/// The node address a new external flow to `backend` must take as its source: `None` when
-/// SNAT is off, the client is on this node, or the backend is, or the backend is reached
-/// through another interface than the flow came in on (then its replies come back through
-/// this node anyway; only a backend out of the same interface, another node beside the
-/// client, would answer the client directly).
+/// The interface the packet came in on, and the kernel's route for its flow from `source` to
+/// `destination` (`route::lookup`'s result code and filled request).
 #[inline(always)]
-fn snat_source(ctx: &TcContext, flow: &Flow, backend: &Backend) -> Option<u32> {
-    let node = nat_map::snat_address(flow.key.saddr, backend)?;
+fn route_from(
+    ctx: &TcContext,
+    flow: &Flow,
+    source: u32,
+    destination: u32,
+) -> (u32, i64, bpf_fib_lookup) {
     // SAFETY: `ctx.skb.skb` is the program's own context pointer, valid for this run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: the program's own context pointer.
@@ -218,10 +208,22 @@ fn snat_source(ctx: &TcContext, flow: &Flow, backend: &Backend) -> Option<u32> {
             ctx.skb.skb.cast(),
             ifindex,
             flow.protocol,
-            node,
-            backend.address,
+            source,
+            destination,
         )
     };
+    (ifindex, found, route)
+}
+
+/// The node address a new external flow to `backend` must take as its source: `None` when
+/// SNAT is off, the client is on this node, or the backend is, or the backend is reached
+/// through another interface than the flow came in on (then its replies come back through
+/// this node anyway; only a backend out of the same interface, another node beside the
+/// client, would answer the client directly).
+#[inline(always)]
+fn snat_source(ctx: &TcContext, flow: &Flow, backend: &Backend) -> Option<u32> {
+    let node = nat_map::snat_address(flow.key.saddr, backend)?;
+    let (ifindex, found, route) = route_from(ctx, flow, node, backend.address);
     // Found, or found without a neighbour entry yet (`bpf_redirect_neigh` resolves it).
     let routed = found == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
         || found == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);

@@ -210,6 +210,17 @@ fn start_web(cluster: &Cluster, manifest: &str) -> anyhow::Result<Vec<Pod>> {
     Ok(pods)
 }
 
+/// The `web` Service's NodePort.
+fn web_node_port(cluster: &Cluster) -> anyhow::Result<String> {
+    cluster.kubectl(&[
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ])
+}
+
 fn names(pods: &[Pod]) -> BTreeSet<String> {
     pods.iter().map(|pod| pod.name.clone()).collect()
 }
@@ -247,13 +258,7 @@ fn single_node(workspace: &Workspace) -> anyhow::Result<()> {
 
     let cluster_ip =
         cluster.kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
-    let node_port = cluster.kubectl(&[
-        "get",
-        "service",
-        "web",
-        "-o",
-        "jsonpath={.spec.ports[0].nodePort}",
-    ])?;
+    let node_port = web_node_port(&cluster)?;
     for url in [
         format!("http://{}/", cluster_ip.trim()),
         format!("http://{}:{}/", placement::HOST_IP, node_port.trim()),
@@ -444,13 +449,7 @@ fn nodes(workspace: &Workspace) -> anyhow::Result<()> {
     // From the host, outside every node: node 1's NodePort reaches the backends on nodes 2
     // and 3 only SNATed (their replies must come back through node 1), which the agent
     // switches on from the pod CIDR the control plane assigned to node 1.
-    let node_port = cluster.kubectl(&[
-        "get",
-        "service",
-        "web",
-        "-o",
-        "jsonpath={.spec.ports[0].nodePort}",
-    ])?;
+    let node_port = web_node_port(&cluster)?;
     let url = format!("http://{}:{}/", placement::node_ip(1), node_port.trim());
     let answers = curl_30(&url, None)?;
     log(&format!("30 x curl {url}: {answers:?}"));
