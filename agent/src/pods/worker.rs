@@ -513,8 +513,10 @@ impl PodWorker {
         if ran >= BACKOFF_RESET {
             record.backoff_seconds = 0;
         }
-        record.next_start_at =
-            exit.finished_at + i64::try_from(record.backoff_seconds).unwrap_or(0);
+        // `finished_at` is truncated to the second (the exit came at most a second later):
+        // a back-off counts from the next second, so it is never shorter than asked.
+        let backoff = i64::try_from(record.backoff_seconds).unwrap_or(0);
+        record.next_start_at = exit.finished_at + backoff + i64::from(backoff > 0);
         self.drain_copiers(&id).await;
         let dir = self.dir.container_dir(&id);
         if let Err(error) = blocking(&self.ctx, move |ctx| container::remove(ctx, &id, &dir)).await
